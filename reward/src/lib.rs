@@ -1,0 +1,1 @@
+//! rudder-reward: filled by a later issue (see ARCHITECTURE.md); nothing here yet.

@@ -1,0 +1,1 @@
+//! rudder-sim: filled by a later issue (see ARCHITECTURE.md); nothing here yet.

@@ -1,0 +1,1 @@
+//! rudder-steering: filled by a later issue (see ARCHITECTURE.md); nothing here yet.

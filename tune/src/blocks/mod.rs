@@ -1,0 +1,26 @@
+//! The building blocks every Rudder model is made of. Each block uses candle's fused CPU kernels
+//! for inference and switches to differentiable compositions of primitive ops when its input
+//! or its weights are tracked by autograd (training), because the fused kernels have no backward.
+
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use attention::{Attention, AttentionConfig, KvCache};
+pub use linear::Linear;
+pub use mlp::{Activation, Mlp, MlpKind};
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{RopeConfig, RotaryEmbedding};
+
+use candle_core::{Result, Tensor, D};
+
+/// Softmax over the last dimension, differentiable when needed.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}

@@ -1,0 +1,200 @@
+//! Rotary position embeddings (the non-interleaved "rotate half" form the Hub's Llama and Gemma
+//! use), configured from `config.json`.
+
+use candle_core::{Device, Result, Tensor, D};
+
+use crate::config::JsonConfig;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub head_dim: usize,
+    pub scaling: RopeScaling,
+}
+
+impl RopeConfig {
+    /// Reads transformers v5's `rope_parameters` ({rope_theta, rope_type, ...}), falling back to
+    /// v4's top-level `rope_theta` / `rope_scaling`, and only then to the family default.
+    pub fn from_config(cfg: &JsonConfig, head_dim: usize, default_theta: f64) -> crate::Result<Self> {
+        let params = if cfg.has("rope_parameters") {
+            Some(cfg.sub("rope_parameters")?)
+        } else if cfg.has("rope_scaling") {
+            Some(cfg.sub("rope_scaling")?)
+        } else {
+            None
+        };
+        let theta = match params.as_ref().map(|p| p.opt_f64("rope_theta")).transpose()?.flatten() {
+            Some(t) => t,
+            None => cfg.opt_f64("rope_theta")?.unwrap_or(default_theta),
+        };
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(cfg.field_error("rope_parameters.rope_theta", format!("must be > 0, got {theta}")));
+        }
+        let mut scaling = RopeScaling::None;
+        if let Some(p) = &params {
+            let ty = match p.opt_str("rope_type")? {
+                Some(t) => Some(t),
+                None => p.opt_str("type")?,
+            };
+            scaling = match ty.as_deref() {
+                None | Some("default") => RopeScaling::None,
+                Some("linear") => RopeScaling::Linear {
+                    factor: p.f64("factor")?,
+                },
+                Some("llama3") => RopeScaling::Llama3 {
+                    factor: p.f64("factor")?,
+                    low_freq_factor: p.f64("low_freq_factor")?,
+                    high_freq_factor: p.f64("high_freq_factor")?,
+                    original_max_position_embeddings: p.f64("original_max_position_embeddings")?,
+                },
+                Some(other) => {
+                    return Err(p.field_error(
+                        "rope_type",
+                        format!("unsupported rope_type `{other}` (supported: default, linear, llama3)"),
+                    ))
+                }
+            };
+        }
+        Ok(Self {
+            theta,
+            head_dim,
+            scaling,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    /// Inverse frequencies, f32 as transformers computes them.
+    inv_freq: Vec<f32>,
+    device: Device,
+}
+
+impl RotaryEmbedding {
+    pub fn new(cfg: &RopeConfig, device: &Device) -> Self {
+        let half = cfg.head_dim / 2;
+        let d = cfg.head_dim as f32;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / (cfg.theta as f32).powf((2 * i) as f32 / d))
+            .collect();
+        match cfg.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                for f in inv_freq.iter_mut() {
+                    *f /= factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let low_wavelen = original_max_position_embeddings / low_freq_factor;
+                let high_wavelen = original_max_position_embeddings / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let freq = *f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    let new = if wavelen > low_wavelen {
+                        freq / factor
+                    } else if wavelen < high_wavelen {
+                        freq
+                    } else {
+                        let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    };
+                    *f = new as f32;
+                }
+            }
+        }
+        Self {
+            inv_freq,
+            device: device.clone(),
+        }
+    }
+
+    /// cos and sin for explicit positions, `[batch, seq]`; returns `[seq, d/2]` when every row
+    /// has the same positions (the fused kernel's fast layout), else `[batch, seq, d/2]`.
+    pub fn cos_sin(&self, positions: &[Vec<i64>]) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let same = positions.windows(2).all(|w| w[0] == w[1]);
+        let rows: &[Vec<i64>] = if same && !positions.is_empty() {
+            &positions[..1]
+        } else {
+            positions
+        };
+        let t = rows.first().map(|r| r.len()).unwrap_or(0);
+        let mut cos = Vec::with_capacity(rows.len() * t * half);
+        let mut sin = Vec::with_capacity(rows.len() * t * half);
+        for row in rows {
+            for &p in row {
+                for &f in &self.inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let (cos, sin) = if same {
+            (
+                Tensor::from_vec(cos, (t, half), &self.device)?,
+                Tensor::from_vec(sin, (t, half), &self.device)?,
+            )
+        } else {
+            (
+                Tensor::from_vec(cos, (rows.len(), t, half), &self.device)?,
+                Tensor::from_vec(sin, (rows.len(), t, half), &self.device)?,
+            )
+        };
+        Ok((cos, sin))
+    }
+
+    /// Positions `start..start+len` for every row.
+    pub fn cos_sin_range(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let row: Vec<i64> = (start as i64..(start + len) as i64).collect();
+        self.cos_sin(&[row])
+    }
+}
+
+/// Applies the rotation to `x: [batch, heads, seq, head_dim]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let cos = cos.to_dtype(x.dtype())?;
+    let sin = sin.to_dtype(x.dtype())?;
+    if x.track_op() {
+        let (c, s) = if cos.rank() == 2 {
+            (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+        } else {
+            (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+        };
+        let c = Tensor::cat(&[&c, &c], D::Minus1)?;
+        let s = Tensor::cat(&[&s, &s], D::Minus1)?;
+        let d = x.dim(D::Minus1)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+        let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&c)? + rot.broadcast_mul(&s)?
+    } else {
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        candle_nn::rotary_emb::rope(&x, &cos, &sin)
+    }
+}
+

@@ -1,0 +1,20 @@
+//! rudder-tune: the transformer and fine-tuning core every Rudder model is built from.
+//!
+//! Blocks ([`blocks`]) with Hub-compatible parameter names, models ([`models`]) loaded from
+//! `config.json` + safetensors, named hook points ([`hooks`]), greedy generation with a KV
+//! cache ([`generate`]), checkpoint I/O ([`checkpoint`]) and reference comparison ([`verify`]).
+
+pub mod blocks;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod hooks;
+pub mod load;
+pub mod lora;
+pub mod models;
+pub mod verify;
+
+pub use candle_core;
+pub use candle_nn;
+pub use error::{Result, TuneError};

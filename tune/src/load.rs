@@ -1,0 +1,155 @@
+//! Loading any supported Hugging Face checkpoint folder by its `config.json`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::checkpoint::TensorStore;
+use crate::config::JsonConfig;
+use crate::error::{Context, Result, TuneError};
+use crate::models::decoder::Decoder;
+use crate::models::{gemma, llama, paligemma, siglip};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma,
+    Siglip,
+    PaliGemma,
+}
+
+pub const SUPPORTED: &str = "LlamaForCausalLM, GemmaForCausalLM, SiglipVisionModel, PaliGemmaForConditionalGeneration";
+
+impl Arch {
+    /// From `architectures[0]`, else `model_type`.
+    pub fn detect(cfg: &JsonConfig) -> Result<Self> {
+        let arch = cfg
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .map(str::to_string);
+        let model_type = cfg.opt_str("model_type")?;
+        let by_arch = arch.as_deref().and_then(|a| match a {
+            "LlamaForCausalLM" => Some(Self::Llama),
+            "GemmaForCausalLM" => Some(Self::Gemma),
+            "SiglipVisionModel" => Some(Self::Siglip),
+            "PaliGemmaForConditionalGeneration" => Some(Self::PaliGemma),
+            _ => None,
+        });
+        if let Some(a) = by_arch {
+            return Ok(a);
+        }
+        let by_type = model_type.as_deref().and_then(|m| match m {
+            "llama" => Some(Self::Llama),
+            "gemma" => Some(Self::Gemma),
+            "siglip_vision_model" => Some(Self::Siglip),
+            "paligemma" => Some(Self::PaliGemma),
+            _ => None,
+        });
+        match (by_type, arch, model_type) {
+            (Some(a), _, _) => Ok(a),
+            (None, Some(a), _) => Err(TuneError::UnknownArchitecture {
+                path: cfg.path.clone(),
+                arch: a,
+                supported: SUPPORTED.into(),
+            }),
+            (None, None, Some(m)) => Err(TuneError::UnknownArchitecture {
+                path: cfg.path.clone(),
+                arch: format!("model_type {m}"),
+                supported: SUPPORTED.into(),
+            }),
+            (None, None, None) => Err(cfg.field_error("architectures", "missing (and no model_type either)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Gemma => "GemmaForCausalLM",
+            Self::Siglip => "SiglipVisionModel",
+            Self::PaliGemma => "PaliGemmaForConditionalGeneration",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum AnyModel {
+    Llama(llama::Model),
+    Gemma(gemma::Model),
+    Siglip(siglip::Model),
+    PaliGemma(paligemma::Model),
+}
+
+impl AnyModel {
+    /// The language model, for models that have one.
+    pub fn decoder(&self) -> Option<&Decoder> {
+        match self {
+            Self::Llama(m) => Some(&m.decoder),
+            Self::Gemma(m) => Some(&m.decoder),
+            Self::PaliGemma(m) => Some(&m.language_model),
+            Self::Siglip(_) => None,
+        }
+    }
+
+    pub fn decoder_mut(&mut self) -> Option<&mut Decoder> {
+        match self {
+            Self::Llama(m) => Some(&mut m.decoder),
+            Self::Gemma(m) => Some(&mut m.decoder),
+            Self::PaliGemma(m) => Some(&mut m.language_model),
+            Self::Siglip(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub arch: Arch,
+    pub config: JsonConfig,
+    pub model: AnyModel,
+    pub weights: TensorStore,
+}
+
+/// Loads `dir/config.json` and the folder's safetensors into the matching model.
+pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    let cfg = JsonConfig::load(&cfg_path)?;
+    let arch = Arch::detect(&cfg)?;
+    // Parse the configuration before touching weights: a bad field is reported as such.
+    enum Parsed {
+        L(llama::Config),
+        G(gemma::Config),
+        S(siglip::Config),
+        P(Box<paligemma::Config>),
+    }
+    let parsed = match arch {
+        Arch::Llama => Parsed::L(llama::Config::from_json(&cfg)?),
+        Arch::Gemma => Parsed::G(gemma::Config::from_json(&cfg)?),
+        Arch::Siglip => Parsed::S(siglip::Config::from_json(&cfg)?),
+        Arch::PaliGemma => Parsed::P(Box::new(paligemma::Config::from_json(&cfg)?)),
+    };
+    let weights = TensorStore::load_model_dir(dir, device)?;
+    let vb = weights.var_builder(DType::F32, device);
+    let ctx = format!("{}: building {}", dir.display(), arch.name());
+    let model = match parsed {
+        Parsed::L(c) => AnyModel::Llama(llama::Model::new(&c, vb).context(ctx)?),
+        Parsed::G(c) => AnyModel::Gemma(gemma::Model::new(&c, vb).context(ctx)?),
+        Parsed::S(c) => {
+            let vb = if vb.contains_tensor("vision_model.embeddings.patch_embedding.weight") {
+                vb.pp("vision_model")
+            } else {
+                vb
+            };
+            AnyModel::Siglip(siglip::Model::new(&c, vb).context(ctx)?)
+        }
+        Parsed::P(c) => AnyModel::PaliGemma(paligemma::Model::new(&c, vb).context(ctx)?),
+    };
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        arch,
+        config: cfg,
+        model,
+        weights,
+    })
+}

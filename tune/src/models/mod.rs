@@ -1,0 +1,8 @@
+//! Models, one file each, with a `Config` read from `config.json` and `Model::new(cfg, vb)`
+//! taking weights by their Hub names.
+
+pub mod decoder;
+pub mod gemma;
+pub mod llama;
+pub mod paligemma;
+pub mod siglip;
