@@ -1,1 +1,24 @@
-pub fn _placeholder() {}
+//! rudder-robot: what an embodiment and a policy exchange, the UR5 / UR5e model, the safety
+//! filter, and the real-time control loop. Knows no ML (see DESIGN.md).
+
+pub mod bench;
+pub mod control;
+pub mod embodiment;
+pub mod kinematic;
+pub mod policy;
+pub mod safety;
+pub mod types;
+pub mod ur5;
+
+pub use control::{
+    ControlConfig, ControlError, ControlLoop, HoldReason, LoopMetrics, LoopState, WatchdogConfig,
+};
+pub use embodiment::{Embodiment, EmbodimentError};
+pub use kinematic::KinematicUr5;
+pub use policy::{Policy, PolicyError};
+pub use safety::{JointLimits, SafetyConfig, SafetyFilter, SafetyReport, WorkspaceBox};
+pub use types::{
+    Action, ActionChunk, ActionSpace, DataError, ImageRgb8, JointCommand, JointState, Observation,
+    VehicleCommand, VehicleLimits, VehicleState,
+};
+pub use ur5::{IkError, Joints, Ur5Model, Ur5Variant};

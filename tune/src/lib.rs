@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod load;
 pub mod lora;
 pub mod models;
+pub mod state;
 pub mod verify;
 
 pub use candle_core;

@@ -9,6 +9,7 @@ use crate::config::JsonConfig;
 use crate::error::{Context, Result, TuneError};
 use crate::models::decoder::Decoder;
 use crate::models::{gemma, llama, paligemma, siglip};
+use crate::state;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -102,6 +103,20 @@ impl AnyModel {
     }
 }
 
+impl AnyModel {
+    /// Every parameter under its Hub name (the layout this crate reads).
+    pub fn named_tensors(&self) -> candle_core::Result<state::NamedTensors> {
+        let mut out = Vec::new();
+        match self {
+            Self::Llama(m) => state::decoder(&mut out, "model", Some(""), &m.decoder)?,
+            Self::Gemma(m) => state::decoder(&mut out, "model", Some(""), &m.decoder)?,
+            Self::Siglip(m) => state::siglip(&mut out, "vision_model", m)?,
+            Self::PaliGemma(m) => state::paligemma(&mut out, m)?,
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     pub dir: PathBuf,
@@ -152,4 +167,22 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
         model,
         weights,
     })
+}
+
+impl LoadedModel {
+    /// Writes `config.json` and `model.safetensors` into `dir`, each atomically.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let named = self
+            .model
+            .named_tensors()
+            .context(format!("{}: collecting parameters", self.dir.display()))?;
+        let map: std::collections::HashMap<String, candle_core::Tensor> = named.into_iter().collect();
+        let cfg = serde_json::to_vec_pretty(self.config.value()).map_err(|e| TuneError::Json {
+            path: dir.join("config.json"),
+            msg: e.to_string(),
+        })?;
+        crate::checkpoint::write_atomic(&dir.join("config.json"), &cfg)?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        crate::checkpoint::save_safetensors_atomic(&map, Some(meta), &dir.join("model.safetensors"))
+    }
 }

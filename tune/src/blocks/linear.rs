@@ -8,7 +8,10 @@ use crate::lora::LoraSlot;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    /// `W^T`, `[in, out]`, contiguous. Stored transposed because candle's gemm runs about twice
+    /// as fast on a row-major right-hand side than on a transposed view for the short
+    /// sequences a control loop sees; [`Linear::weight`] gives the Hub's `[out, in]` view.
+    wt: Tensor,
     pub bias: Option<Tensor>,
     /// LoRA adapters attached to this layer (none by default).
     pub lora: LoraSlot,
@@ -22,27 +25,47 @@ impl Linear {
         } else {
             None
         };
+        Self::from_weights(weight, bias)
+    }
+
+    /// From a Hub-layout `[out, in]` weight.
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Self {
-            weight,
+            wt: weight.t()?.contiguous()?,
             bias,
             lora: LoraSlot::default(),
         })
     }
 
-    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
+    /// From an already transposed `[in, out]` weight (kept as is, e.g. a training variable).
+    pub fn from_transposed(wt: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            wt,
             bias,
             lora: LoraSlot::default(),
         }
     }
 
+    /// The Hub-layout `[out, in]` weight (a view).
+    pub fn weight(&self) -> Result<Tensor> {
+        self.wt.t()
+    }
+
+    /// The stored `[in, out]` tensor.
+    pub fn weight_t(&self) -> &Tensor {
+        &self.wt
+    }
+
+    pub fn set_weight_t(&mut self, wt: Tensor) {
+        self.wt = wt;
+    }
+
     pub fn in_dim(&self) -> usize {
-        self.weight.dims().get(1).copied().unwrap_or(0)
+        self.wt.dims().first().copied().unwrap_or(0)
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dims().first().copied().unwrap_or(0)
+        self.wt.dims().get(1).copied().unwrap_or(0)
     }
 
     /// The base projection without any adapter.
@@ -55,7 +78,7 @@ impl Linear {
         } else {
             x.reshape((lead, in_dim))?
         };
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = x2.matmul(&self.wt)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

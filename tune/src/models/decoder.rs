@@ -135,7 +135,7 @@ impl Decoder {
             (Some(lvb), true) if lvb.contains_tensor("lm_head.weight") => {
                 Linear::new(cfg.hidden_size, cfg.vocab_size, false, lvb.pp("lm_head"))?
             }
-            _ => Linear::from_weights(embed_tokens.clone(), None),
+            _ => Linear::from_weights(embed_tokens.clone(), None)?,
         };
         let device = vb.device().clone();
         Ok(Self {

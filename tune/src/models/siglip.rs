@@ -67,8 +67,8 @@ pub struct EncoderLayer {
 #[derive(Debug, Clone)]
 pub struct PoolingHead {
     pub probe: Tensor,
-    pub in_proj_weight: Tensor,
-    pub in_proj_bias: Tensor,
+    /// q, k and v projections, split from `attention.in_proj_weight` / `in_proj_bias`.
+    pub qkv: [Linear; 3],
     pub out_proj: Linear,
     pub layernorm: LayerNorm,
     pub mlp: Mlp,
@@ -78,10 +78,12 @@ pub struct PoolingHead {
 impl PoolingHead {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
+        let w = vb.pp("attention").get((3 * d, d), "in_proj_weight")?;
+        let b = vb.pp("attention").get(3 * d, "in_proj_bias")?;
+        let part = |i: usize| Linear::from_weights(w.narrow(0, i * d, d)?, Some(b.narrow(0, i * d, d)?));
         Ok(Self {
             probe: vb.get((1, 1, d), "probe")?,
-            in_proj_weight: vb.pp("attention").get((3 * d, d), "in_proj_weight")?,
-            in_proj_bias: vb.pp("attention").get(3 * d, "in_proj_bias")?,
+            qkv: [part(0)?, part(1)?, part(2)?],
             out_proj: Linear::new(d, d, true, vb.pp("attention").pp("out_proj"))?,
             layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layernorm"))?,
             mlp: Mlp::new_plain(d, cfg.intermediate_size, cfg.activation, vb.pp("mlp"))?,
@@ -92,11 +94,7 @@ impl PoolingHead {
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
         let (b, n, d) = h.dims3()?;
         let hd = d / self.heads;
-        let proj = |x: &Tensor, i: usize| -> Result<Tensor> {
-            let w = self.in_proj_weight.narrow(0, i * d, d)?;
-            let bias = self.in_proj_bias.narrow(0, i * d, d)?;
-            Linear::from_weights(w, Some(bias)).forward(x)
-        };
+        let proj = |x: &Tensor, i: usize| self.qkv[i].forward(x);
         let probe = self.probe.broadcast_as((b, 1, d))?.contiguous()?;
         let q = proj(&probe, 0)?.reshape((b, 1, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
         let k = proj(h, 1)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
@@ -125,8 +123,8 @@ pub struct VisionOutput {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub cfg: Config,
-    pub patch_weight: Tensor,
-    pub patch_bias: Tensor,
+    /// The patch convolution as a linear map of flattened `[channels, p, p]` patches.
+    pub patch_embedding: Linear,
     pub position_embedding: Tensor,
     pub layers: Vec<EncoderLayer>,
     pub post_layernorm: LayerNorm,
@@ -174,10 +172,13 @@ impl Model {
         } else {
             None
         };
+        let patch_embedding = Linear::from_weights(
+            patch_weight.reshape((d, cfg.num_channels * p * p))?,
+            Some(patch_bias),
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_weight,
-            patch_bias,
+            patch_embedding,
             position_embedding,
             layers,
             post_layernorm,
@@ -206,8 +207,7 @@ impl Model {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * p * p))?;
         let d = self.cfg.hidden_size;
-        let w2 = self.patch_weight.reshape((d, c * p * p))?;
-        let x = Linear::from_weights(w2, Some(self.patch_bias.clone())).forward(&patches)?;
+        let x = self.patch_embedding.forward(&patches)?;
         x.reshape((b, gh * gw, d))?
             .broadcast_add(&self.position_embedding.unsqueeze(0)?)
     }

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Rudder vs PyTorch on the same 29.5M-parameter Llama, side by side in one run.
+
+Builds the model of the issue (hidden 512, 8 layers, MLP 1376, 8 heads, vocab 4096, fp32) with
+transformers, saves it as a Hugging Face checkpoint, times PyTorch (2 threads, SDPA, inference
+mode, full-sequence logits, no KV cache), then times `rudder bench llama` on the very same
+files, and prints both with the ratio rudder / torch. Medians of N runs after 2 warm-ups.
+
+Usage: python benches/llama_vs_torch.py [--rudder target/release/rudder] [--runs 10] [--lora]
+"""
+import argparse, json, os, statistics, subprocess, tempfile, time
+
+import torch
+import transformers as T
+
+
+def median_ms(fn, runs, warm=2):
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1000 * statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rudder", default="target/release/rudder")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--seqs", default="64,256")
+    ap.add_argument("--lora", action="store_true", help="also time a LoRA training step (r 4, q+v, b8 s64)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+                        tie_word_embeddings=False, attn_implementation="sdpa")
+    model = T.LlamaForCausalLM(cfg).eval()
+    seqs = [int(s) for s in a.seqs.split(",")]
+    res = {"params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+           "torch": torch.__version__, "transformers": T.__version__, "threads": 2,
+           "loadavg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        g = torch.Generator().manual_seed(0)
+        for s in seqs:
+            ids = torch.randint(0, 4096, (1, s), generator=g)
+            with torch.inference_mode():
+                res[f"torch_fwd_b1_s{s}_ms"] = median_ms(lambda: model(input_ids=ids, use_cache=False).logits, a.runs)
+        env = dict(os.environ, CANDLE_NUM_THREADS="2")
+        cmd = [a.rudder, "bench", "llama", "--model", d, "--seqs", a.seqs, "--runs", str(a.runs), "--json"]
+        if a.lora:
+            cmd.append("--lora")
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+        res["rudder"] = out
+        for s in seqs:
+            r = out[f"fwd_b1_s{s}"]["median_ms"]
+            t = res[f"torch_fwd_b1_s{s}_ms"]
+            res[f"ratio_fwd_s{s}"] = r / t
+        if a.lora:
+            from peft import LoraConfig, get_peft_model
+            pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  lora_dropout=0.0))
+            pm.train()
+            opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-4)
+            ids = torch.randint(0, 4096, (8, 64), generator=g)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = pm(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+                opt.step()
+            res["torch_lora_step_b8_s64_ms"] = median_ms(step, a.runs)
+            res["ratio_lora_step"] = out["lora_step_b8_s64"]["median_ms"] / res["torch_lora_step_b8_s64_ms"]
+    res["loadavg_end"] = os.getloadavg()
+    print(json.dumps(res, indent=1))
+    print()
+    print(f"{'measurement':24s} {'rudder ms':>10s} {'torch ms':>10s} {'ratio':>7s}")
+    for s in seqs:
+        print(f"{'forward b1 s' + str(s):24s} {out[f'fwd_b1_s{s}']['median_ms']:10.2f} "
+              f"{res[f'torch_fwd_b1_s{s}_ms']:10.2f} {res[f'ratio_fwd_s{s}']:7.3f}")
+    if a.lora:
+        print(f"{'LoRA step b8 s64':24s} {out['lora_step_b8_s64']['median_ms']:10.2f} "
+              f"{res['torch_lora_step_b8_s64_ms']:10.2f} {res['ratio_lora_step']:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+//! `rudder bench ...`: speed measurements. Each prints medians so that a script can put them
+//! beside the baseline measured in the same run (see benches/).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use rudder_tune::candle_core::{DType, Device, Tensor};
+use rudder_tune::hooks::Hooks;
+use rudder_tune::load::load_model;
+use rudder_tune::models::decoder::Decoder;
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Forward pass of a Llama checkpoint (batch 1, full-sequence logits, no KV cache), the
+    /// cost of an idle hook mechanism, and GFLOP/s against the machine's matmul peak.
+    #[command(after_help = "Example (the baseline side by side: benches/llama_vs_torch.sh):\n  \
+rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json")]
+    Llama(LlamaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LlamaArgs {
+    /// Llama checkpoint folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Sequence lengths to time, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    pub seqs: Vec<usize>,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Llama(a) => llama(a),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+fn time<F: FnMut() -> anyhow::Result<()>>(runs: usize, warmup: usize, mut f: F) -> anyhow::Result<Timing> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    let n = ts.len();
+    let median = if n % 2 == 1 {
+        ts[n / 2]
+    } else {
+        0.5 * (ts[n / 2 - 1] + ts[n / 2])
+    };
+    Ok(Timing {
+        median_ms: median,
+        min_ms: ts[0],
+        max_ms: ts[n - 1],
+    })
+}
+
+/// Multiply-adds of one forward pass over `t` tokens, counted as 2 FLOPs each.
+fn forward_flops(d: &Decoder, t: usize) -> f64 {
+    let c = &d.cfg;
+    let (h, f, l) = (c.hidden_size as f64, c.intermediate_size as f64, c.num_layers as f64);
+    let q = (c.num_heads * c.head_dim) as f64;
+    let kv = (c.num_kv_heads * c.head_dim) as f64;
+    let t = t as f64;
+    let proj = h * (q + 2.0 * kv) + q * h + 3.0 * h * f;
+    let attn = 2.0 * t * q; // scores and weighted sum, per query token
+    2.0 * t * (l * (proj + attn) + h * c.vocab_size as f64)
+}
+
+fn matmul_peak(runs: usize) -> anyhow::Result<f64> {
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let t = time(runs, 2, || {
+        let _ = a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / (t.median_ms * 1e-3) / 1e9)
+}
+
+fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_model(&a.model, &Device::Cpu)?;
+    let dec = loaded
+        .model
+        .decoder()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a language model", a.model.display()))?;
+    let params: usize = loaded
+        .weights
+        .names()
+        .filter_map(|n| loaded.weights.opt(n))
+        .map(|t| t.elem_count())
+        .sum();
+    let mut out = serde_json::Map::new();
+    out.insert("params_M".into(), serde_json::json!(params as f64 / 1e6));
+    out.insert("threads".into(), serde_json::json!(rudder_tune::candle_core::utils::get_num_threads()));
+    let peak = matmul_peak(a.runs)?;
+    out.insert("matmul_1024_gflops".into(), serde_json::json!(peak));
+    let vocab = dec.cfg.vocab_size as u32;
+    for &s in &a.seqs {
+        let ids: Vec<u32> = (0..s as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let ids = Tensor::from_vec(ids, (1, s), &Device::Cpu)?;
+        let plain = time(a.runs, a.warmup, || {
+            let (l, _) = dec.forward_ids(&ids, 0, None, None, false)?;
+            let _ = l.to_dtype(DType::F32)?;
+            Ok(())
+        })?;
+        let mut hooks = Hooks::new();
+        let hooked = time(a.runs, a.warmup, || {
+            let (l, _) = dec.forward_ids(&ids, 0, None, Some(&mut hooks), false)?;
+            let _ = l.to_dtype(DType::F32)?;
+            Ok(())
+        })?;
+        let gflops = forward_flops(dec, s) / (plain.median_ms * 1e-3) / 1e9;
+        out.insert(
+            format!("fwd_b1_s{s}"),
+            serde_json::json!({
+                "median_ms": plain.median_ms, "min_ms": plain.min_ms, "max_ms": plain.max_ms,
+                "gflops": gflops, "fraction_of_matmul_peak": gflops / peak,
+                "idle_hooks_median_ms": hooked.median_ms,
+                "idle_hook_overhead_pct": 100.0 * (hooked.median_ms - plain.median_ms) / plain.median_ms,
+            }),
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(out));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(out))?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

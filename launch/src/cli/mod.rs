@@ -1,0 +1,56 @@
+//! Subcommands of `rudder`.
+
+pub mod bench;
+pub mod model;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rudder",
+    version,
+    about = "Rust robotics and embodied-policy control stack",
+    long_about = "Rudder runs learned robot policies in a real-time loop, in simulation or on a UR5 \
+through ROS 2, on one transformer + fine-tuning core.\n\nStart with:\n  rudder model verify --model fixtures/hf-tiny/llama"
+)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load, inspect and verify Hugging Face checkpoints.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Benchmarks, each beside its baseline.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Model(m) => model::run(m),
+        Command::Bench(b) => bench::run(b),
+    }
+}

@@ -1,0 +1,3 @@
+//! The `rudder` command line: the one place that wires the crates together.
+
+pub mod cli;

@@ -1,0 +1,260 @@
+//! The per-tick logic of the control thread, free of threads and clocks so it can be stepped
+//! deterministically in tests: watchdog, reference following, safety filter, metrics.
+
+use super::metrics::{Histogram, HoldCounts};
+use super::trajectory::{JointTrajectory, Reference};
+use crate::safety::{LimitMonitor, SafetyConfig, SafetyError, SafetyFilter, SafetyReport};
+use crate::types::JointCommand;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Why the loop is holding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldReason {
+    /// Started, no chunk received yet.
+    NoChunkYet,
+    /// The measured state is older than the watchdog allows (like the UR driver's receive
+    /// timeout).
+    StaleObservation,
+    /// The time is past the last point of the newest chunk.
+    ChunkExhausted,
+    /// The last inference returned an error (or its chunk could not be used).
+    InferenceError,
+    /// An inference has been running longer than the time-out.
+    InferenceTimeout,
+    /// Reading the state or sending the command failed.
+    EmbodimentError,
+    /// `stop` was called: braking to rest before the thread ends.
+    Stopping,
+}
+
+/// What the loop is doing; reported every tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoopState {
+    Running,
+    /// Decelerating (within the limits) or, once `at_rest`, holding position.
+    Holding {
+        reason: HoldReason,
+        at_rest: bool,
+    },
+    Stopped,
+}
+
+impl LoopState {
+    pub fn hold_reason(&self) -> Option<HoldReason> {
+        match self {
+            LoopState::Holding { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WatchdogConfig {
+    /// Seconds after which a measured state counts as stale.
+    pub stale_after: f64,
+    /// Seconds one inference may run before the loop holds.
+    pub inference_timeout: f64,
+}
+
+impl Default for WatchdogConfig {
+    /// 0.04 s is the UR driver's `robot_receive_timeout`; 0.5 s lets a 50-120 ms model miss a
+    /// few deadlines of its own before the arm stops.
+    fn default() -> Self {
+        Self {
+            stale_after: 0.04,
+            inference_timeout: 0.5,
+        }
+    }
+}
+
+/// The inputs the watchdog judges each tick.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Health {
+    /// Seconds since the measured state was sampled.
+    pub state_age: f64,
+    pub embodiment_failed: bool,
+    pub inference_failed: bool,
+    /// Seconds the current inference has been running, if one is.
+    pub inference_busy_for: Option<f64>,
+    pub stopping: bool,
+}
+
+/// Tick logic: owns the safety filter and an independent monitor of what it emits.
+#[derive(Debug, Clone)]
+pub struct ControlCore {
+    watchdog: WatchdogConfig,
+    blend_window: f64,
+    filter: SafetyFilter,
+    monitor: LimitMonitor,
+    reference: Option<Reference>,
+    desired: Vec<f64>,
+    state: LoopState,
+    holds: HoldCounts,
+    hold_ticks: u64,
+    chunk_age: Histogram,
+    chunks_received: u64,
+    chunks_rejected: u64,
+}
+
+impl ControlCore {
+    /// Starts holding at rest at `initial` (the measured position).
+    pub fn new(
+        safety: SafetyConfig,
+        watchdog: WatchdogConfig,
+        blend_window: f64,
+        initial: &[f64],
+    ) -> Result<Self, SafetyError> {
+        let filter = SafetyFilter::new(safety.clone(), initial)?;
+        let monitor = LimitMonitor::new(safety, initial);
+        Ok(Self {
+            watchdog,
+            blend_window,
+            filter,
+            monitor,
+            reference: None,
+            desired: vec![0.0; initial.len()],
+            state: LoopState::Holding {
+                reason: HoldReason::NoChunkYet,
+                at_rest: true,
+            },
+            holds: HoldCounts::default(),
+            hold_ticks: 0,
+            // 0.1 ms bins up to 5 s.
+            chunk_age: Histogram::new(100_000, 50_000),
+            chunks_received: 0,
+            chunks_rejected: 0,
+        })
+    }
+
+    /// Offers a new trajectory at time `t`; it is faded in over the blend window. Returns
+    /// false (and counts it) if it cannot be used: wrong joint count, or already over.
+    pub fn offer(&mut self, traj: Arc<JointTrajectory>, t: f64) -> bool {
+        self.chunks_received += 1;
+        let dof = self.desired.len();
+        if traj.dof() != dof || traj.points.iter().any(|p| p.len() != dof) || traj.end_time() <= t {
+            self.chunks_rejected += 1;
+            return false;
+        }
+        let reference = self.reference.get_or_insert_with(|| {
+            // Resuming from a hold: blend from where the filter last put the arm.
+            Reference::hold(self.filter.position(), None, self.blend_window)
+        });
+        reference.push(traj, t);
+        true
+    }
+
+    /// One tick at time `t` (seconds, loop clock). Writes the command to send into `out`.
+    pub fn step(&mut self, t: f64, health: &Health, out: &mut JointCommand) -> LoopState {
+        let reason = self.judge(t, health);
+        out.positions.resize(self.desired.len(), 0.0);
+        match reason {
+            Some(reason) => {
+                if self.state.hold_reason() != Some(reason) {
+                    self.count_hold(reason);
+                }
+                // Dropping the reference makes the next chunk blend in from the held pose.
+                self.reference = None;
+                let (_, g) = self.filter.apply(None, None, &mut out.positions);
+                out.gripper = g;
+                self.hold_ticks += 1;
+                self.state = LoopState::Holding {
+                    reason,
+                    at_rest: self.filter.at_rest(),
+                };
+            }
+            None => {
+                let mut g = None;
+                if let Some(r) = self.reference.as_mut() {
+                    g = r.sample(t, &mut self.desired);
+                    if let Some(tr) = r.newest() {
+                        let age = (t - tr.observation_time).max(0.0);
+                        self.chunk_age.record((age * 1e9) as u64);
+                    }
+                }
+                let (_, g) = self
+                    .filter
+                    .apply(Some(&self.desired), g, &mut out.positions);
+                out.gripper = g;
+                self.state = LoopState::Running;
+            }
+        }
+        self.monitor.check(&out.positions);
+        self.state
+    }
+
+    /// The watchdog: the first failing check, in order of how directly it endangers the arm.
+    fn judge(&self, t: f64, h: &Health) -> Option<HoldReason> {
+        if h.stopping {
+            return Some(HoldReason::Stopping);
+        }
+        if h.embodiment_failed {
+            return Some(HoldReason::EmbodimentError);
+        }
+        // NaN age (a broken clock) counts as stale.
+        if h.state_age.is_nan() || h.state_age > self.watchdog.stale_after {
+            return Some(HoldReason::StaleObservation);
+        }
+        if h.inference_failed {
+            return Some(HoldReason::InferenceError);
+        }
+        if h.inference_busy_for
+            .is_some_and(|b| b > self.watchdog.inference_timeout)
+        {
+            return Some(HoldReason::InferenceTimeout);
+        }
+        match self.reference.as_ref().and_then(|r| r.newest()) {
+            // After a hold the arm waits for a fresh chunk; until then the reason that caused
+            // the hold stays reported.
+            None => Some(self.state.hold_reason().unwrap_or(HoldReason::NoChunkYet)),
+            Some(tr) if t > tr.end_time() => Some(HoldReason::ChunkExhausted),
+            Some(_) => None,
+        }
+    }
+
+    fn count_hold(&mut self, r: HoldReason) {
+        let h = &mut self.holds;
+        match r {
+            HoldReason::NoChunkYet => h.no_chunk_yet += 1,
+            HoldReason::StaleObservation => h.stale_observation += 1,
+            HoldReason::ChunkExhausted => h.chunk_exhausted += 1,
+            HoldReason::InferenceError => h.inference_error += 1,
+            HoldReason::InferenceTimeout => h.inference_timeout += 1,
+            HoldReason::EmbodimentError => h.embodiment_error += 1,
+            HoldReason::Stopping => h.stopping += 1,
+        }
+    }
+
+    pub fn state(&self) -> LoopState {
+        self.state
+    }
+
+    pub fn filter(&self) -> &SafetyFilter {
+        &self.filter
+    }
+
+    pub fn safety_report(&self) -> SafetyReport {
+        self.filter.report()
+    }
+
+    pub fn monitor(&self) -> &LimitMonitor {
+        &self.monitor
+    }
+
+    pub fn holds(&self) -> HoldCounts {
+        self.holds
+    }
+
+    pub fn hold_ticks(&self) -> u64 {
+        self.hold_ticks
+    }
+
+    pub fn chunk_age(&self) -> &Histogram {
+        &self.chunk_age
+    }
+
+    /// (received, rejected)
+    pub fn chunk_counts(&self) -> (u64, u64) {
+        (self.chunks_received, self.chunks_rejected)
+    }
+}

@@ -1,0 +1,395 @@
+//! Loop behaviour: following a planner, blending, and the watchdog. The deterministic tests
+//! step `ControlCore` on a simulated clock; the threaded ones run the real threads but assert
+//! only safety and state, never microsecond timing (the machine may be loaded).
+
+use rudder_robot::bench::{bench_workspace, SinusoidPolicy, HOME};
+use rudder_robot::control::{
+    ChunkConverter, ControlCore, EefDeltaScale, Health, HoldReason, LoopState, WatchdogConfig,
+};
+use rudder_robot::safety::SafetyConfig;
+use rudder_robot::types::{Action, ActionChunk, ActionSpace, JointCommand, Observation};
+use rudder_robot::ur5::Ur5Model;
+use rudder_robot::{ControlConfig, ControlLoop, KinematicUr5, Policy, PolicyError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RATE: f64 = 500.0;
+
+fn converter() -> ChunkConverter {
+    let s = SafetyConfig::ur5(RATE);
+    ChunkConverter {
+        dof: 6,
+        model: Some(Ur5Model::ur5()),
+        lower: s.limits.lower,
+        upper: s.limits.upper,
+        eef_scale: EefDeltaScale::default(),
+    }
+}
+
+fn boxed_safety() -> SafetyConfig {
+    let mut s = SafetyConfig::ur5(RATE);
+    s.workspace = Some((Ur5Model::ur5(), bench_workspace()));
+    s
+}
+
+/// An inference in flight: ready tick, result, observed joints, observation time.
+type Pending = (u64, Result<ActionChunk, PolicyError>, Vec<f64>, f64);
+
+/// A simulated run: inference takes `latency` ticks, then its chunk is offered. `fault(tick)`
+/// can spoil the health. Returns (states, commands).
+struct Sim {
+    core: ControlCore,
+    policy: Box<dyn Policy>,
+    conv: ChunkConverter,
+    q: Vec<f64>,
+    tick: u64,
+    pending: Option<Pending>,
+    latency_ticks: u64,
+    policy_enabled: bool,
+    states: Vec<LoopState>,
+    commands: Vec<Vec<f64>>,
+}
+
+impl Sim {
+    fn new(policy: Box<dyn Policy>, latency_ticks: u64) -> Self {
+        let core = ControlCore::new(boxed_safety(), WatchdogConfig::default(), 0.1, &HOME)
+            .expect("valid start");
+        Self {
+            core,
+            policy,
+            conv: converter(),
+            q: HOME.to_vec(),
+            tick: 0,
+            pending: None,
+            latency_ticks,
+            policy_enabled: true,
+            states: vec![],
+            commands: vec![],
+        }
+    }
+
+    fn t(&self) -> f64 {
+        self.tick as f64 / RATE
+    }
+
+    fn step(&mut self, health: Health) -> LoopState {
+        let t = self.t();
+        if let Some((ready, _, _, _)) = &self.pending {
+            if *ready <= self.tick {
+                if let Some((_, Ok(chunk), obs_q, obs_t)) = self.pending.take() {
+                    let (traj, _) = self.conv.convert(&chunk, &obs_q, obs_t).expect("convert");
+                    self.core.offer(Arc::new(traj), t);
+                }
+            }
+        }
+        if self.pending.is_none() && self.policy_enabled {
+            let obs = Observation {
+                state: self.q.clone(),
+                timestamp: t,
+                ..Default::default()
+            };
+            let r = self.policy.infer(&obs);
+            self.pending = Some((self.tick + self.latency_ticks, r, self.q.clone(), t));
+        }
+        let mut cmd = JointCommand {
+            positions: vec![],
+            gripper: None,
+        };
+        let st = self.core.step(t, &health, &mut cmd);
+        self.q.clone_from(&cmd.positions);
+        self.commands.push(cmd.positions);
+        self.states.push(st);
+        self.tick += 1;
+        st
+    }
+
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.step(Health::default());
+        }
+    }
+
+    fn velocity(&self, k: usize) -> Vec<f64> {
+        let (a, b) = (&self.commands[k - 1], &self.commands[k]);
+        a.iter().zip(b).map(|(x, y)| (y - x) * RATE).collect()
+    }
+}
+
+fn instant_sinusoid(seed: u64) -> Box<dyn Policy> {
+    let mut p = SinusoidPolicy::new(seed);
+    p.latency = (0.0, 0.0);
+    Box::new(p)
+}
+
+#[test]
+fn follows_sinusoid_planner_with_zero_violations_and_no_jumps() {
+    let mut sim = Sim::new(instant_sinusoid(1), 40);
+    sim.run(1000);
+    let early = sim.core.safety_report().interventions.total();
+    sim.run(4000);
+    // Once the first chunk has faded in, blending chunks needs no clamping.
+    let late = sim.core.safety_report().interventions.total() - early;
+    assert_eq!(late, 0, "{:?}", sim.core.safety_report());
+    let v = sim.core.monitor().counts();
+    assert_eq!(v.total(), 0, "{v:?}");
+    assert!(sim.core.monitor().max_step_seen() <= std::f64::consts::PI / RATE + 1e-12);
+    // After the first chunk has faded in, the arm tracks the planner's curve closely.
+    let p = SinusoidPolicy::new(1);
+    let mut worst: f64 = 0.0;
+    for k in 1000..5000 {
+        assert_eq!(sim.states[k], LoopState::Running, "tick {k}");
+        let r = p.reference(k as f64 / RATE);
+        for (c, r) in sim.commands[k].iter().zip(r.iter()) {
+            worst = worst.max((c - r).abs());
+        }
+    }
+    if worst >= 0.01 {
+        for k in (1000..5000).step_by(400) {
+            eprintln!(
+                "{k} {:?} {:?} {:?}",
+                sim.commands[k],
+                p.reference(k as f64 / RATE),
+                sim.states[k]
+            );
+        }
+        eprintln!("{:?}", sim.core.safety_report());
+    }
+    assert!(worst < 0.01, "tracking error {worst} rad");
+    let holds = sim.core.holds();
+    assert_eq!(holds.chunk_exhausted + holds.inference_error, 0);
+}
+
+/// Small end-effector deltas (a slow circle in the horizontal plane) through IK.
+struct CirclePolicy;
+
+impl Policy for CirclePolicy {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let actions = (0..20)
+            .map(|k| {
+                let a = 2.0 * (obs.timestamp + k as f64 * 0.05);
+                Action::EefDelta {
+                    dpos: [0.05 * a.cos(), 0.05 * a.sin(), 0.0],
+                    drot: [0.0, 0.0, 0.02],
+                    gripper: 1.0,
+                }
+            })
+            .collect();
+        ActionChunk::new(ActionSpace::EefDelta7, obs.timestamp, 0.05, actions)
+            .map_err(|e| PolicyError::Inference(e.to_string()))
+    }
+}
+
+#[test]
+fn end_effector_chunks_run_through_ik_without_violations() {
+    let mut sim = Sim::new(Box::new(CirclePolicy), 30);
+    sim.run(3000);
+    assert_eq!(sim.core.monitor().counts().total(), 0);
+    assert!(sim.states[2000..].iter().all(|s| *s == LoopState::Running));
+    let moved = (0..6).any(|j| (sim.commands[2999][j] - HOME[j]).abs() > 0.01);
+    assert!(moved, "the arm should have followed the deltas");
+}
+
+/// Drives the sim to full motion, applies `fault` from then on, and checks the hold: the state
+/// changes on the very tick the fault is seen, speed only decreases, never faster than the
+/// acceleration limit, and reaches rest.
+fn check_hold(fault: Health, reason: HoldReason) {
+    let mut sim = Sim::new(instant_sinusoid(2), 40);
+    sim.run(1500);
+    let k0 = sim.commands.len() - 1;
+    let v0 = sim.velocity(k0);
+    assert!(
+        v0.iter().any(|v| v.abs() > 0.05),
+        "arm should be moving: {v0:?}"
+    );
+    let st = sim.step(fault);
+    assert!(
+        matches!(st, LoopState::Holding { reason: r, .. } if r == reason),
+        "{st:?}"
+    );
+    let a_max = 10.0;
+    let mut prev = v0;
+    let mut rest_at = None;
+    for i in 0..400 {
+        let st = if i == 0 { st } else { sim.step(fault) };
+        let k = sim.commands.len() - 1;
+        let v = sim.velocity(k);
+        for j in 0..6 {
+            assert!(
+                v[j].abs() <= prev[j].abs() + 1e-9,
+                "speed grew on joint {j}"
+            );
+            assert!(
+                (v[j] - prev[j]).abs() <= a_max / RATE + 1e-6,
+                "decel too hard"
+            );
+        }
+        prev = v;
+        if let LoopState::Holding { at_rest: true, .. } = st {
+            rest_at.get_or_insert(i);
+        }
+    }
+    // From under 1 rad/s at 10 rad/s^2: at most 0.1 s = 50 ticks.
+    let rest_at = rest_at.expect("must come to rest");
+    assert!(rest_at <= 50, "rest after {rest_at} ticks");
+    let last = sim.commands.len() - 1;
+    assert_eq!(
+        sim.commands[last],
+        sim.commands[last - 100],
+        "hold must stay put"
+    );
+    assert_eq!(sim.core.monitor().counts().total(), 0);
+}
+
+#[test]
+fn inference_error_brakes_to_hold() {
+    check_hold(
+        Health {
+            inference_failed: true,
+            ..Health::default()
+        },
+        HoldReason::InferenceError,
+    );
+}
+
+#[test]
+fn stale_observation_brakes_to_hold() {
+    check_hold(
+        Health {
+            state_age: 0.05,
+            ..Health::default()
+        },
+        HoldReason::StaleObservation,
+    );
+}
+
+#[test]
+fn inference_timeout_brakes_to_hold() {
+    check_hold(
+        Health {
+            inference_busy_for: Some(0.6),
+            ..Health::default()
+        },
+        HoldReason::InferenceTimeout,
+    );
+}
+
+#[test]
+fn exhausted_chunk_holds_then_resumes_smoothly() {
+    let mut sim = Sim::new(instant_sinusoid(3), 40);
+    sim.run(1500);
+    sim.policy_enabled = false;
+    sim.pending = None;
+    // The last chunk lasts 0.95 s past its observation; give it that and a bit.
+    sim.run(700);
+    let st = *sim.states.last().expect("ran");
+    assert_eq!(
+        st,
+        LoopState::Holding {
+            reason: HoldReason::ChunkExhausted,
+            at_rest: true
+        }
+    );
+    sim.policy_enabled = true;
+    sim.run(1000);
+    assert_eq!(*sim.states.last().expect("ran"), LoopState::Running);
+    assert_eq!(sim.core.monitor().counts().total(), 0);
+    assert!(sim.core.monitor().max_step_seen() <= std::f64::consts::PI / RATE + 1e-12);
+}
+
+/// A policy that works `good` times, then fails (or stalls for `stall`).
+struct FlakyPolicy {
+    inner: SinusoidPolicy,
+    good: usize,
+    stall: Option<Duration>,
+}
+
+impl Policy for FlakyPolicy {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        if self.good == 0 {
+            if let Some(d) = self.stall {
+                std::thread::sleep(d);
+            }
+            return Err(PolicyError::Inference("synthetic failure".into()));
+        }
+        self.good -= 1;
+        self.inner.infer(obs)
+    }
+}
+
+fn threaded(
+    policy: impl Policy + 'static,
+    run_for: Duration,
+) -> (LoopState, rudder_robot::LoopMetrics) {
+    let model = Ur5Model::ur5();
+    let mut cfg = ControlConfig::ur5(model, RATE);
+    cfg.safety.workspace = Some((model, bench_workspace()));
+    let arm = KinematicUr5::new(model, HOME)
+        .expect("valid")
+        .with_rate(RATE);
+    let lp = ControlLoop::start(arm, policy, cfg).expect("starts");
+    let started = Instant::now();
+    let mut last = lp.state();
+    while started.elapsed() < run_for {
+        std::thread::sleep(Duration::from_millis(20));
+        last = lp.state();
+    }
+    let (arm, m) = lp.stop().expect("stops");
+    assert_eq!(arm.commands_received(), m.ticks);
+    (last, m)
+}
+
+#[test]
+fn threaded_loop_follows_policy_safely() {
+    let mut p = SinusoidPolicy::new(5);
+    p.latency = (0.05, 0.12);
+    let (state, m) = threaded(p, Duration::from_millis(1500));
+    assert_eq!(m.violations.total(), 0, "{:?}", m.violations);
+    assert!(m.max_command_step_rad <= std::f64::consts::PI / RATE + 1e-12);
+    assert!(m.chunks_received >= 3, "{m:?}");
+    assert!(m.inferences >= 3);
+    assert!(m.inference_latency_ms.p50 >= 50.0);
+    assert!(m.ticks > 100);
+    // Under heavy load a tick can be late, but the loop keeps going and ends cleanly.
+    assert!(matches!(
+        state,
+        LoopState::Running | LoopState::Holding { .. }
+    ));
+}
+
+#[test]
+fn threaded_loop_holds_on_policy_error_and_stall() {
+    let failing = FlakyPolicy {
+        inner: SinusoidPolicy::new(6),
+        good: 3,
+        stall: None,
+    };
+    let (state, m) = threaded(failing, Duration::from_millis(1200));
+    assert_eq!(
+        state,
+        LoopState::Holding {
+            reason: HoldReason::InferenceError,
+            at_rest: true
+        }
+    );
+    assert!(m.inference_errors > 0 && m.holds.inference_error >= 1);
+    assert!(m
+        .last_inference_error
+        .as_deref()
+        .is_some_and(|e| e.contains("synthetic")));
+    assert_eq!(m.violations.total(), 0);
+
+    let stalling = FlakyPolicy {
+        inner: SinusoidPolicy::new(7),
+        good: 3,
+        stall: Some(Duration::from_millis(1500)),
+    };
+    let (state, m) = threaded(stalling, Duration::from_millis(1300));
+    assert_eq!(
+        state,
+        LoopState::Holding {
+            reason: HoldReason::InferenceTimeout,
+            at_rest: true
+        }
+    );
+    assert_eq!(m.violations.total(), 0);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, checks formatting and lints, and
+# runs every test in the release profile (model code is unusable unoptimised).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=never
+# Two cores on CI: keep the build from oversubscribing them.
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+rustc --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, -D warnings)"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "tests (release)"
+cargo test --release --workspace
+
+step "examples as smoke tests"
+cargo run --release --quiet -- model verify --model fixtures/hf-tiny/llama
+cargo run --release --quiet -- model verify --model fixtures/hf-tiny/paligemma --json > /dev/null

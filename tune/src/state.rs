@@ -1,0 +1,117 @@
+//! Walking a model's parameters by their Hub names, for saving and for training.
+
+use candle_core::{Result, Tensor};
+
+use crate::blocks::{Attention, LayerNorm, Linear, Mlp, RmsNorm};
+use crate::models::decoder::Decoder;
+use crate::models::{paligemma, siglip};
+
+/// Parameters in Hub layout, each with its full name.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+fn p(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+pub fn linear(out: &mut NamedTensors, prefix: &str, l: &Linear) -> Result<()> {
+    out.push((p(prefix, "weight"), l.weight()?.contiguous()?));
+    if let Some(b) = &l.bias {
+        out.push((p(prefix, "bias"), b.clone()));
+    }
+    Ok(())
+}
+
+fn rms(out: &mut NamedTensors, prefix: &str, n: &RmsNorm) {
+    out.push((p(prefix, "weight"), n.weight.clone()));
+}
+
+fn ln(out: &mut NamedTensors, prefix: &str, n: &LayerNorm) {
+    out.push((p(prefix, "weight"), n.weight.clone()));
+    out.push((p(prefix, "bias"), n.bias.clone()));
+}
+
+fn attention(out: &mut NamedTensors, prefix: &str, a: &Attention) -> Result<()> {
+    linear(out, &p(prefix, "q_proj"), &a.q_proj)?;
+    linear(out, &p(prefix, "k_proj"), &a.k_proj)?;
+    linear(out, &p(prefix, "v_proj"), &a.v_proj)?;
+    linear(out, &p(prefix, a.cfg.out_name), &a.o_proj)
+}
+
+fn mlp(out: &mut NamedTensors, prefix: &str, m: &Mlp) -> Result<()> {
+    match &m.up {
+        Some(up) => {
+            linear(out, &p(prefix, "gate_proj"), &m.gate)?;
+            linear(out, &p(prefix, "up_proj"), up)?;
+            linear(out, &p(prefix, "down_proj"), &m.down)
+        }
+        None => {
+            linear(out, &p(prefix, "fc1"), &m.gate)?;
+            linear(out, &p(prefix, "fc2"), &m.down)
+        }
+    }
+}
+
+/// `model_prefix` is where the decoder lives (`model`), `head_prefix` where `lm_head` lives
+/// (None: tied, not saved).
+pub fn decoder(out: &mut NamedTensors, model_prefix: &str, head_prefix: Option<&str>, d: &Decoder) -> Result<()> {
+    out.push((p(model_prefix, "embed_tokens.weight"), d.embed_tokens.clone()));
+    for (i, l) in d.layers.iter().enumerate() {
+        let lp = p(model_prefix, &format!("layers.{i}"));
+        rms(out, &p(&lp, "input_layernorm"), &l.input_layernorm);
+        attention(out, &p(&lp, "self_attn"), &l.self_attn)?;
+        rms(out, &p(&lp, "post_attention_layernorm"), &l.post_attention_layernorm);
+        mlp(out, &p(&lp, "mlp"), &l.mlp)?;
+    }
+    rms(out, &p(model_prefix, "norm"), &d.norm);
+    if let Some(hp) = head_prefix {
+        if !d.cfg.tie_word_embeddings {
+            linear(out, &p(hp, "lm_head"), &d.lm_head)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn siglip(out: &mut NamedTensors, prefix: &str, m: &siglip::Model) -> Result<()> {
+    let c = &m.cfg;
+    let e = p(prefix, "embeddings");
+    let w = m
+        .patch_embedding
+        .weight()?
+        .reshape((c.hidden_size, c.num_channels, c.patch_size, c.patch_size))?;
+    out.push((p(&e, "patch_embedding.weight"), w.contiguous()?));
+    if let Some(b) = &m.patch_embedding.bias {
+        out.push((p(&e, "patch_embedding.bias"), b.clone()));
+    }
+    out.push((p(&e, "position_embedding.weight"), m.position_embedding.clone()));
+    for (i, l) in m.layers.iter().enumerate() {
+        let lp = p(prefix, &format!("encoder.layers.{i}"));
+        ln(out, &p(&lp, "layer_norm1"), &l.layer_norm1);
+        attention(out, &p(&lp, "self_attn"), &l.self_attn)?;
+        ln(out, &p(&lp, "layer_norm2"), &l.layer_norm2);
+        mlp(out, &p(&lp, "mlp"), &l.mlp)?;
+    }
+    ln(out, &p(prefix, "post_layernorm"), &m.post_layernorm);
+    if let Some(h) = &m.head {
+        let hp = p(prefix, "head");
+        out.push((p(&hp, "probe"), h.probe.clone()));
+        let ws: Vec<Tensor> = h.qkv.iter().map(|l| l.weight()).collect::<Result<_>>()?;
+        let bs: Vec<Tensor> = h.qkv.iter().filter_map(|l| l.bias.clone()).collect();
+        out.push((p(&hp, "attention.in_proj_weight"), Tensor::cat(&ws, 0)?.contiguous()?));
+        out.push((p(&hp, "attention.in_proj_bias"), Tensor::cat(&bs, 0)?));
+        linear(out, &p(&hp, "attention.out_proj"), &h.out_proj)?;
+        ln(out, &p(&hp, "layernorm"), &h.layernorm);
+        mlp(out, &p(&hp, "mlp"), &h.mlp)?;
+    }
+    Ok(())
+}
+
+/// PaliGemma in the Hub layout.
+pub fn paligemma(out: &mut NamedTensors, m: &paligemma::Model) -> Result<()> {
+    siglip(out, "vision_tower.vision_model", &m.vision_tower)?;
+    linear(out, "multi_modal_projector.linear", &m.projector)?;
+    decoder(out, "language_model.model", Some("language_model"), &m.language_model)
+}
