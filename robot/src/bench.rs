@@ -51,11 +51,17 @@ impl SinusoidPolicy {
 
     /// The reference position at loop time `t`; it passes through `home` at t = 0, so the
     /// loop starts without a large fade-in from the start pose.
+    /// The amplitude ramps in over the first 2 s (smoothstep) so the planner itself starts at
+    /// rest, as a real task would.
     pub fn reference(&self, t: f64) -> Joints {
+        let s = (t / 2.0).clamp(0.0, 1.0);
+        let envelope = s * s * (3.0 - 2.0 * s);
         std::array::from_fn(|j| {
             let phase = 0.7 * j as f64;
             self.home[j]
-                + self.amplitude * ((TAU * self.frequency_hz * t + phase).sin() - phase.sin())
+                + envelope
+                    * self.amplitude
+                    * ((TAU * self.frequency_hz * t + phase).sin() - phase.sin())
         })
     }
 }

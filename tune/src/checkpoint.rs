@@ -48,7 +48,8 @@ impl TensorStore {
                 self.metadata.insert(k.clone(), v.clone());
             }
         }
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| st_err(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| st_err(e.to_string()))?;
         let idx = self.files.len();
         self.files.push(path.to_path_buf());
         for (name, view) in st.tensors() {
@@ -221,14 +222,11 @@ pub fn save_safetensors_atomic(
         })?;
         views.push((n.clone(), t));
     }
-    let bytes = safetensors::serialize(
-        views.iter().map(|(n, t)| (n.as_str(), t)),
-        metadata,
-    )
-    .map_err(|e| TuneError::Safetensors {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let bytes = safetensors::serialize(views.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+        .map_err(|e| TuneError::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
     write_atomic(path, &bytes)
 }
 

@@ -101,10 +101,9 @@ impl JsonConfig {
 
     pub fn usize(&self, field: &str) -> Result<usize> {
         match self.get(field) {
-            Some(v) => v
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| self.field_error(field, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                self.field_error(field, format!("expected a non-negative integer, got {v}"))
+            }),
             None => Err(self.field_error(field, "missing")),
         }
     }

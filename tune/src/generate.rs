@@ -33,7 +33,9 @@ pub fn greedy(
         candle_core::bail!("greedy: empty prompt");
     }
     if prompts.iter().any(|p| p.len() != t) {
-        candle_core::bail!("greedy: prompts of different lengths need padding, which is not supported");
+        candle_core::bail!(
+            "greedy: prompts of different lengths need padding, which is not supported"
+        );
     }
     let dev = decoder.device();
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
@@ -43,7 +45,8 @@ pub fn greedy(
     let mut cache: Vec<KvCache> = Vec::new();
     let mut past = 0usize;
     for _ in 0..max_new_tokens {
-        let (logits, _) = decoder.forward_ids(&ids, past, Some(&mut cache), hooks.as_deref_mut(), false)?;
+        let (logits, _) =
+            decoder.forward_ids(&ids, past, Some(&mut cache), hooks.as_deref_mut(), false)?;
         past += ids.dim(1)?;
         let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
         let rows: Vec<Vec<f32>> = last.to_dtype(DType::F32)?.to_vec2()?;

@@ -19,7 +19,8 @@ pub enum Arch {
     PaliGemma,
 }
 
-pub const SUPPORTED: &str = "LlamaForCausalLM, GemmaForCausalLM, SiglipVisionModel, PaliGemmaForConditionalGeneration";
+pub const SUPPORTED: &str =
+    "LlamaForCausalLM, GemmaForCausalLM, SiglipVisionModel, PaliGemmaForConditionalGeneration";
 
 impl Arch {
     /// From `architectures[0]`, else `model_type`.
@@ -60,7 +61,9 @@ impl Arch {
                 arch: format!("model_type {m}"),
                 supported: SUPPORTED.into(),
             }),
-            (None, None, None) => Err(cfg.field_error("architectures", "missing (and no model_type either)")),
+            (None, None, None) => {
+                Err(cfg.field_error("architectures", "missing (and no model_type either)"))
+            }
         }
     }
 
@@ -124,6 +127,7 @@ pub struct LoadedModel {
     pub config: JsonConfig,
     pub model: AnyModel,
     pub weights: TensorStore,
+    pub device: Device,
 }
 
 /// Loads `dir/config.json` and the folder's safetensors into the matching model.
@@ -166,6 +170,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
         config: cfg,
         model,
         weights,
+        device: device.clone(),
     })
 }
 
@@ -176,7 +181,8 @@ impl LoadedModel {
             .model
             .named_tensors()
             .context(format!("{}: collecting parameters", self.dir.display()))?;
-        let map: std::collections::HashMap<String, candle_core::Tensor> = named.into_iter().collect();
+        let map: std::collections::HashMap<String, candle_core::Tensor> =
+            named.into_iter().collect();
         let cfg = serde_json::to_vec_pretty(self.config.value()).map_err(|e| TuneError::Json {
             path: dir.join("config.json"),
             msg: e.to_string(),

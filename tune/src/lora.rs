@@ -44,11 +44,15 @@ pub struct LoraSlot {
 
 impl LoraSlot {
     pub fn active(&self) -> Option<&LoraAdapter> {
-        self.active.and_then(|i| self.adapters.get(i)).map(|(_, a)| a)
+        self.active
+            .and_then(|i| self.adapters.get(i))
+            .map(|(_, a)| a)
     }
 
     pub fn active_name(&self) -> Option<&str> {
-        self.active.and_then(|i| self.adapters.get(i)).map(|(n, _)| n.as_str())
+        self.active
+            .and_then(|i| self.adapters.get(i))
+            .map(|(n, _)| n.as_str())
     }
 
     pub fn insert(&mut self, name: &str, adapter: LoraAdapter) {
@@ -60,11 +64,17 @@ impl LoraSlot {
     }
 
     pub fn get(&self, name: &str) -> Option<&LoraAdapter> {
-        self.adapters.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+        self.adapters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut LoraAdapter> {
-        self.adapters.iter_mut().find(|(n, _)| n == name).map(|(_, a)| a)
+        self.adapters
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
     /// Makes `name` the active adapter (None: no adapter). Returns false if it is not loaded.

@@ -57,13 +57,25 @@ fn mlp(out: &mut NamedTensors, prefix: &str, m: &Mlp) -> Result<()> {
 
 /// `model_prefix` is where the decoder lives (`model`), `head_prefix` where `lm_head` lives
 /// (None: tied, not saved).
-pub fn decoder(out: &mut NamedTensors, model_prefix: &str, head_prefix: Option<&str>, d: &Decoder) -> Result<()> {
-    out.push((p(model_prefix, "embed_tokens.weight"), d.embed_tokens.clone()));
+pub fn decoder(
+    out: &mut NamedTensors,
+    model_prefix: &str,
+    head_prefix: Option<&str>,
+    d: &Decoder,
+) -> Result<()> {
+    out.push((
+        p(model_prefix, "embed_tokens.weight"),
+        d.embed_tokens.clone(),
+    ));
     for (i, l) in d.layers.iter().enumerate() {
         let lp = p(model_prefix, &format!("layers.{i}"));
         rms(out, &p(&lp, "input_layernorm"), &l.input_layernorm);
         attention(out, &p(&lp, "self_attn"), &l.self_attn)?;
-        rms(out, &p(&lp, "post_attention_layernorm"), &l.post_attention_layernorm);
+        rms(
+            out,
+            &p(&lp, "post_attention_layernorm"),
+            &l.post_attention_layernorm,
+        );
         mlp(out, &p(&lp, "mlp"), &l.mlp)?;
     }
     rms(out, &p(model_prefix, "norm"), &d.norm);
@@ -78,15 +90,20 @@ pub fn decoder(out: &mut NamedTensors, model_prefix: &str, head_prefix: Option<&
 pub fn siglip(out: &mut NamedTensors, prefix: &str, m: &siglip::Model) -> Result<()> {
     let c = &m.cfg;
     let e = p(prefix, "embeddings");
-    let w = m
-        .patch_embedding
-        .weight()?
-        .reshape((c.hidden_size, c.num_channels, c.patch_size, c.patch_size))?;
+    let w = m.patch_embedding.weight()?.reshape((
+        c.hidden_size,
+        c.num_channels,
+        c.patch_size,
+        c.patch_size,
+    ))?;
     out.push((p(&e, "patch_embedding.weight"), w.contiguous()?));
     if let Some(b) = &m.patch_embedding.bias {
         out.push((p(&e, "patch_embedding.bias"), b.clone()));
     }
-    out.push((p(&e, "position_embedding.weight"), m.position_embedding.clone()));
+    out.push((
+        p(&e, "position_embedding.weight"),
+        m.position_embedding.clone(),
+    ));
     for (i, l) in m.layers.iter().enumerate() {
         let lp = p(prefix, &format!("encoder.layers.{i}"));
         ln(out, &p(&lp, "layer_norm1"), &l.layer_norm1);
@@ -100,7 +117,10 @@ pub fn siglip(out: &mut NamedTensors, prefix: &str, m: &siglip::Model) -> Result
         out.push((p(&hp, "probe"), h.probe.clone()));
         let ws: Vec<Tensor> = h.qkv.iter().map(|l| l.weight()).collect::<Result<_>>()?;
         let bs: Vec<Tensor> = h.qkv.iter().filter_map(|l| l.bias.clone()).collect();
-        out.push((p(&hp, "attention.in_proj_weight"), Tensor::cat(&ws, 0)?.contiguous()?));
+        out.push((
+            p(&hp, "attention.in_proj_weight"),
+            Tensor::cat(&ws, 0)?.contiguous()?,
+        ));
         out.push((p(&hp, "attention.in_proj_bias"), Tensor::cat(&bs, 0)?));
         linear(out, &p(&hp, "attention.out_proj"), &h.out_proj)?;
         ln(out, &p(&hp, "layernorm"), &h.layernorm);
@@ -113,5 +133,10 @@ pub fn siglip(out: &mut NamedTensors, prefix: &str, m: &siglip::Model) -> Result
 pub fn paligemma(out: &mut NamedTensors, m: &paligemma::Model) -> Result<()> {
     siglip(out, "vision_tower.vision_model", &m.vision_tower)?;
     linear(out, "multi_modal_projector.linear", &m.projector)?;
-    decoder(out, "language_model.model", Some("language_model"), &m.language_model)
+    decoder(
+        out,
+        "language_model.model",
+        Some("language_model"),
+        &m.language_model,
+    )
 }

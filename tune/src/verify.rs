@@ -67,7 +67,8 @@ impl Checker<'_> {
         let Some(want) = self.reference.opt(name) else {
             return Ok(());
         };
-        let d = max_abs_diff(got, want).map_err(|e| self.reference.tensor_error(name, e.to_string()))?;
+        let d = max_abs_diff(got, want)
+            .map_err(|e| self.reference.tensor_error(name, e.to_string()))?;
         self.outputs.push(OutputCheck {
             name: name.to_string(),
             max_abs_diff: d,
@@ -108,17 +109,25 @@ impl Checker<'_> {
 
 fn input<'a>(reference: &'a TensorStore, name: &str) -> Result<&'a Tensor> {
     reference.opt(name).ok_or_else(|| {
-        reference.tensor_error(name, "missing input tensor (this model needs it in the reference file)")
+        reference.tensor_error(
+            name,
+            "missing input tensor (this model needs it in the reference file)",
+        )
     })
 }
 
 fn ids_tensor(reference: &TensorStore, name: &str) -> Result<Tensor> {
     let t = input(reference, name)?;
     if t.rank() != 2 {
-        return Err(reference.tensor_error(name, format!("expected [batch, seq], got {:?}", t.dims())));
+        return Err(
+            reference.tensor_error(name, format!("expected [batch, seq], got {:?}", t.dims()))
+        );
     }
     if t.dtype().is_float() {
-        return Err(reference.tensor_error(name, format!("expected integer token ids, got {:?}", t.dtype())));
+        return Err(reference.tensor_error(
+            name,
+            format!("expected integer token ids, got {:?}", t.dtype()),
+        ));
     }
     let v: Vec<i64> = t
         .to_dtype(DType::I64)
@@ -126,9 +135,12 @@ fn ids_tensor(reference: &TensorStore, name: &str) -> Result<Tensor> {
         .and_then(|x| x.to_vec1())
         .map_err(|e| reference.tensor_error(name, e.to_string()))?;
     if let Some(bad) = v.iter().find(|&&x| x < 0 || x > u32::MAX as i64) {
-        return Err(reference.tensor_error(name, format!("token id {bad} is negative or too large")));
+        return Err(
+            reference.tensor_error(name, format!("token id {bad} is negative or too large"))
+        );
     }
-    t.to_dtype(DType::U32).map_err(|e| reference.tensor_error(name, e.to_string()))
+    t.to_dtype(DType::U32)
+        .map_err(|e| reference.tensor_error(name, e.to_string()))
 }
 
 fn rows_i64(reference: &TensorStore, name: &str) -> Result<Option<Vec<Vec<i64>>>> {
@@ -146,12 +158,22 @@ fn rows_i64(reference: &TensorStore, name: &str) -> Result<Option<Vec<Vec<i64>>>
 fn capture_all(hooks: &mut Hooks, tower: Tower, layers: usize) {
     for l in 0..layers {
         for site in [Site::MlpIn, Site::MlpAct, Site::MlpOut, Site::ResidPost] {
-            hooks.capture(HookPoint { tower, layer: l, site });
+            hooks.capture(HookPoint {
+                tower,
+                layer: l,
+                site,
+            });
         }
     }
 }
 
-fn check_layers(ck: &mut Checker, hooks: &Hooks, tower: Tower, prefix: &str, layers: usize) -> Result<()> {
+fn check_layers(
+    ck: &mut Checker,
+    hooks: &Hooks,
+    tower: Tower,
+    prefix: &str,
+    layers: usize,
+) -> Result<()> {
     for l in 0..layers {
         for (site, suffix) in [
             (Site::ResidPost, "out"),
@@ -159,7 +181,11 @@ fn check_layers(ck: &mut Checker, hooks: &Hooks, tower: Tower, prefix: &str, lay
             (Site::MlpAct, "mlp.act"),
             (Site::MlpOut, "mlp.out"),
         ] {
-            if let Some(t) = hooks.captured(&HookPoint { tower, layer: l, site }) {
+            if let Some(t) = hooks.captured(&HookPoint {
+                tower,
+                layer: l,
+                site,
+            }) {
                 ck.check(&format!("{prefix}layer.{l}.{suffix}"), t)?;
             }
         }
@@ -177,15 +203,23 @@ fn check_hidden(ck: &mut Checker, hs: &[Tensor]) -> Result<()> {
 /// Reads `"layers.0 output += 4.0 * steer.vector"` from the reference metadata.
 fn steer_spec(meta: &str) -> Option<(usize, f64)> {
     let rest = meta.split("layers.").nth(1)?;
-    let layer: usize = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let layer: usize = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
     let after = meta.split("+=").nth(1)?;
     let factor: f64 = after.split('*').next()?.trim().parse().ok()?;
     Some((layer, factor))
 }
 
 /// Runs `model` on the reference inputs and compares what it can produce.
-pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> Result<VerifyReport> {
-    let device = Device::Cpu;
+pub fn verify_loaded(
+    loaded: &LoadedModel,
+    reference_path: &Path,
+    atol: f64,
+) -> Result<VerifyReport> {
+    let device = loaded.device.clone();
     let reference = TensorStore::load_file(reference_path, &device)?;
     if !reference.names().any(|n| n.starts_with("in.")) {
         return Err(TuneError::Tensor {
@@ -215,12 +249,22 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
             ck.check("out.logits", &logits)?;
             check_hidden(&mut ck, &out.hidden_states)?;
             check_layers(&mut ck, &hooks, Tower::Main, "", dec.layers.len())?;
-            if let (Some(vec), true) = (reference.opt("steer.vector"), reference.contains("steer.logits")) {
-                match reference.metadata().get("steer").and_then(|m| steer_spec(m)) {
+            if let (Some(vec), true) = (
+                reference.opt("steer.vector"),
+                reference.contains("steer.logits"),
+            ) {
+                match reference
+                    .metadata()
+                    .get("steer")
+                    .and_then(|m| steer_spec(m))
+                {
                     Some((layer, factor)) => {
                         let add = (vec * factor).context(ctx("steer vector"))?;
                         let mut h = Hooks::new();
-                        h.add(HookPoint::new(layer, Site::ResidPost), HookAction::AddVector(add));
+                        h.add(
+                            HookPoint::new(layer, Site::ResidPost),
+                            HookAction::AddVector(add),
+                        );
                         let (sl, _) = dec
                             .forward_ids(&ids, 0, None, Some(&mut h), false)
                             .context(ctx("steered forward"))?;
@@ -233,7 +277,10 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
                 let gin = ids_tensor(&reference, "gen.input_ids")?;
                 let prompts: Vec<Vec<u32>> = gin.to_vec2().context(ctx("gen.input_ids"))?;
                 let want = input(&reference, "gen.output_ids")?;
-                let new = want.dim(1).unwrap_or(0).saturating_sub(gin.dim(1).unwrap_or(0));
+                let new = want
+                    .dim(1)
+                    .unwrap_or(0)
+                    .saturating_sub(gin.dim(1).unwrap_or(0));
                 let pad = dec.cfg.pad_token_id.unwrap_or(0);
                 let got = generate::greedy(dec, &prompts, new, &dec.cfg.eos_token_ids, pad, None)
                     .context(ctx("greedy generation"))?;
@@ -241,10 +288,14 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
             }
         }
         AnyModel::Siglip(m) => {
-            let px = input(&reference, "in.pixel_values")?.to_dtype(DType::F32).context(ctx("in.pixel_values"))?;
+            let px = input(&reference, "in.pixel_values")?
+                .to_dtype(DType::F32)
+                .context(ctx("in.pixel_values"))?;
             let mut hooks = Hooks::new();
             capture_all(&mut hooks, m.tower, m.layers.len());
-            let out = m.forward(&px, Some(&mut hooks), true).context(ctx("forward on in.pixel_values"))?;
+            let out = m
+                .forward(&px, Some(&mut hooks), true)
+                .context(ctx("forward on in.pixel_values"))?;
             ck.check("out.last_hidden_state", &out.last_hidden_state)?;
             if let Some(p) = &out.pooler_output {
                 ck.check("out.pooler_output", p)?;
@@ -254,9 +305,14 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
         }
         AnyModel::PaliGemma(m) => {
             let ids = ids_tensor(&reference, "in.input_ids")?;
-            let px = input(&reference, "in.pixel_values")?.to_dtype(DType::F32).context(ctx("in.pixel_values"))?;
-            let am = rows_i64(&reference, "in.attention_mask")?
-                .map(|r| r.into_iter().map(|row| row.into_iter().map(|x| x != 0).collect()).collect());
+            let px = input(&reference, "in.pixel_values")?
+                .to_dtype(DType::F32)
+                .context(ctx("in.pixel_values"))?;
+            let am = rows_i64(&reference, "in.attention_mask")?.map(|r| {
+                r.into_iter()
+                    .map(|row| row.into_iter().map(|x| x != 0).collect())
+                    .collect()
+            });
             let tt = rows_i64(&reference, "in.token_type_ids")?;
             let mut hooks = Hooks::new();
             capture_all(&mut hooks, Tower::Main, m.language_model.layers.len());
@@ -267,11 +323,19 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
                 attention_mask: am,
                 token_type_ids: tt,
             };
-            let out = m.forward(&inputs, Some(&mut hooks), true).context(ctx("forward"))?;
+            let out = m
+                .forward(&inputs, Some(&mut hooks), true)
+                .context(ctx("forward"))?;
             ck.check("out.logits", &out.logits)?;
             ck.check("out.image_features", &out.image_features)?;
             check_hidden(&mut ck, &out.text.hidden_states)?;
-            check_layers(&mut ck, &hooks, Tower::Vision, "vision.", m.vision_tower.layers.len())?;
+            check_layers(
+                &mut ck,
+                &hooks,
+                Tower::Vision,
+                "vision.",
+                m.vision_tower.layers.len(),
+            )?;
             if reference.contains("out.logits_causal_no_token_type_ids") {
                 // The reference generator keeps its layer recorders attached while it runs this
                 // second, fully causal pass, so the stored `layer.*` tensors are from this pass.
@@ -281,11 +345,19 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
                 };
                 let mut ch = Hooks::new();
                 capture_all(&mut ch, Tower::Main, m.language_model.layers.len());
-                let o = m.forward(&causal, Some(&mut ch), false).context(ctx("causal forward"))?;
+                let o = m
+                    .forward(&causal, Some(&mut ch), false)
+                    .context(ctx("causal forward"))?;
                 ck.check("out.logits_causal_no_token_type_ids", &o.logits)?;
                 check_layers(&mut ck, &ch, Tower::Main, "", m.language_model.layers.len())?;
             } else {
-                check_layers(&mut ck, &hooks, Tower::Main, "", m.language_model.layers.len())?;
+                check_layers(
+                    &mut ck,
+                    &hooks,
+                    Tower::Main,
+                    "",
+                    m.language_model.layers.len(),
+                )?;
             }
         }
     }
@@ -305,7 +377,8 @@ pub fn verify_loaded(loaded: &LoadedModel, reference_path: &Path, atol: f64) -> 
         });
     }
     skipped.sort_by(|a, b| a.name.cmp(&b.name));
-    ck.outputs.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    ck.outputs
+        .sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
     let pass = !ck.outputs.is_empty() && ck.outputs.iter().all(|o| o.pass);
     Ok(VerifyReport {
         model: loaded.dir.display().to_string(),
@@ -329,8 +402,46 @@ fn natural_key(s: &str) -> Vec<(String, u64)> {
 }
 
 pub fn verify(model_dir: &Path, reference: &Path, atol: f64) -> Result<VerifyReport> {
-    let loaded = load_model(model_dir, &Device::Cpu)?;
+    verify_on(model_dir, reference, atol, &Device::Cpu)
+}
+
+/// As [`verify`], with the model and inputs on `device` (e.g. CUDA).
+pub fn verify_on(
+    model_dir: &Path,
+    reference: &Path,
+    atol: f64,
+    device: &Device,
+) -> Result<VerifyReport> {
+    let loaded = load_model(model_dir, device)?;
     verify_loaded(&loaded, reference, atol)
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ord = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        TuneError::Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N"))
+                    })?,
+                None => {
+                    return Err(TuneError::Invalid(format!(
+                        "device `{s}`: expected cpu, cuda or cuda:N"
+                    )))
+                }
+            };
+            Device::new_cuda(ord).map_err(|e| {
+                TuneError::Invalid(format!(
+                    "device `{s}`: {e} (build with `--features cuda` on a machine with CUDA)"
+                ))
+            })
+        }
+    }
 }
 
 pub fn default_reference(model_dir: &Path) -> PathBuf {

@@ -10,7 +10,9 @@ use rudder_tune::load::load_model;
 use rudder_tune::verify::{max_abs_diff, verify};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf-tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/hf-tiny")
+        .join(name)
 }
 
 /// A writable copy of a fixture folder.
@@ -53,14 +55,34 @@ fn save_load_round_trip_is_bit_exact() {
         let saved = load_weights(&out.path().join("model.safetensors"));
         assert_eq!(orig.len(), saved.len(), "{name}: tensor count");
         for (k, v) in &orig {
-            let s = saved.get(k).unwrap_or_else(|| panic!("{name}: {k} not saved"));
+            let s = saved
+                .get(k)
+                .unwrap_or_else(|| panic!("{name}: {k} not saved"));
             assert_eq!(s.dims(), v.dims(), "{name}: {k}");
-            let a: Vec<u32> = v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-            let b: Vec<u32> = s.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            let a: Vec<u32> = v
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let b: Vec<u32> = s
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             assert_eq!(a, b, "{name}: {k} differs after save");
         }
         // And the reloaded model still verifies.
-        std::fs::copy(src.join("reference.safetensors"), out.path().join("reference.safetensors")).unwrap();
+        std::fs::copy(
+            src.join("reference.safetensors"),
+            out.path().join("reference.safetensors"),
+        )
+        .unwrap();
         let r = verify(out.path(), &out.path().join("reference.safetensors"), 1e-5).unwrap();
         assert!(r.pass, "{name}: reloaded model fails parity");
     }
@@ -124,7 +146,10 @@ fn truncated_safetensors_is_reported() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -146,7 +171,8 @@ fn corrupt_header_is_reported() {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -158,11 +184,17 @@ fn config_missing_field_is_named() {
         v.as_object_mut().unwrap().remove("intermediate_size");
     });
     let e = load_err(d.path());
-    assert!(e.contains("config.json") && e.contains("intermediate_size") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("intermediate_size") && e.contains("missing"),
+        "{e}"
+    );
 
     let d = copy_fixture("paligemma");
     edit_config(d.path(), |v| {
-        v["vision_config"].as_object_mut().unwrap().remove("patch_size");
+        v["vision_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("patch_size");
     });
     let e = load_err(d.path());
     assert!(e.contains("vision_config.patch_size"), "{e}");
@@ -171,19 +203,26 @@ fn config_missing_field_is_named() {
 #[test]
 fn config_bad_values_are_named() {
     let d = copy_fixture("llama");
-    edit_config(d.path(), |v| v["num_key_value_heads"] = serde_json::json!(3));
+    edit_config(d.path(), |v| {
+        v["num_key_value_heads"] = serde_json::json!(3)
+    });
     let e = load_err(d.path());
     assert!(e.contains("num_key_value_heads"), "{e}");
 
     let d = copy_fixture("llama");
-    edit_config(d.path(), |v| v["rope_parameters"]["rope_type"] = serde_json::json!("yarn-ish"));
+    edit_config(d.path(), |v| {
+        v["rope_parameters"]["rope_type"] = serde_json::json!("yarn-ish")
+    });
     let e = load_err(d.path());
     assert!(e.contains("rope_type") && e.contains("yarn-ish"), "{e}");
 
     let d = copy_fixture("llama");
     std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("config.json") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -194,7 +233,10 @@ fn unknown_architecture_is_named() {
         v["model_type"] = serde_json::json!("falcon");
     });
     let e = load_err(d.path());
-    assert!(e.contains("FalconForCausalLM") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("FalconForCausalLM") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -202,10 +244,16 @@ fn rope_theta_is_read_from_rope_parameters() {
     // A theta that differs from the family default must change the output: a loader that
     // ignored `rope_parameters` would silently produce the default-theta logits.
     let d = copy_fixture("llama");
-    edit_config(d.path(), |v| v["rope_parameters"]["rope_theta"] = serde_json::json!(500000.0));
+    edit_config(d.path(), |v| {
+        v["rope_parameters"]["rope_theta"] = serde_json::json!(500000.0)
+    });
     let r = verify(d.path(), &d.path().join("reference.safetensors"), 1e-5).unwrap();
     let logits = r.outputs.iter().find(|o| o.name == "out.logits").unwrap();
-    assert!(logits.max_abs_diff > 1e-3, "theta change had no effect: {}", logits.max_abs_diff);
+    assert!(
+        logits.max_abs_diff > 1e-3,
+        "theta change had no effect: {}",
+        logits.max_abs_diff
+    );
     // v4 layout: top-level rope_theta.
     let d = copy_fixture("llama");
     edit_config(d.path(), |v| {
@@ -213,7 +261,11 @@ fn rope_theta_is_read_from_rope_parameters() {
         o.remove("rope_parameters");
         o.insert("rope_theta".into(), serde_json::json!(10000.0));
     });
-    assert!(verify(d.path(), &d.path().join("reference.safetensors"), 1e-5).unwrap().pass);
+    assert!(
+        verify(d.path(), &d.path().join("reference.safetensors"), 1e-5)
+            .unwrap()
+            .pass
+    );
 }
 
 #[test]
@@ -224,7 +276,10 @@ fn reference_without_inputs_is_reported() {
     r.retain(|k, _| !k.starts_with("in."));
     rudder_tune::candle_core::safetensors::save(&r, &p).unwrap();
     let e = verify(d.path(), &p, 1e-4).unwrap_err().to_string();
-    assert!(e.contains("reference.safetensors") && e.contains("in.*"), "{e}");
+    assert!(
+        e.contains("reference.safetensors") && e.contains("in.*"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -243,9 +298,16 @@ fn out_of_range_token_is_reported() {
 
 #[test]
 fn tensor_store_reports_missing_names() {
-    let s = TensorStore::load_file(&fixture("llama").join("reference.safetensors"), &Device::Cpu).unwrap();
+    let s = TensorStore::load_file(
+        &fixture("llama").join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let e = s.get("out.nothing").unwrap_err().to_string();
-    assert!(e.contains("out.nothing") && e.contains("reference.safetensors"), "{e}");
+    assert!(
+        e.contains("out.nothing") && e.contains("reference.safetensors"),
+        "{e}"
+    );
     let a = s.get("out.logits").unwrap();
     assert_eq!(max_abs_diff(a, a).unwrap(), 0.0);
 }

@@ -49,7 +49,13 @@ fn set_neurons_overrides_mlp_act() {
     let d = m.model.decoder().unwrap();
     let p = HookPoint::new(1, Site::MlpAct);
     let mut h = Hooks::new();
-    h.add(p, HookAction::SetNeurons { indices: vec![3, 77, 175], value: 8.0 });
+    h.add(
+        p,
+        HookAction::SetNeurons {
+            indices: vec![3, 77, 175],
+            value: 8.0,
+        },
+    );
     h.add(p, HookAction::Capture);
     let (steered, _) = d.forward_ids(&ids(), 0, None, Some(&mut h), false).unwrap();
     let act = h.captured(&p).unwrap();
@@ -65,8 +71,16 @@ fn set_neurons_overrides_mlp_act() {
     assert!(max_abs_diff(&plain, &steered).unwrap() > 1e-3);
     // Out-of-range neuron: an error, not a panic.
     let mut bad = Hooks::new();
-    bad.add(p, HookAction::SetNeurons { indices: vec![176], value: 1.0 });
-    assert!(d.forward_ids(&ids(), 0, None, Some(&mut bad), false).is_err());
+    bad.add(
+        p,
+        HookAction::SetNeurons {
+            indices: vec![176],
+            value: 1.0,
+        },
+    );
+    assert!(d
+        .forward_ids(&ids(), 0, None, Some(&mut bad), false)
+        .is_err());
 }
 
 #[test]
@@ -79,7 +93,12 @@ fn head_out_capture_and_offsets() {
     let (plain, _) = d.forward_ids(&ids(), 0, None, Some(&mut h), false).unwrap();
     assert_eq!(h.captured(&p).unwrap().dims(), &[1, 4, 8, 16]);
     let mut z = Hooks::new();
-    z.add(p, HookAction::AddPerHead(Tensor::zeros((4, 16), rudder_tune::candle_core::DType::F32, &Device::Cpu).unwrap()));
+    z.add(
+        p,
+        HookAction::AddPerHead(
+            Tensor::zeros((4, 16), rudder_tune::candle_core::DType::F32, &Device::Cpu).unwrap(),
+        ),
+    );
     let (same, _) = d.forward_ids(&ids(), 0, None, Some(&mut z), false).unwrap();
     assert!(max_abs_diff(&plain, &same).unwrap() < 1e-6);
     // An offset on head 2 only moves the output.
@@ -88,7 +107,10 @@ fn head_out_capture_and_offsets() {
         *o = 0.1 * (i as f32 - 40.0);
     }
     let mut o = Hooks::new();
-    o.add(p, HookAction::AddPerHead(Tensor::from_vec(off, (4, 16), &Device::Cpu).unwrap()));
+    o.add(
+        p,
+        HookAction::AddPerHead(Tensor::from_vec(off, (4, 16), &Device::Cpu).unwrap()),
+    );
     o.capture(p);
     let (moved, _) = d.forward_ids(&ids(), 0, None, Some(&mut o), false).unwrap();
     assert!(max_abs_diff(&plain, &moved).unwrap() > 1e-3);
@@ -96,8 +118,28 @@ fn head_out_capture_and_offsets() {
     let before = h.captured(&p).unwrap();
     let after = o.captured(&p).unwrap();
     let diff = (after - before).unwrap();
-    assert!(diff.narrow(1, 0, 1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0);
-    assert!(diff.narrow(1, 2, 1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.5);
+    assert!(
+        diff.narrow(1, 0, 1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+    );
+    assert!(
+        diff.narrow(1, 2, 1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.5
+    );
 }
 
 #[test]
@@ -107,11 +149,25 @@ fn kv_cache_matches_full_forward() {
     let all = ids();
     let (full, _) = d.forward_ids(&all, 0, None, None, false).unwrap();
     let mut cache: Vec<KvCache> = Vec::new();
-    let (first, _) = d.forward_ids(&all.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache), None, false).unwrap();
+    let (first, _) = d
+        .forward_ids(
+            &all.narrow(1, 0, 5).unwrap(),
+            0,
+            Some(&mut cache),
+            None,
+            false,
+        )
+        .unwrap();
     assert!(max_abs_diff(&first, &full.narrow(1, 0, 5).unwrap()).unwrap() < 1e-5);
     for t in 5..8 {
         let (step, _) = d
-            .forward_ids(&all.narrow(1, t, 1).unwrap(), t, Some(&mut cache), None, false)
+            .forward_ids(
+                &all.narrow(1, t, 1).unwrap(),
+                t,
+                Some(&mut cache),
+                None,
+                false,
+            )
             .unwrap();
         let want = full.narrow(1, t, 1).unwrap();
         assert!(max_abs_diff(&step, &want).unwrap() < 1e-5, "position {t}");
@@ -127,7 +183,11 @@ fn vision_tower_hooks_are_separate() {
         panic!("not paligemma")
     };
     let px = Tensor::randn(0f32, 1.0, (1, 3, 32, 32), &Device::Cpu).unwrap();
-    let vp = HookPoint { tower: Tower::Vision, layer: 0, site: Site::MlpAct };
+    let vp = HookPoint {
+        tower: Tower::Vision,
+        layer: 0,
+        site: Site::MlpAct,
+    };
     let mut h = Hooks::new();
     h.capture(vp);
     h.capture(HookPoint::new(0, Site::MlpAct));

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use rudder_tune::verify::verify;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf-tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/hf-tiny")
+        .join(name)
 }
 
 fn assert_parity(name: &str, must_have: &[&str]) {
@@ -48,7 +50,12 @@ fn llama_matches_transformers() {
 fn gemma_matches_transformers() {
     assert_parity(
         "gemma",
-        &["out.logits", "hf.hidden_states.2", "layer.0.mlp.act", "layer.1.mlp.act"],
+        &[
+            "out.logits",
+            "hf.hidden_states.2",
+            "layer.0.mlp.act",
+            "layer.1.mlp.act",
+        ],
     );
 }
 

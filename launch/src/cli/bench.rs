@@ -16,8 +16,10 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Forward pass of a Llama checkpoint (batch 1, full-sequence logits, no KV cache), the
     /// cost of an idle hook mechanism, and GFLOP/s against the machine's matmul peak.
-    #[command(after_help = "Example (the baseline side by side: benches/llama_vs_torch.sh):\n  \
-rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json")]
+    #[command(
+        after_help = "Example (the baseline side by side: benches/llama_vs_torch.sh):\n  \
+rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json"
+    )]
     Llama(LlamaArgs),
 }
 
@@ -37,6 +39,9 @@ pub struct LlamaArgs {
     pub warmup: usize,
     #[arg(long)]
     pub json: bool,
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -52,7 +57,11 @@ struct Timing {
     max_ms: f64,
 }
 
-fn time<F: FnMut() -> anyhow::Result<()>>(runs: usize, warmup: usize, mut f: F) -> anyhow::Result<Timing> {
+fn time<F: FnMut() -> anyhow::Result<()>>(
+    runs: usize,
+    warmup: usize,
+    mut f: F,
+) -> anyhow::Result<Timing> {
     for _ in 0..warmup {
         f()?;
     }
@@ -79,7 +88,11 @@ fn time<F: FnMut() -> anyhow::Result<()>>(runs: usize, warmup: usize, mut f: F) 
 /// Multiply-adds of one forward pass over `t` tokens, counted as 2 FLOPs each.
 fn forward_flops(d: &Decoder, t: usize) -> f64 {
     let c = &d.cfg;
-    let (h, f, l) = (c.hidden_size as f64, c.intermediate_size as f64, c.num_layers as f64);
+    let (h, f, l) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.num_layers as f64,
+    );
     let q = (c.num_heads * c.head_dim) as f64;
     let kv = (c.num_kv_heads * c.head_dim) as f64;
     let t = t as f64;
@@ -88,19 +101,20 @@ fn forward_flops(d: &Decoder, t: usize) -> f64 {
     2.0 * t * (l * (proj + attn) + h * c.vocab_size as f64)
 }
 
-fn matmul_peak(runs: usize) -> anyhow::Result<f64> {
+fn matmul_peak(runs: usize, device: &Device) -> anyhow::Result<f64> {
     let n = 1024;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
     let t = time(runs, 2, || {
-        let _ = a.matmul(&b)?;
+        let _ = a.matmul(&b)?.get(0)?.get(0)?.to_scalar::<f32>()?;
         Ok(())
     })?;
     Ok(2.0 * (n as f64).powi(3) / (t.median_ms * 1e-3) / 1e9)
 }
 
 fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
-    let loaded = load_model(&a.model, &Device::Cpu)?;
+    let device = rudder_tune::verify::parse_device(&a.device)?;
+    let loaded = load_model(&a.model, &device)?;
     let dec = loaded
         .model
         .decoder()
@@ -113,22 +127,35 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
         .sum();
     let mut out = serde_json::Map::new();
     out.insert("params_M".into(), serde_json::json!(params as f64 / 1e6));
-    out.insert("threads".into(), serde_json::json!(rudder_tune::candle_core::utils::get_num_threads()));
-    let peak = matmul_peak(a.runs)?;
+    out.insert(
+        "threads".into(),
+        serde_json::json!(rudder_tune::candle_core::utils::get_num_threads()),
+    );
+    let peak = matmul_peak(a.runs, &device)?;
     out.insert("matmul_1024_gflops".into(), serde_json::json!(peak));
     let vocab = dec.cfg.vocab_size as u32;
     for &s in &a.seqs {
         let ids: Vec<u32> = (0..s as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-        let ids = Tensor::from_vec(ids, (1, s), &Device::Cpu)?;
+        let ids = Tensor::from_vec(ids, (1, s), &device)?;
         let plain = time(a.runs, a.warmup, || {
             let (l, _) = dec.forward_ids(&ids, 0, None, None, false)?;
-            let _ = l.to_dtype(DType::F32)?;
+            // Copying one value back waits for the device to finish.
+            let _ = l
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .get(0)?
+                .to_scalar::<f32>()?;
             Ok(())
         })?;
         let mut hooks = Hooks::new();
         let hooked = time(a.runs, a.warmup, || {
             let (l, _) = dec.forward_ids(&ids, 0, None, Some(&mut hooks), false)?;
-            let _ = l.to_dtype(DType::F32)?;
+            // Copying one value back waits for the device to finish.
+            let _ = l
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .get(0)?
+                .to_scalar::<f32>()?;
             Ok(())
         })?;
         let gflops = forward_flops(dec, s) / (plain.median_ms * 1e-3) / 1e9;
@@ -145,7 +172,10 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::Value::Object(out));
     } else {
-        println!("{}", serde_json::to_string_pretty(&serde_json::Value::Object(out))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Object(out))?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

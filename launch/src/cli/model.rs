@@ -9,8 +9,10 @@ use rudder_tune::verify::{self, VerifyReport};
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Run a checkpoint on a reference file's inputs and compare every output it can produce.
-    #[command(after_help = "Example:\n  rudder model verify --model fixtures/hf-tiny/llama\n  \
-rudder model verify --model fixtures/hf-tiny/paligemma --reference fixtures/hf-tiny/paligemma/reference.safetensors --json")]
+    #[command(
+        after_help = "Example:\n  rudder model verify --model fixtures/hf-tiny/llama\n  \
+rudder model verify --model fixtures/hf-tiny/paligemma --reference fixtures/hf-tiny/paligemma/reference.safetensors --json"
+    )]
     Verify(VerifyArgs),
 }
 
@@ -29,6 +31,9 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -41,8 +46,12 @@ fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !(a.atol.is_finite() && a.atol >= 0.0) {
         anyhow::bail!("--atol must be a non-negative number, got {}", a.atol);
     }
-    let reference = a.reference.clone().unwrap_or_else(|| verify::default_reference(&a.model));
-    let report = verify::verify(&a.model, &reference, a.atol)?;
+    let reference = a
+        .reference
+        .clone()
+        .unwrap_or_else(|| verify::default_reference(&a.model));
+    let device = verify::parse_device(&a.device)?;
+    let report = verify::verify_on(&a.model, &reference, a.atol, &device)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -60,7 +69,13 @@ fn print_table(r: &VerifyReport) {
     println!("reference  {}", r.reference);
     println!("atol       {:e}", r.atol);
     println!();
-    let w = r.outputs.iter().map(|o| o.name.len()).max().unwrap_or(10).max(6);
+    let w = r
+        .outputs
+        .iter()
+        .map(|o| o.name.len())
+        .max()
+        .unwrap_or(10)
+        .max(6);
     println!("{:w$}  {:>12}  result", "output", "max_abs_diff");
     for o in &r.outputs {
         println!(

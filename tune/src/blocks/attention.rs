@@ -32,7 +32,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn len(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dims().get(2).copied()).unwrap_or(0)
+        self.k
+            .as_ref()
+            .and_then(|k| k.dims().get(2).copied())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,7 +133,13 @@ impl Attention {
         let probs = softmax_last(&scores)?.reshape((b, c.kv_heads, rep * t, s))?;
         let mut out = probs.matmul(&v)?.reshape((b, c.heads, t, c.head_dim))?;
         if let Some(hooks) = hooks {
-            out = hooks.apply(HookPoint { site: Site::AttnHeadOut, ..point }, out)?;
+            out = hooks.apply(
+                HookPoint {
+                    site: Site::AttnHeadOut,
+                    ..point
+                },
+                out,
+            )?;
         }
         let out = out.transpose(1, 2)?.reshape((b, t, c.heads * c.head_dim))?;
         self.o_proj.forward(&out)

@@ -62,7 +62,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new_gated(hidden: usize, inter: usize, bias: bool, act: Activation, vb: VarBuilder) -> Result<Self> {
+    pub fn new_gated(
+        hidden: usize,
+        inter: usize,
+        bias: bool,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             kind: MlpKind::Gated,
             act,
@@ -86,13 +92,24 @@ impl Mlp {
         self.gate.out_dim()
     }
 
-    pub fn forward(&self, x: &Tensor, hooks: Option<&mut Hooks>, point: HookPoint) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+    ) -> Result<Tensor> {
         let mut h = self.act.apply(&self.gate.forward(x)?)?;
         if let Some(up) = &self.up {
             h = (h * up.forward(x)?)?;
         }
         if let Some(hooks) = hooks {
-            h = hooks.apply(HookPoint { site: Site::MlpAct, ..point }, h)?;
+            h = hooks.apply(
+                HookPoint {
+                    site: Site::MlpAct,
+                    ..point
+                },
+                h,
+            )?;
         }
         self.down.forward(&h)
     }

@@ -9,7 +9,9 @@ use crate::config::JsonConfig;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3's frequency-dependent scaling.
     Llama3 {
         factor: f64,
@@ -29,7 +31,11 @@ pub struct RopeConfig {
 impl RopeConfig {
     /// Reads transformers v5's `rope_parameters` ({rope_theta, rope_type, ...}), falling back to
     /// v4's top-level `rope_theta` / `rope_scaling`, and only then to the family default.
-    pub fn from_config(cfg: &JsonConfig, head_dim: usize, default_theta: f64) -> crate::Result<Self> {
+    pub fn from_config(
+        cfg: &JsonConfig,
+        head_dim: usize,
+        default_theta: f64,
+    ) -> crate::Result<Self> {
         let params = if cfg.has("rope_parameters") {
             Some(cfg.sub("rope_parameters")?)
         } else if cfg.has("rope_scaling") {
@@ -37,12 +43,20 @@ impl RopeConfig {
         } else {
             None
         };
-        let theta = match params.as_ref().map(|p| p.opt_f64("rope_theta")).transpose()?.flatten() {
+        let theta = match params
+            .as_ref()
+            .map(|p| p.opt_f64("rope_theta"))
+            .transpose()?
+            .flatten()
+        {
             Some(t) => t,
             None => cfg.opt_f64("rope_theta")?.unwrap_or(default_theta),
         };
         if !(theta.is_finite() && theta > 0.0) {
-            return Err(cfg.field_error("rope_parameters.rope_theta", format!("must be > 0, got {theta}")));
+            return Err(cfg.field_error(
+                "rope_parameters.rope_theta",
+                format!("must be > 0, got {theta}"),
+            ));
         }
         let mut scaling = RopeScaling::None;
         if let Some(p) = &params {
@@ -64,7 +78,9 @@ impl RopeConfig {
                 Some(other) => {
                     return Err(p.field_error(
                         "rope_type",
-                        format!("unsupported rope_type `{other}` (supported: default, linear, llama3)"),
+                        format!(
+                            "unsupported rope_type `{other}` (supported: default, linear, llama3)"
+                        ),
                     ))
                 }
             };
@@ -177,7 +193,10 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let sin = sin.to_dtype(x.dtype())?;
     if x.track_op() {
         let (c, s) = if cos.rank() == 2 {
-            (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+            (
+                cos.unsqueeze(0)?.unsqueeze(0)?,
+                sin.unsqueeze(0)?.unsqueeze(0)?,
+            )
         } else {
             (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
         };
@@ -197,4 +216,3 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         candle_nn::rotary_emb::rope(&x, &cos, &sin)
     }
 }
-

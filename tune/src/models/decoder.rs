@@ -56,7 +56,12 @@ impl DecoderLayer {
             scale: 1.0 / (cfg.head_dim as f64).sqrt(),
         };
         Ok(Self {
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                cfg.norm_offset,
+                vb.pp("input_layernorm"),
+            )?,
             self_attn: Attention::new(attn, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
@@ -64,7 +69,13 @@ impl DecoderLayer {
                 cfg.norm_offset,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new_gated(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.activation, vb.pp("mlp"))?,
+            mlp: Mlp::new_gated(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.mlp_bias,
+                cfg.activation,
+                vb.pp("mlp"),
+            )?,
         })
     }
 
@@ -85,15 +96,33 @@ impl DecoderLayer {
         let x = (x + h)?;
         let mut h = self.post_attention_layernorm.forward(&x)?;
         if let Some(hk) = hooks.as_deref_mut() {
-            h = hk.apply(HookPoint { site: Site::MlpIn, ..point }, h)?;
+            h = hk.apply(
+                HookPoint {
+                    site: Site::MlpIn,
+                    ..point
+                },
+                h,
+            )?;
         }
         let mut h = self.mlp.forward(&h, hooks.as_deref_mut(), point)?;
         if let Some(hk) = hooks.as_deref_mut() {
-            h = hk.apply(HookPoint { site: Site::MlpOut, ..point }, h)?;
+            h = hk.apply(
+                HookPoint {
+                    site: Site::MlpOut,
+                    ..point
+                },
+                h,
+            )?;
         }
         let mut out = (x + h)?;
         if let Some(hk) = hooks {
-            out = hk.apply(HookPoint { site: Site::ResidPost, ..point }, out)?;
+            out = hk.apply(
+                HookPoint {
+                    site: Site::ResidPost,
+                    ..point
+                },
+                out,
+            )?;
         }
         Ok(out)
     }
@@ -124,14 +153,27 @@ pub struct Decoder {
 impl Decoder {
     /// `vb` points at the decoder's own level (`model.` for LlamaForCausalLM), `lm_head_vb` at
     /// where `lm_head` lives (the root for CausalLM checkpoints).
-    pub fn new(cfg: &DecoderConfig, vb: VarBuilder, lm_head_vb: Option<VarBuilder>) -> Result<Self> {
-        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+    pub fn new(
+        cfg: &DecoderConfig,
+        vb: VarBuilder,
+        lm_head_vb: Option<VarBuilder>,
+    ) -> Result<Self> {
+        let embed_tokens = vb
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_layers)
             .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset, vb.pp("norm"))?;
+        let norm = RmsNorm::new(
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            cfg.norm_offset,
+            vb.pp("norm"),
+        )?;
         let lm_head = match (&lm_head_vb, cfg.tie_word_embeddings) {
-            (Some(lvb), false) => Linear::new(cfg.hidden_size, cfg.vocab_size, false, lvb.pp("lm_head"))?,
+            (Some(lvb), false) => {
+                Linear::new(cfg.hidden_size, cfg.vocab_size, false, lvb.pp("lm_head"))?
+            }
             (Some(lvb), true) if lvb.contains_tensor("lm_head.weight") => {
                 Linear::new(cfg.hidden_size, cfg.vocab_size, false, lvb.pp("lm_head"))?
             }
@@ -157,12 +199,21 @@ impl Decoder {
     /// Token embeddings, scaled as the family does; `ids: [batch, seq]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let ids_v = ids.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+        let ids_v = ids
+            .flatten_all()?
+            .to_dtype(candle_core::DType::U32)?
+            .to_vec1::<u32>()?;
         if let Some(bad) = ids_v.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
-            candle_core::bail!("input_ids: token id {bad} is out of range for vocab_size {}", self.cfg.vocab_size);
+            candle_core::bail!(
+                "input_ids: token id {bad} is out of range for vocab_size {}",
+                self.cfg.vocab_size
+            );
         }
         let flat = Tensor::from_vec(ids_v, b * t, &self.device)?;
-        let e = self.embed_tokens.embedding(&flat)?.reshape((b, t, self.cfg.hidden_size))?;
+        let e = self
+            .embed_tokens
+            .embedding(&flat)?
+            .reshape((b, t, self.cfg.hidden_size))?;
         match self.cfg.embed_scale {
             Some(s) => e * s,
             None => Ok(e),
@@ -199,7 +250,14 @@ impl Decoder {
                 layer: i,
                 site: Site::ResidPost,
             };
-            x = layer.forward(&x, (&cos, &sin), mask, layer_cache, hooks.as_deref_mut(), point)?;
+            x = layer.forward(
+                &x,
+                (&cos, &sin),
+                mask,
+                layer_cache,
+                hooks.as_deref_mut(),
+                point,
+            )?;
         }
         let h = self.norm.forward(&x)?;
         if want_hidden {
@@ -230,7 +288,8 @@ impl Decoder {
         } else {
             None
         };
-        let (h, out) = self.forward_embeds(&embeds, &positions, m.as_ref(), cache, hooks, want_hidden)?;
+        let (h, out) =
+            self.forward_embeds(&embeds, &positions, m.as_ref(), cache, hooks, want_hidden)?;
         Ok((self.logits(&h)?, out))
     }
 

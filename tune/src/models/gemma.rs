@@ -39,7 +39,11 @@ impl Config {
             head_dim,
             rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             norm_offset: 1.0,
-            activation: activation(cfg, &["hidden_activation", "hidden_act"], "gelu_pytorch_tanh")?,
+            activation: activation(
+                cfg,
+                &["hidden_activation", "hidden_act"],
+                "gelu_pytorch_tanh",
+            )?,
             embed_scale: Some(embed_scale(hidden)),
             tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(true),
             attention_bias: cfg.opt_bool("attention_bias")?.unwrap_or(false),

@@ -36,7 +36,10 @@ impl Config {
         if projection_dim != text.0.hidden_size {
             return Err(cfg.field_error(
                 "projection_dim",
-                format!("{projection_dim} differs from text_config.hidden_size {}", text.0.hidden_size),
+                format!(
+                    "{projection_dim} differs from text_config.hidden_size {}",
+                    text.0.hidden_size
+                ),
             ));
         }
         Ok(Self {
@@ -85,12 +88,19 @@ impl Model {
         let v5 = vb.contains_tensor("model.language_model.embed_tokens.weight");
         let (vision_vb, proj_vb, lm_vb, head_vb) = if v5 {
             let m = vb.pp("model");
-            let vt = if m.contains_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight") {
+            let vt = if m
+                .contains_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight")
+            {
                 m.pp("vision_tower").pp("vision_model")
             } else {
                 m.pp("vision_tower")
             };
-            (vt, m.pp("multi_modal_projector"), m.pp("language_model"), vb.clone())
+            (
+                vt,
+                m.pp("multi_modal_projector"),
+                m.pp("language_model"),
+                vb.clone(),
+            )
         } else {
             (
                 vb.pp("vision_tower").pp("vision_model"),
@@ -101,7 +111,12 @@ impl Model {
         };
         let mut vision_tower = siglip::Model::new(&cfg.vision, vision_vb)?;
         vision_tower.tower = Tower::Vision;
-        let projector = Linear::new(cfg.vision.hidden_size, cfg.projection_dim, true, proj_vb.pp("linear"))?;
+        let projector = Linear::new(
+            cfg.vision.hidden_size,
+            cfg.projection_dim,
+            true,
+            proj_vb.pp("linear"),
+        )?;
         let language_model = Decoder::new(&cfg.text.0, lm_vb, Some(head_vb))?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -111,7 +126,12 @@ impl Model {
         })
     }
 
-    pub fn image_features(&self, pixels: &Tensor, hooks: Option<&mut Hooks>, want_hidden: bool) -> Result<(Tensor, siglip::VisionOutput)> {
+    pub fn image_features(
+        &self,
+        pixels: &Tensor,
+        hooks: Option<&mut Hooks>,
+        want_hidden: bool,
+    ) -> Result<(Tensor, siglip::VisionOutput)> {
         let vis = self.vision_tower.forward(pixels, hooks, want_hidden)?;
         let feats = self.projector.forward(&vis.last_hidden_state)?;
         Ok((feats, vis))
@@ -128,7 +148,10 @@ impl Model {
         }
         let mut rows = Vec::with_capacity(b);
         for (bi, row) in ids_v.iter().enumerate() {
-            let n_img = row.iter().filter(|&&x| x == self.cfg.image_token_id).count();
+            let n_img = row
+                .iter()
+                .filter(|&&x| x == self.cfg.image_token_id)
+                .count();
             if n_img != n {
                 candle_core::bail!(
                     "input_ids row {bi}: {n_img} image tokens (id {}), but the image gives {n} features",
@@ -150,15 +173,22 @@ impl Model {
         Tensor::stack(&rows, 0)?.reshape((b, t, d))
     }
 
-    pub fn forward(&self, inp: &Inputs, mut hooks: Option<&mut Hooks>, want_hidden: bool) -> Result<Output> {
+    pub fn forward(
+        &self,
+        inp: &Inputs,
+        mut hooks: Option<&mut Hooks>,
+        want_hidden: bool,
+    ) -> Result<Output> {
         let (b, t) = inp.input_ids.dims2()?;
-        let (feats, vision) = self.image_features(&inp.pixel_values, hooks.as_deref_mut(), want_hidden)?;
+        let (feats, vision) =
+            self.image_features(&inp.pixel_values, hooks.as_deref_mut(), want_hidden)?;
         let embeds = self.merge(&inp.input_ids, &feats)?;
         let positions: Vec<Vec<i64>> = vec![(1..=t as i64).collect(); b];
-        let bidi: Option<Vec<Vec<bool>>> = inp
-            .token_type_ids
-            .as_ref()
-            .map(|tt| tt.iter().map(|r| r.iter().map(|&x| x == 0).collect()).collect());
+        let bidi: Option<Vec<Vec<bool>>> = inp.token_type_ids.as_ref().map(|tt| {
+            tt.iter()
+                .map(|r| r.iter().map(|&x| x == 0).collect())
+                .collect()
+        });
         let m = mask::causal(
             b,
             t,
@@ -167,9 +197,14 @@ impl Model {
             inp.attention_mask.as_deref(),
             bidi.as_deref(),
         )?;
-        let (h, text) = self
-            .language_model
-            .forward_embeds(&embeds, &positions, Some(&m), None::<&mut Vec<KvCache>>, hooks, want_hidden)?;
+        let (h, text) = self.language_model.forward_embeds(
+            &embeds,
+            &positions,
+            Some(&m),
+            None::<&mut Vec<KvCache>>,
+            hooks,
+            want_hidden,
+        )?;
         let logits = self.language_model.logits(&h)?;
         Ok(Output {
             logits,

@@ -4,9 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::blocks::{
-    softmax_last, Activation, Attention, AttentionConfig, LayerNorm, Linear, Mlp,
-};
+use crate::blocks::{softmax_last, Activation, Attention, AttentionConfig, LayerNorm, Linear, Mlp};
 use crate::config::JsonConfig;
 use crate::hooks::{HookPoint, Hooks, Site, Tower};
 
@@ -29,12 +27,18 @@ impl Config {
         let heads = cfg.usize("num_attention_heads")?;
         let hidden = cfg.usize("hidden_size")?;
         if heads == 0 || hidden % heads != 0 {
-            return Err(cfg.field_error("num_attention_heads", format!("{heads} does not divide hidden_size {hidden}")));
+            return Err(cfg.field_error(
+                "num_attention_heads",
+                format!("{heads} does not divide hidden_size {hidden}"),
+            ));
         }
         let patch = cfg.usize("patch_size")?;
         let image = cfg.usize("image_size")?;
         if patch == 0 || image % patch != 0 {
-            return Err(cfg.field_error("patch_size", format!("{patch} does not divide image_size {image}")));
+            return Err(cfg.field_error(
+                "patch_size",
+                format!("{patch} does not divide image_size {image}"),
+            ));
         }
         Ok(Self {
             hidden_size: hidden,
@@ -80,7 +84,8 @@ impl PoolingHead {
         let d = cfg.hidden_size;
         let w = vb.pp("attention").get((3 * d, d), "in_proj_weight")?;
         let b = vb.pp("attention").get(3 * d, "in_proj_bias")?;
-        let part = |i: usize| Linear::from_weights(w.narrow(0, i * d, d)?, Some(b.narrow(0, i * d, d)?));
+        let part =
+            |i: usize| Linear::from_weights(w.narrow(0, i * d, d)?, Some(b.narrow(0, i * d, d)?));
         Ok(Self {
             probe: vb.get((1, 1, d), "probe")?,
             qkv: [part(0)?, part(1)?, part(2)?],
@@ -96,15 +101,27 @@ impl PoolingHead {
         let hd = d / self.heads;
         let proj = |x: &Tensor, i: usize| self.qkv[i].forward(x);
         let probe = self.probe.broadcast_as((b, 1, d))?.contiguous()?;
-        let q = proj(&probe, 0)?.reshape((b, 1, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = proj(h, 1)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = proj(h, 2)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = proj(&probe, 0)?
+            .reshape((b, 1, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = proj(h, 1)?
+            .reshape((b, n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = proj(h, 2)?
+            .reshape((b, n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let attn = softmax_last(&scores)?.matmul(&v)?;
         let attn = attn.transpose(1, 2)?.reshape((b, 1, d))?;
         let attn = self.out_proj.forward(&attn)?;
         let x = self.layernorm.forward(&attn)?;
-        let x = (attn + self.mlp.forward(&x, None, HookPoint::new(0, Site::MlpAct))?)?;
+        let x = (attn
+            + self
+                .mlp
+                .forward(&x, None, HookPoint::new(0, Site::MlpAct))?)?;
         x.squeeze(1)
     }
 }
@@ -212,7 +229,12 @@ impl Model {
             .broadcast_add(&self.position_embedding.unsqueeze(0)?)
     }
 
-    pub fn forward(&self, pixels: &Tensor, mut hooks: Option<&mut Hooks>, want_hidden: bool) -> Result<VisionOutput> {
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        mut hooks: Option<&mut Hooks>,
+        want_hidden: bool,
+    ) -> Result<VisionOutput> {
         let mut x = self.embed(pixels)?;
         let mut hidden_states = Vec::new();
         if want_hidden {
@@ -231,11 +253,23 @@ impl Model {
             x = (x + h)?;
             let mut h = layer.layer_norm2.forward(&x)?;
             if let Some(hk) = hooks.as_deref_mut() {
-                h = hk.apply(HookPoint { site: Site::MlpIn, ..point }, h)?;
+                h = hk.apply(
+                    HookPoint {
+                        site: Site::MlpIn,
+                        ..point
+                    },
+                    h,
+                )?;
             }
             let mut h = layer.mlp.forward(&h, hooks.as_deref_mut(), point)?;
             if let Some(hk) = hooks.as_deref_mut() {
-                h = hk.apply(HookPoint { site: Site::MlpOut, ..point }, h)?;
+                h = hk.apply(
+                    HookPoint {
+                        site: Site::MlpOut,
+                        ..point
+                    },
+                    h,
+                )?;
             }
             x = (x + h)?;
             if let Some(hk) = hooks.as_deref_mut() {
