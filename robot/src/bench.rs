@@ -1,7 +1,9 @@
 //! The loop benchmark (`rudder bench loop`): the kinematic UR5 driven through the full loop by
 //! a synthetic policy that takes 50-120 ms per inference and returns 20-step chunks at 20 Hz.
 
-use crate::control::{ControlConfig, ControlError, ControlLoop, HoldCounts, LoopMetrics};
+use crate::control::{
+    ControlConfig, ControlError, ControlLoop, HoldCounts, LoopMetrics, TimingRequest,
+};
 use crate::kinematic::KinematicUr5;
 use crate::policy::{Policy, PolicyError};
 use crate::safety::WorkspaceBox;
@@ -190,11 +192,22 @@ impl LoopBenchReport {
     }
 }
 
-/// Runs the loop against the kinematic UR5 at `rate_hz` for `seconds`.
+/// Runs the loop against the kinematic UR5 at `rate_hz` for `seconds` with the default timing
+/// (SCHED_FIFO 80 where permitted, 500 us spin).
 pub fn run_loop_bench(
     rate_hz: f64,
     seconds: f64,
     seed: u64,
+) -> Result<LoopBenchReport, ControlError> {
+    run_loop_bench_with(rate_hz, seconds, seed, TimingRequest::default())
+}
+
+/// [`run_loop_bench`] with explicit timing choices (to compare spin windows or schedulers).
+pub fn run_loop_bench_with(
+    rate_hz: f64,
+    seconds: f64,
+    seed: u64,
+    timing: TimingRequest,
 ) -> Result<LoopBenchReport, ControlError> {
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(ControlError::Config {
@@ -206,6 +219,7 @@ pub fn run_loop_bench(
     let mut cfg = ControlConfig::ur5(model, rate_hz);
     cfg.safety.workspace = Some((model, bench_workspace()));
     cfg.instruction = Some("follow the sinusoid".into());
+    cfg.timing = timing;
     let arm = KinematicUr5::new(model, HOME)?.with_rate(rate_hz);
     let policy = SinusoidPolicy::new(seed);
     let lp = ControlLoop::start(arm, policy, cfg)?;

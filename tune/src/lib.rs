@@ -12,8 +12,11 @@ pub mod generate;
 pub mod hooks;
 pub mod load;
 pub mod lora;
+pub mod intruder;
 pub mod models;
+pub mod peft;
 pub mod state;
+pub mod train;
 pub mod verify;
 
 pub use candle_core;

@@ -120,6 +120,22 @@ impl AnyModel {
     }
 }
 
+impl AnyModel {
+    /// Every linear layer of the language model with its module name, as PEFT names them.
+    pub fn linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::blocks::Linear) -> Result<()>) -> Result<()> {
+        match self {
+            Self::Llama(m) => state::decoder_linears_mut(&mut m.decoder, "model", Some(""), f),
+            Self::Gemma(m) => state::decoder_linears_mut(&mut m.decoder, "model", Some(""), f),
+            Self::PaliGemma(m) => {
+                state::decoder_linears_mut(&mut m.language_model, "language_model.model", Some("language_model"), f)
+            }
+            Self::Siglip(_) => Err(TuneError::Invalid(
+                "LoRA on a SigLIP vision tower alone is not supported; adapt a model with a language model".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     pub dir: PathBuf,

@@ -1,7 +1,19 @@
 //! LoRA adapters attached to linear layers: `y = W x + s * B A x` with s = alpha / r
 //! (or alpha / sqrt(r) for rsLoRA). Several adapters may be loaded on a layer; one is active.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Result, Tensor};
+
+use crate::train::Rng;
+
+/// Dropout on the adapter's input while training, drawing from a generator the trainer owns
+/// (and checkpoints), so runs are reproducible and resumable.
+#[derive(Debug, Clone)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub rng: Arc<Mutex<Rng>>,
+}
 
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -10,6 +22,8 @@ pub struct LoraAdapter {
     /// `[out, r]` (PEFT's `lora_B.weight`).
     pub b: Tensor,
     pub scaling: f64,
+    /// Applied only while the adapter is being trained (its weights are tracked).
+    pub dropout: Option<LoraDropout>,
 }
 
 impl LoraAdapter {
@@ -27,7 +41,20 @@ impl LoraAdapter {
         let dims = x.dims();
         let in_dim = *dims.last().unwrap_or(&0);
         let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        let x2 = x.reshape((lead, in_dim))?;
+        let mut x2 = x.reshape((lead, in_dim))?;
+        if let Some(d) = &self.dropout {
+            if d.p > 0.0 && self.a.track_op() {
+                let keep = 1.0 - d.p;
+                let mask: Vec<f32> = {
+                    let mut rng = d.rng.lock().map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+                    (0..lead * in_dim)
+                        .map(|_| if (rng.next_f64() as f32) < keep { 1.0 / keep } else { 0.0 })
+                        .collect()
+                };
+                let mask = Tensor::from_vec(mask, (lead, in_dim), x.device())?.to_dtype(x.dtype())?;
+                x2 = (x2 * mask)?;
+            }
+        }
         let h = x2.matmul(&self.a.t()?)?;
         let d = (h.matmul(&self.b.t()?)? * self.scaling)?;
         let d = d.reshape(y.shape())?;
@@ -40,13 +67,34 @@ impl LoraAdapter {
 pub struct LoraSlot {
     adapters: Vec<(String, LoraAdapter)>,
     active: Option<usize>,
+    /// Name of the adapter currently folded into the base weight, if any.
+    merged: Option<String>,
 }
 
 impl LoraSlot {
+    /// The adapter the forward pass adds (none while an adapter is merged into the weight).
     pub fn active(&self) -> Option<&LoraAdapter> {
-        self.active
-            .and_then(|i| self.adapters.get(i))
-            .map(|(_, a)| a)
+        if self.merged.is_some() {
+            return None;
+        }
+        self.active.and_then(|i| self.adapters.get(i)).map(|(_, a)| a)
+    }
+
+    pub fn merged(&self) -> Option<&str> {
+        self.merged.as_deref()
+    }
+
+    pub fn set_merged(&mut self, name: Option<String>) {
+        self.merged = name;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.adapters.is_empty()
+    }
+
+    /// The adapter selected as active, whether or not it is merged.
+    pub fn selected(&self) -> Option<&LoraAdapter> {
+        self.active.and_then(|i| self.adapters.get(i)).map(|(_, a)| a)
     }
 
     pub fn active_name(&self) -> Option<&str> {

@@ -140,3 +140,40 @@ pub fn paligemma(out: &mut NamedTensors, m: &paligemma::Model) -> Result<()> {
         &m.language_model,
     )
 }
+
+/// Calls `f` with every linear layer of a decoder and its module name (PEFT's naming:
+/// `model.layers.0.self_attn.q_proj`).
+pub fn decoder_linears_mut(
+    d: &mut Decoder,
+    model_prefix: &str,
+    head_prefix: Option<&str>,
+    f: &mut dyn FnMut(&str, &mut Linear) -> crate::Result<()>,
+) -> crate::Result<()> {
+    for (i, l) in d.layers.iter_mut().enumerate() {
+        let lp = p(model_prefix, &format!("layers.{i}"));
+        let a = &mut l.self_attn;
+        let out_name = a.cfg.out_name;
+        f(&p(&lp, "self_attn.q_proj"), &mut a.q_proj)?;
+        f(&p(&lp, "self_attn.k_proj"), &mut a.k_proj)?;
+        f(&p(&lp, "self_attn.v_proj"), &mut a.v_proj)?;
+        f(&p(&lp, &format!("self_attn.{out_name}")), &mut a.o_proj)?;
+        let m = &mut l.mlp;
+        match &mut m.up {
+            Some(up) => {
+                f(&p(&lp, "mlp.gate_proj"), &mut m.gate)?;
+                f(&p(&lp, "mlp.up_proj"), up)?;
+                f(&p(&lp, "mlp.down_proj"), &mut m.down)?;
+            }
+            None => {
+                f(&p(&lp, "mlp.fc1"), &mut m.gate)?;
+                f(&p(&lp, "mlp.fc2"), &mut m.down)?;
+            }
+        }
+    }
+    if let Some(hp) = head_prefix {
+        if !d.cfg.tie_word_embeddings {
+            f(&p(hp, "lm_head"), &mut d.lm_head)?;
+        }
+    }
+    Ok(())
+}

@@ -21,6 +21,32 @@ pub enum BenchCommand {
 rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json"
     )]
     Llama(LlamaArgs),
+    /// The real-time loop against the kinematic UR5 with a synthetic policy whose inference
+    /// takes 50-120 ms and returns 20-step chunks at 20 Hz.
+    #[command(after_help = "Example:\n  rudder bench loop --rate 500 --seconds 60 --json")]
+    Loop(LoopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// Control rate in Hz (125 for a UR5 CB3, 500 for a UR5e).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seed of the synthetic policy's latencies and targets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Spin this many microseconds before each deadline instead of sleeping.
+    #[arg(long)]
+    pub spin_us: Option<u64>,
+    /// Do not ask for SCHED_FIFO real-time priority.
+    #[arg(long)]
+    pub no_fifo: bool,
+    /// One JSON object (keys p99_us, p999_us, max_us, missed_ticks, violations, ...).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +73,7 @@ pub struct LlamaArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Llama(a) => llama(a),
+        BenchCommand::Loop(a) => control_loop(a),
     }
 }
 
@@ -176,6 +203,27 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::Value::Object(out))?
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn control_loop(a: LoopArgs) -> anyhow::Result<ExitCode> {
+    use rudder_robot::control::timing::TimingRequest;
+    let mut timing = TimingRequest::default();
+    if let Some(us) = a.spin_us {
+        timing.spin_window = std::time::Duration::from_micros(us);
+    }
+    if a.no_fifo {
+        timing.fifo_priority = None;
+    }
+    if !a.json {
+        eprintln!("running the control loop at {} Hz for {} s ...", a.rate, a.seconds);
+    }
+    let report = rudder_robot::bench::run_loop_bench_with(a.rate, a.seconds, a.seed, timing)?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.summary());
     }
     Ok(ExitCode::SUCCESS)
 }

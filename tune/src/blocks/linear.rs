@@ -98,4 +98,32 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// Folds the active adapter into the weight (`W += s B A`); the forward pass then skips it.
+    pub fn merge_active(&mut self) -> Result<bool> {
+        if self.lora.merged().is_some() {
+            return Ok(false);
+        }
+        let (Some(name), Some(a)) = (self.lora.active_name().map(str::to_string), self.lora.selected()) else {
+            return Ok(false);
+        };
+        let delta_t = a.delta_weight()?.t()?.to_dtype(self.wt.dtype())?;
+        self.wt = (self.wt.detach() + delta_t)?.contiguous()?;
+        self.lora.set_merged(Some(name));
+        Ok(true)
+    }
+
+    /// Undoes [`Linear::merge_active`].
+    pub fn unmerge(&mut self) -> Result<bool> {
+        let Some(name) = self.lora.merged().map(str::to_string) else {
+            return Ok(false);
+        };
+        let Some(a) = self.lora.get(&name) else {
+            candle_core::bail!("merged adapter `{name}` is no longer loaded");
+        };
+        let delta_t = a.delta_weight()?.t()?.to_dtype(self.wt.dtype())?;
+        self.wt = (self.wt.detach() - delta_t)?.contiguous()?;
+        self.lora.set_merged(None);
+        Ok(true)
+    }
 }
