@@ -34,7 +34,13 @@ fn left_singular(m: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
 }
 
 /// `w0` and `delta` are `[out, in]`.
-pub fn intruder_dimensions(module: &str, w0: &Tensor, delta: &Tensor, k: usize, threshold: f64) -> candle_core::Result<IntruderReport> {
+pub fn intruder_dimensions(
+    module: &str,
+    w0: &Tensor,
+    delta: &Tensor,
+    k: usize,
+    threshold: f64,
+) -> candle_core::Result<IntruderReport> {
     let a = to_matrix(w0)?;
     let b = &a + to_matrix(delta)?;
     let (_, ua) = left_singular(&a);

@@ -122,7 +122,10 @@ impl AnyModel {
 
 impl AnyModel {
     /// Every linear layer of the language model with its module name, as PEFT names them.
-    pub fn linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::blocks::Linear) -> Result<()>) -> Result<()> {
+    pub fn linears_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut crate::blocks::Linear) -> Result<()>,
+    ) -> Result<()> {
         match self {
             Self::Llama(m) => state::decoder_linears_mut(&mut m.decoder, "model", Some(""), f),
             Self::Gemma(m) => state::decoder_linears_mut(&mut m.decoder, "model", Some(""), f),

@@ -46,12 +46,22 @@ impl LoraAdapter {
             if d.p > 0.0 && self.a.track_op() {
                 let keep = 1.0 - d.p;
                 let mask: Vec<f32> = {
-                    let mut rng = d.rng.lock().map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+                    let mut rng = d
+                        .rng
+                        .lock()
+                        .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
                     (0..lead * in_dim)
-                        .map(|_| if (rng.next_f64() as f32) < keep { 1.0 / keep } else { 0.0 })
+                        .map(|_| {
+                            if (rng.next_f64() as f32) < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
                         .collect()
                 };
-                let mask = Tensor::from_vec(mask, (lead, in_dim), x.device())?.to_dtype(x.dtype())?;
+                let mask =
+                    Tensor::from_vec(mask, (lead, in_dim), x.device())?.to_dtype(x.dtype())?;
                 x2 = (x2 * mask)?;
             }
         }
@@ -77,7 +87,9 @@ impl LoraSlot {
         if self.merged.is_some() {
             return None;
         }
-        self.active.and_then(|i| self.adapters.get(i)).map(|(_, a)| a)
+        self.active
+            .and_then(|i| self.adapters.get(i))
+            .map(|(_, a)| a)
     }
 
     pub fn merged(&self) -> Option<&str> {
@@ -94,7 +106,9 @@ impl LoraSlot {
 
     /// The adapter selected as active, whether or not it is merged.
     pub fn selected(&self) -> Option<&LoraAdapter> {
-        self.active.and_then(|i| self.adapters.get(i)).map(|(_, a)| a)
+        self.active
+            .and_then(|i| self.adapters.get(i))
+            .map(|(_, a)| a)
     }
 
     pub fn active_name(&self) -> Option<&str> {

@@ -114,7 +114,12 @@ impl LoraConfig {
                     .collect::<Result<_>>()?,
             ),
             Some(serde_json::Value::String(s)) => TargetModules::Regex(s.clone()),
-            Some(_) => return Err(cfg.field_error("target_modules", "expected a list of names or a regex string")),
+            Some(_) => {
+                return Err(cfg.field_error(
+                    "target_modules",
+                    "expected a list of names or a regex string",
+                ))
+            }
             None => return Err(cfg.field_error("target_modules", "missing")),
         };
         let map_usize = |field: &str| -> Result<BTreeMap<String, usize>> {
@@ -123,9 +128,9 @@ impl LoraConfig {
                 Some(o) => o
                     .iter()
                     .map(|(k, v)| {
-                        v.as_u64()
-                            .map(|x| (k.clone(), x as usize))
-                            .ok_or_else(|| cfg.field_error(field, format!("{k}: expected an integer")))
+                        v.as_u64().map(|x| (k.clone(), x as usize)).ok_or_else(|| {
+                            cfg.field_error(field, format!("{k}: expected an integer"))
+                        })
                     })
                     .collect(),
             }
@@ -135,9 +140,9 @@ impl LoraConfig {
             Some(o) => o
                 .iter()
                 .map(|(k, v)| {
-                    v.as_f64()
-                        .map(|x| (k.clone(), x))
-                        .ok_or_else(|| cfg.field_error("alpha_pattern", format!("{k}: expected a number")))
+                    v.as_f64().map(|x| (k.clone(), x)).ok_or_else(|| {
+                        cfg.field_error("alpha_pattern", format!("{k}: expected a number"))
+                    })
                 })
                 .collect::<Result<_>>()?,
         };
@@ -160,6 +165,12 @@ impl LoraConfig {
             TargetModules::Names(n) => json!(n),
             TargetModules::Regex(r) => json!(r),
         };
+        // PEFT writes integral alphas as integers.
+        let alpha = if self.lora_alpha.fract() == 0.0 && self.lora_alpha.abs() < 1e15 {
+            json!(self.lora_alpha as i64)
+        } else {
+            json!(self.lora_alpha)
+        };
         json!({
             "alpha_pattern": self.alpha_pattern,
             "auto_mapping": null,
@@ -173,7 +184,7 @@ impl LoraConfig {
             "layers_pattern": null,
             "layers_to_transform": null,
             "loftq_config": {},
-            "lora_alpha": self.lora_alpha,
+            "lora_alpha": alpha,
             "lora_bias": false,
             "lora_dropout": self.lora_dropout,
             "megatron_config": null,
@@ -212,7 +223,9 @@ pub fn attach_new(
         let (inp, out) = (lin.in_dim(), lin.out_dim());
         let dev = lin.weight_t().device().clone();
         let bound = 1.0 / (inp as f64).sqrt();
-        let a: Vec<f32> = (0..r * inp).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+        let a: Vec<f32> = (0..r * inp)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         let a = Var::from_vec(a, (r, inp), &dev).context(module.to_string())?;
         let b = Var::zeros((out, r), DType::F32, &dev).context(module.to_string())?;
         lin.lora.insert(
@@ -245,7 +258,12 @@ pub fn attach_new(
 }
 
 /// Loads a PEFT adapter folder onto `model` under `name` and makes it active.
-pub fn load_adapter(model: &mut AnyModel, dir: &Path, name: &str, device: &Device) -> Result<LoraConfig> {
+pub fn load_adapter(
+    model: &mut AnyModel,
+    dir: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<LoraConfig> {
     let cfg_path = dir.join("adapter_config.json");
     let jc = JsonConfig::load(&cfg_path)?;
     let cfg = LoraConfig::from_json(&jc)?;
@@ -255,19 +273,28 @@ pub fn load_adapter(model: &mut AnyModel, dir: &Path, name: &str, device: &Devic
     let mut by_module: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
     for key in store.names() {
         let rest = key.strip_prefix(KEY_PREFIX).ok_or_else(|| {
-            store.tensor_error(key, format!("expected a PEFT key starting with `{KEY_PREFIX}`"))
+            store.tensor_error(
+                key,
+                format!("expected a PEFT key starting with `{KEY_PREFIX}`"),
+            )
         })?;
         let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
             (m, 0)
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m, 1)
         } else {
-            return Err(store.tensor_error(key, "not a lora_A / lora_B weight (only plain LoRA is supported)"));
+            return Err(store.tensor_error(
+                key,
+                "not a lora_A / lora_B weight (only plain LoRA is supported)",
+            ));
         };
         if !cfg.target_modules.matches(module) {
             return Err(store.tensor_error(
                 key,
-                format!("module `{module}` is not in the config's target_modules {:?}", cfg.target_modules),
+                format!(
+                    "module `{module}` is not in the config's target_modules {:?}",
+                    cfg.target_modules
+                ),
             ));
         }
         let t = store.get(key)?.to_dtype(DType::F32).context(key.clone())?;
@@ -291,20 +318,30 @@ pub fn load_adapter(model: &mut AnyModel, dir: &Path, name: &str, device: &Devic
         seen += 1;
         let ka = format!("{KEY_PREFIX}{module}.lora_A.weight");
         let kb = format!("{KEY_PREFIX}{module}.lora_B.weight");
-        let a = a.clone().ok_or_else(|| store.tensor_error(&ka, "missing (lora_B present)"))?;
-        let b = b.clone().ok_or_else(|| store.tensor_error(&kb, "missing (lora_A present)"))?;
+        let a = a
+            .clone()
+            .ok_or_else(|| store.tensor_error(&ka, "missing (lora_B present)"))?;
+        let b = b
+            .clone()
+            .ok_or_else(|| store.tensor_error(&kb, "missing (lora_A present)"))?;
         let r = cfg.rank_for(module);
         let (inp, out) = (lin.in_dim(), lin.out_dim());
         if a.dims() != [r, inp] {
             return Err(store.tensor_error(
                 &ka,
-                format!("shape {:?}, expected [r={r}, in={inp}] (rank or base model mismatch)", a.dims()),
+                format!(
+                    "shape {:?}, expected [r={r}, in={inp}] (rank or base model mismatch)",
+                    a.dims()
+                ),
             ));
         }
         if b.dims() != [out, r] {
             return Err(store.tensor_error(
                 &kb,
-                format!("shape {:?}, expected [out={out}, r={r}] (rank or base model mismatch)", b.dims()),
+                format!(
+                    "shape {:?}, expected [out={out}, r={r}] (rank or base model mismatch)",
+                    b.dims()
+                ),
             ));
         }
         lin.lora.insert(
@@ -329,7 +366,10 @@ pub fn load_adapter(model: &mut AnyModel, dir: &Path, name: &str, device: &Devic
         stray.sort();
         return Err(TuneError::Tensor {
             path: wpath,
-            tensor: format!("{KEY_PREFIX}{}.lora_A.weight", stray.first().map(|s| s.as_str()).unwrap_or("?")),
+            tensor: format!(
+                "{KEY_PREFIX}{}.lora_A.weight",
+                stray.first().map(|s| s.as_str()).unwrap_or("?")
+            ),
             problem: format!("module(s) {stray:?} do not exist in the base model"),
         });
     }
@@ -358,7 +398,9 @@ pub fn save_adapter(model: &mut AnyModel, cfg: &LoraConfig, name: &str, dir: &Pa
         Ok(())
     })?;
     if tensors.is_empty() {
-        return Err(TuneError::Invalid(format!("no adapter named `{name}` is loaded")));
+        return Err(TuneError::Invalid(format!(
+            "no adapter named `{name}` is loaded"
+        )));
     }
     let text = serde_json::to_vec_pretty(&cfg.to_json()).map_err(|e| TuneError::Json {
         path: dir.join("adapter_config.json"),
@@ -378,7 +420,10 @@ pub fn activate(model: &mut AnyModel, name: Option<&str>) -> Result<()> {
         Ok(())
     })?;
     if missing {
-        return Err(TuneError::Invalid(format!("adapter `{}` is not loaded on every adapted layer", name.unwrap_or(""))));
+        return Err(TuneError::Invalid(format!(
+            "adapter `{}` is not loaded on every adapted layer",
+            name.unwrap_or("")
+        )));
     }
     Ok(())
 }
@@ -403,4 +448,46 @@ pub fn unmerge(model: &mut AnyModel) -> Result<usize> {
         Ok(())
     })?;
     Ok(n)
+}
+
+/// Turns the adapter `name`'s A and B into trainable variables (in place) and returns them by
+/// PEFT key name, in module order.
+pub fn make_trainable(
+    model: &mut AnyModel,
+    name: &str,
+    dropout: Option<crate::lora::LoraDropout>,
+) -> Result<Vec<(String, Var)>> {
+    let mut vars = Vec::new();
+    model.linears_mut(&mut |module, lin| {
+        if let Some(a) = lin.lora.get_mut(name) {
+            let va = Var::from_tensor(&a.a.detach()).context(module.to_string())?;
+            let vb = Var::from_tensor(&a.b.detach()).context(module.to_string())?;
+            a.a = va.as_tensor().clone();
+            a.b = vb.as_tensor().clone();
+            a.dropout = dropout.clone();
+            vars.push((format!("{KEY_PREFIX}{module}.lora_A.weight"), va));
+            vars.push((format!("{KEY_PREFIX}{module}.lora_B.weight"), vb));
+        }
+        Ok(())
+    })?;
+    if vars.is_empty() {
+        return Err(TuneError::Invalid(format!(
+            "no adapter named `{name}` is loaded"
+        )));
+    }
+    Ok(vars)
+}
+
+/// The dense update `s B A` of every layer carrying adapter `name`, with the base weight.
+pub fn adapted_weights(model: &mut AnyModel, name: &str) -> Result<Vec<(String, Tensor, Tensor)>> {
+    let mut out = Vec::new();
+    model.linears_mut(&mut |module, lin| {
+        if let Some(a) = lin.lora.get(name) {
+            let w0 = lin.weight().context(module.to_string())?;
+            let dw = a.delta_weight().context(module.to_string())?;
+            out.push((module.to_string(), w0, dw));
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }

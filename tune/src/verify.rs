@@ -447,3 +447,96 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub fn default_reference(model_dir: &Path) -> PathBuf {
     model_dir.join("reference.safetensors")
 }
+
+/// Verifies a base model with a PEFT adapter: `out.base_logits` (adapter off),
+/// `out.lora_logits` (adapter on), `out.merged_logits` and `merged.*` weights (merged).
+pub fn verify_adapter(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    reference_path: &Path,
+    atol: f64,
+    device: &Device,
+) -> Result<VerifyReport> {
+    let mut loaded = load_model(model_dir, device)?;
+    crate::peft::load_adapter(&mut loaded.model, adapter_dir, "default", device)?;
+    let reference = TensorStore::load_file(reference_path, device)?;
+    if !reference.names().any(|n| n.starts_with("in.")) {
+        return Err(TuneError::Tensor {
+            path: reference_path.to_path_buf(),
+            tensor: "in.*".into(),
+            problem: "the reference file holds no inputs (no tensor named in.*)".into(),
+        });
+    }
+    let ids = ids_tensor(&reference, "in.input_ids")?;
+    let mut ck = Checker {
+        reference: &reference,
+        atol,
+        outputs: vec![],
+        used: Default::default(),
+    };
+    let ctx = |what: &str| {
+        format!(
+            "{} + {}: {what}",
+            model_dir.display(),
+            adapter_dir.display()
+        )
+    };
+    let run = |m: &AnyModel| -> Result<Tensor> {
+        let d = m
+            .decoder()
+            .ok_or_else(|| TuneError::Invalid("adapters need a language model".into()))?;
+        Ok(d.forward_ids(&ids, 0, None, None, false)
+            .context(ctx("forward"))?
+            .0)
+    };
+    crate::peft::activate(&mut loaded.model, None)?;
+    ck.check("out.base_logits", &run(&loaded.model)?)?;
+    crate::peft::activate(&mut loaded.model, Some("default"))?;
+    ck.check("out.lora_logits", &run(&loaded.model)?)?;
+    crate::peft::merge(&mut loaded.model)?;
+    ck.check("out.merged_logits", &run(&loaded.model)?)?;
+    let merged_names: Vec<String> = reference
+        .names()
+        .filter(|n| n.starts_with("merged."))
+        .cloned()
+        .collect();
+    let mut weights: Vec<(String, Tensor)> = Vec::new();
+    loaded.model.linears_mut(&mut |module, lin| {
+        if merged_names.contains(&format!("merged.{module}.weight")) {
+            weights.push((
+                format!("merged.{module}.weight"),
+                lin.weight().context(module.to_string())?,
+            ));
+        }
+        Ok(())
+    })?;
+    for (n, w) in &weights {
+        ck.check(n, w)?;
+    }
+    let mut skipped = Vec::new();
+    for name in reference.names() {
+        if name.starts_with("in.") || ck.used.contains(name) {
+            continue;
+        }
+        skipped.push(Skipped {
+            name: name.clone(),
+            reason: "not an inference output (training tensors are checked by the test suite)"
+                .into(),
+        });
+    }
+    skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    let pass = !ck.outputs.is_empty() && ck.outputs.iter().all(|o| o.pass);
+    Ok(VerifyReport {
+        model: format!(
+            "{} + adapter {}",
+            model_dir.display(),
+            adapter_dir.display()
+        ),
+        architecture: loaded.arch.name().into(),
+        reference: reference_path.display().to_string(),
+        atol,
+        pass,
+        outputs: ck.outputs,
+        skipped,
+    })
+}

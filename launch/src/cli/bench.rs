@@ -217,7 +217,10 @@ fn control_loop(a: LoopArgs) -> anyhow::Result<ExitCode> {
         timing.fifo_priority = None;
     }
     if !a.json {
-        eprintln!("running the control loop at {} Hz for {} s ...", a.rate, a.seconds);
+        eprintln!(
+            "running the control loop at {} Hz for {} s ...",
+            a.rate, a.seconds
+        );
     }
     let report = rudder_robot::bench::run_loop_bench_with(a.rate, a.seconds, a.seed, timing)?;
     if a.json {

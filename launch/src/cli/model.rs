@@ -31,6 +31,11 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors): compares
+    /// out.base_logits, out.lora_logits, out.merged_logits and merged.* weights [reference
+    /// default: ADAPTER/reference.safetensors].
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -46,12 +51,23 @@ fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !(a.atol.is_finite() && a.atol >= 0.0) {
         anyhow::bail!("--atol must be a non-negative number, got {}", a.atol);
     }
-    let reference = a
-        .reference
-        .clone()
-        .unwrap_or_else(|| verify::default_reference(&a.model));
     let device = verify::parse_device(&a.device)?;
-    let report = verify::verify_on(&a.model, &reference, a.atol, &device)?;
+    let report = match &a.adapter {
+        Some(ad) => {
+            let reference = a
+                .reference
+                .clone()
+                .unwrap_or_else(|| verify::default_reference(ad));
+            verify::verify_adapter(&a.model, ad, &reference, a.atol, &device)?
+        }
+        None => {
+            let reference = a
+                .reference
+                .clone()
+                .unwrap_or_else(|| verify::default_reference(&a.model));
+            verify::verify_on(&a.model, &reference, a.atol, &device)?
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -104,7 +104,10 @@ impl Linear {
         if self.lora.merged().is_some() {
             return Ok(false);
         }
-        let (Some(name), Some(a)) = (self.lora.active_name().map(str::to_string), self.lora.selected()) else {
+        let (Some(name), Some(a)) = (
+            self.lora.active_name().map(str::to_string),
+            self.lora.selected(),
+        ) else {
             return Ok(false);
         };
         let delta_t = a.delta_weight()?.t()?.to_dtype(self.wt.dtype())?;

@@ -36,8 +36,14 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = params.iter().map(|(_, p)| p.zeros_like()).collect::<Result<Vec<_>>>()?;
+        let m = params
+            .iter()
+            .map(|(_, p)| p.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = params
+            .iter()
+            .map(|(_, p)| p.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg,
             params,
@@ -81,7 +87,10 @@ impl AdamW {
 
 /// Gradients of `params` from a backward pass (None where a parameter got none).
 pub fn collect_grads(params: &[(String, Var)], store: &GradStore) -> Vec<Option<Tensor>> {
-    params.iter().map(|(_, p)| store.get(p.as_tensor()).cloned()).collect()
+    params
+        .iter()
+        .map(|(_, p)| store.get(p.as_tensor()).cloned())
+        .collect()
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm`, as
@@ -89,7 +98,11 @@ pub fn collect_grads(params: &[(String, Var)], store: &GradStore) -> Vec<Option<
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.iter().flatten() {
-        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);

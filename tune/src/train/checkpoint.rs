@@ -16,7 +16,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TuneError + '_ {
 }
 
 /// Creates `root/name` through a temporary folder filled by `write`.
-pub fn save_dir_atomic(root: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+pub fn save_dir_atomic(
+    root: &Path,
+    name: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(io(root))?;
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
@@ -45,7 +49,10 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     let name = std::fs::read_to_string(&p).map_err(io(&p))?;
     let name = name.trim();
     if name.is_empty() || name.contains('/') {
-        return Err(TuneError::Invalid(format!("{}: does not name a checkpoint folder", p.display())));
+        return Err(TuneError::Invalid(format!(
+            "{}: does not name a checkpoint folder",
+            p.display()
+        )));
     }
     let dir = root.join(name);
     if !dir.is_dir() {

@@ -13,7 +13,8 @@ impl CosineSchedule {
         if step < self.warmup_steps {
             return self.base_lr * step as f64 / self.warmup_steps.max(1) as f64;
         }
-        let progress = (step - self.warmup_steps) as f64 / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64;
+        let progress = (step - self.warmup_steps) as f64
+            / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64;
         self.base_lr * (0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())).max(0.0)
     }
 }

@@ -28,14 +28,21 @@ pub struct SftExample {
 
 impl SftExample {
     fn counts(&self, i: usize) -> bool {
-        self.loss_mask.get(i).copied().unwrap_or(self.loss_mask.is_empty())
+        self.loss_mask
+            .get(i)
+            .copied()
+            .unwrap_or(self.loss_mask.is_empty())
     }
 }
 
 /// Mean next-token cross-entropy over the counted positions of a right-padded batch. Right
 /// padding needs no attention mask under a causal mask: real tokens never see the pads after
 /// them, and pad positions are not counted.
-pub fn causal_lm_loss(decoder: &Decoder, batch: &[&SftExample], pad: u32) -> candle_core::Result<(Tensor, usize)> {
+pub fn causal_lm_loss(
+    decoder: &Decoder,
+    batch: &[&SftExample],
+    pad: u32,
+) -> candle_core::Result<(Tensor, usize)> {
     let b = batch.len();
     let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
     if b == 0 || t < 2 {
@@ -138,9 +145,16 @@ pub struct SftTrainer {
 impl SftTrainer {
     /// `params` are the trainable variables by name (LoRA A/B or full weights); `n_examples`
     /// is the data set size used for shuffling.
-    pub fn new(params: Vec<(String, Var)>, cfg: SftConfig, n_examples: usize, dropout_rng: Arc<Mutex<Rng>>) -> Result<Self> {
+    pub fn new(
+        params: Vec<(String, Var)>,
+        cfg: SftConfig,
+        n_examples: usize,
+        dropout_rng: Arc<Mutex<Rng>>,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 || cfg.grad_accum == 0 {
-            return Err(TuneError::Invalid("sft: batch_size and grad_accum must be > 0".into()));
+            return Err(TuneError::Invalid(
+                "sft: batch_size and grad_accum must be > 0".into(),
+            ));
         }
         if n_examples == 0 {
             return Err(TuneError::Invalid("sft: no training examples".into()));
@@ -185,7 +199,9 @@ impl SftTrainer {
     /// One optimizer step over `grad_accum` micro-batches.
     pub fn step(&mut self, decoder: &Decoder, data: &[SftExample]) -> Result<StepStats> {
         let t0 = Instant::now();
-        let micro: Vec<Vec<usize>> = (0..self.cfg.grad_accum).map(|_| self.next_indices()).collect();
+        let micro: Vec<Vec<usize>> = (0..self.cfg.grad_accum)
+            .map(|_| self.next_indices())
+            .collect();
         let total_tokens: usize = micro
             .iter()
             .flatten()
@@ -197,7 +213,8 @@ impl SftTrainer {
         let mut losses = Vec::new();
         for idx in &micro {
             let batch: Vec<&SftExample> = idx.iter().map(|&i| &data[i]).collect();
-            let (loss, n) = causal_lm_loss(decoder, &batch, self.cfg.pad_id).context("sft forward")?;
+            let (loss, n) =
+                causal_lm_loss(decoder, &batch, self.cfg.pad_id).context("sft forward")?;
             losses.push((loss, n));
             counted += n;
         }
@@ -205,10 +222,17 @@ impl SftTrainer {
         // big batch's mean.
         for (loss, n) in losses {
             let w = n as f64 / counted as f64;
-            loss_sum += loss.to_dtype(DType::F64).and_then(|l| l.to_scalar::<f64>()).context("loss")? * w;
+            loss_sum += loss
+                .to_dtype(DType::F64)
+                .and_then(|l| l.to_scalar::<f64>())
+                .context("loss")?
+                * w;
             let scaled = (loss * w).context("scale loss")?;
             let store = scaled.backward().context("backward")?;
-            for (g, new) in grads.iter_mut().zip(collect_grads(&self.opt.params, &store)) {
+            for (g, new) in grads
+                .iter_mut()
+                .zip(collect_grads(&self.opt.params, &store))
+            {
                 *g = match (g.take(), new) {
                     (Some(a), Some(b)) => Some((a + b).context("accumulate")?),
                     (a, b) => a.or(b),
@@ -237,7 +261,12 @@ impl SftTrainer {
 
     /// Writes `root/checkpoint-{step}` (trainable weights, optimizer moments, trainer state)
     /// atomically; `extra` may add files (e.g. the PEFT adapter) to the same folder.
-    pub fn save(&self, root: &Path, keep: usize, extra: impl FnOnce(&Path) -> Result<()>) -> Result<std::path::PathBuf> {
+    pub fn save(
+        &self,
+        root: &Path,
+        keep: usize,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<std::path::PathBuf> {
         let name = format!("checkpoint-{}", self.opt.step);
         let dir = save_dir_atomic(root, &name, |tmp| {
             let mut w: HashMap<String, Tensor> = HashMap::new();
@@ -259,7 +288,8 @@ impl SftTrainer {
                 config: self.cfg.clone(),
                 params: self.opt.params.iter().map(|(n, _)| n.clone()).collect(),
             };
-            let text = serde_json::to_vec_pretty(&state).map_err(|e| TuneError::Invalid(e.to_string()))?;
+            let text =
+                serde_json::to_vec_pretty(&state).map_err(|e| TuneError::Invalid(e.to_string()))?;
             write_atomic(&tmp.join("trainer_state.json"), &text)?;
             extra(tmp)
         })?;
@@ -274,7 +304,10 @@ impl SftTrainer {
             return Ok(None);
         };
         let sp = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&sp).map_err(|source| TuneError::Io { path: sp.clone(), source })?;
+        let text = std::fs::read_to_string(&sp).map_err(|source| TuneError::Io {
+            path: sp.clone(),
+            source,
+        })?;
         let st: TrainerState = serde_json::from_str(&text).map_err(|e| TuneError::Json {
             path: sp.clone(),
             msg: e.to_string(),
@@ -294,12 +327,22 @@ impl SftTrainer {
         for (i, (n, v)) in self.opt.params.iter().enumerate() {
             let t = w.get(n)?;
             if t.dims() != v.dims() {
-                return Err(w.tensor_error(n, format!("shape {:?}, this run has {:?}", t.dims(), v.dims())));
+                return Err(w.tensor_error(
+                    n,
+                    format!("shape {:?}, this run has {:?}", t.dims(), v.dims()),
+                ));
             }
             let dev = v.device();
-            v.set(&t.to_device(dev).context(n.clone())?).context(n.clone())?;
-            self.opt.m[i] = o.get(&format!("m.{n}"))?.to_device(dev).context(n.clone())?;
-            self.opt.v[i] = o.get(&format!("v.{n}"))?.to_device(dev).context(n.clone())?;
+            v.set(&t.to_device(dev).context(n.clone())?)
+                .context(n.clone())?;
+            self.opt.m[i] = o
+                .get(&format!("m.{n}"))?
+                .to_device(dev)
+                .context(n.clone())?;
+            self.opt.v[i] = o
+                .get(&format!("v.{n}"))?
+                .to_device(dev)
+                .context(n.clone())?;
         }
         self.opt.step = st.step;
         self.epoch = st.epoch;
