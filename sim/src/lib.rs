@@ -1,1 +1,7 @@
-//! rudder-sim: filled by a later issue (see ARCHITECTURE.md); nothing here yet.
+//! rudder-sim: simulated embodiments built on rudder-robot's models.
+//!
+//! - [`tabletop`]: UR5 manipulation with LIBERO-style suites, scripted experts and demos.
+//! - [`driving`]: nuPlan-style driving scenarios with the closed-loop score.
+
+pub mod driving;
+pub mod tabletop;

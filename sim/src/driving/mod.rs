@@ -1,0 +1,1 @@
+//! Driving simulator with nuPlan metrics. See sim/README.md.

@@ -1,0 +1,1 @@
+//! Tabletop manipulation simulator (LIBERO-style). See sim/README.md.
