@@ -65,3 +65,54 @@ pub fn intruder_dimensions(
         singular_values: sb.into_iter().take(k).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn diag(n: usize) -> Tensor {
+        let mut v = vec![0f32; n * n];
+        for i in 0..n {
+            v[i * n + i] = (i + 1) as f32;
+        }
+        Tensor::from_vec(v, (n, n), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn no_update_has_no_intruders() {
+        let n = 16;
+        let r = intruder_dimensions(
+            "m",
+            &diag(n),
+            &Tensor::zeros((n, n), DType::F32, &Device::Cpu).unwrap(),
+            10,
+            0.5,
+        )
+        .unwrap();
+        assert!(r.intruders.is_empty());
+        assert!(r.max_cos.iter().all(|&c| c > 0.999));
+    }
+
+    #[test]
+    fn a_large_update_along_a_new_direction_intrudes() {
+        // W0's singular vectors are the axes; the update adds a dominant direction (1,...,1)/sqrt(n),
+        // whose best match among the axes is 1/sqrt(n) = 0.25.
+        let n = 16;
+        let u = vec![1f32 / (n as f32).sqrt(); n];
+        let mut dw = vec![0f32; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                dw[i * n + j] = 100.0 * u[i] * u[j];
+            }
+        }
+        let dw = Tensor::from_vec(dw, (n, n), &Device::Cpu).unwrap();
+        let r = intruder_dimensions("m", &diag(n), &dw, 10, 0.5).unwrap();
+        assert_eq!(r.intruders.first(), Some(&0), "{r:?}");
+        assert!((r.max_cos[0] - 0.25).abs() < 0.05, "{r:?}");
+        // A small update of the same shape does not change the top directions.
+        let small = (dw * 1e-4).unwrap();
+        let r = intruder_dimensions("m", &diag(n), &small, 10, 0.5).unwrap();
+        assert!(r.intruders.is_empty(), "{r:?}");
+    }
+}

@@ -177,3 +177,70 @@ pub fn decoder_linears_mut(
     }
     Ok(())
 }
+
+/// Makes every parameter of a decoder a trainable variable (full fine-tuning), except those
+/// whose Hub name `frozen` returns true for. Linear weights are trained in their stored
+/// `[in, out]` layout and named `{module}.weight_t`. Tied embeddings stay tied: the LM head
+/// reads the embedding variable.
+pub fn decoder_full_trainable(
+    d: &mut Decoder,
+    model_prefix: &str,
+    frozen: &dyn Fn(&str) -> bool,
+) -> crate::Result<Vec<(String, candle_core::Var)>> {
+    use crate::error::Context;
+    use candle_core::Var;
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let embed_name = p(model_prefix, "embed_tokens.weight");
+    if !frozen(&embed_name) {
+        let v = Var::from_tensor(&d.embed_tokens.detach()).context(embed_name.clone())?;
+        d.embed_tokens = v.as_tensor().clone();
+        if d.cfg.tie_word_embeddings {
+            d.lm_head = Linear::from_transposed(v.as_tensor().t().context("tied head")?, None);
+        }
+        vars.push((embed_name, v));
+    }
+    let norm =
+        |name: String, n: &mut RmsNorm, vars: &mut Vec<(String, Var)>| -> crate::Result<()> {
+            if frozen(&name) {
+                return Ok(());
+            }
+            let v = Var::from_tensor(&n.weight.detach()).context(name.clone())?;
+            *n = RmsNorm::from_weight(v.as_tensor().clone(), n.eps, n.offset)
+                .context(name.clone())?;
+            vars.push((name, v));
+            Ok(())
+        };
+    for (i, l) in d.layers.iter_mut().enumerate() {
+        let lp = p(model_prefix, &format!("layers.{i}"));
+        norm(
+            p(&lp, "input_layernorm.weight"),
+            &mut l.input_layernorm,
+            &mut vars,
+        )?;
+        norm(
+            p(&lp, "post_attention_layernorm.weight"),
+            &mut l.post_attention_layernorm,
+            &mut vars,
+        )?;
+    }
+    norm(p(model_prefix, "norm.weight"), &mut d.norm, &mut vars)?;
+    decoder_linears_mut(d, model_prefix, Some(""), &mut |module, lin| {
+        let name = format!("{module}.weight");
+        if frozen(&name) {
+            return Ok(());
+        }
+        let v = Var::from_tensor(&lin.weight_t().detach()).context(name.clone())?;
+        lin.set_weight_t(v.as_tensor().clone());
+        vars.push((format!("{module}.weight_t"), v));
+        if let Some(b) = lin.bias.as_mut() {
+            let bn = format!("{module}.bias");
+            if !frozen(&bn) {
+                let vb = Var::from_tensor(&b.detach()).context(bn.clone())?;
+                *b = vb.as_tensor().clone();
+                vars.push((bn, vb));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(vars)
+}

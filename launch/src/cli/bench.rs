@@ -68,6 +68,10 @@ pub struct LlamaArgs {
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Also time a LoRA training step (r 4, alpha 8 on q_proj and v_proj, batch 8, seq 64,
+    /// AdamW) and a full fine-tuning step (tokens/s).
+    #[arg(long)]
+    pub lora: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -196,6 +200,11 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
             }),
         );
     }
+    if a.lora {
+        let (lora, full) = train_steps(&a, &device)?;
+        out.insert("lora_step_b8_s64".into(), lora);
+        out.insert("full_ft_step_b8_s64".into(), full);
+    }
     if a.json {
         println!("{}", serde_json::Value::Object(out));
     } else {
@@ -229,4 +238,82 @@ fn control_loop(a: LoopArgs) -> anyhow::Result<ExitCode> {
         println!("{}", report.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Median time of one LoRA step and one full fine-tuning step on batch 8 x seq 64 (loss over
+/// every next token, as the PyTorch baseline computes it).
+fn train_steps(
+    a: &LlamaArgs,
+    device: &Device,
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    use rudder_tune::peft::{self, LoraConfig};
+    use rudder_tune::train::adamw::{collect_grads, AdamW, AdamWConfig};
+    use rudder_tune::train::sft::causal_lm_loss;
+    use rudder_tune::train::{Rng, SftExample};
+    let (b, s) = (8usize, 64usize);
+    let mut rng = Rng::new(0);
+    let mut loaded = load_model(&a.model, device)?;
+    let vocab = loaded
+        .model
+        .decoder()
+        .ok_or_else(|| anyhow::anyhow!("not a language model"))?
+        .cfg
+        .vocab_size;
+    let data: Vec<SftExample> = (0..b)
+        .map(|_| SftExample {
+            tokens: (0..s).map(|_| rng.below(vocab) as u32).collect(),
+            loss_mask: vec![],
+        })
+        .collect();
+    let batch: Vec<&SftExample> = data.iter().collect();
+    let cfg = LoraConfig::new(4, 8.0, &["q_proj", "v_proj"]);
+    let params = peft::attach_new(&mut loaded.model, &cfg, "default", &mut rng, None)?;
+    let mut opt = AdamW::new(
+        params,
+        AdamWConfig {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let dec = loaded
+        .model
+        .decoder()
+        .ok_or_else(|| anyhow::anyhow!("no decoder"))?;
+    let lora = time(a.runs, a.warmup, || {
+        let (loss, _) = causal_lm_loss(dec, &batch, 0)?;
+        let grads = collect_grads(&opt.params, &loss.backward()?);
+        opt.step(&grads, 1e-4)?;
+        Ok(())
+    })?;
+    let mut full_model = load_model(&a.model, device)?;
+    let params = match &mut full_model.model {
+        rudder_tune::load::AnyModel::Llama(m) => {
+            rudder_tune::state::decoder_full_trainable(&mut m.decoder, "model", &|_| false)?
+        }
+        _ => anyhow::bail!("full fine-tuning bench needs a Llama checkpoint"),
+    };
+    let mut opt = AdamW::new(
+        params,
+        AdamWConfig {
+            lr: 1e-5,
+            ..Default::default()
+        },
+    )?;
+    let dec = full_model
+        .model
+        .decoder()
+        .ok_or_else(|| anyhow::anyhow!("no decoder"))?;
+    let full = time(a.runs.min(5).max(1), 1, || {
+        let (loss, _) = causal_lm_loss(dec, &batch, 0)?;
+        let grads = collect_grads(&opt.params, &loss.backward()?);
+        opt.step(&grads, 1e-5)?;
+        Ok(())
+    })?;
+    let tokens = (b * s) as f64;
+    Ok((
+        serde_json::json!({"median_ms": lora.median_ms, "min_ms": lora.min_ms, "max_ms": lora.max_ms,
+                           "tokens_per_s": tokens / (lora.median_ms * 1e-3)}),
+        serde_json::json!({"median_ms": full.median_ms, "min_ms": full.min_ms, "max_ms": full.max_ms,
+                           "tokens_per_s": tokens / (full.median_ms * 1e-3)}),
+    ))
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod model;
+pub mod train;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,9 @@ pub enum Command {
     /// Benchmarks, each beside its baseline.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Fine-tuning jobs (LoRA or full) with resumable checkpoints.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -52,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Model(m) => model::run(m),
         Command::Bench(b) => bench::run(b),
+        Command::Train(t) => train::run(t),
     }
 }

@@ -14,6 +14,29 @@ pub enum ModelCommand {
 rudder model verify --model fixtures/hf-tiny/paligemma --reference fixtures/hf-tiny/paligemma/reference.safetensors --json"
     )]
     Verify(VerifyArgs),
+    /// Intruder dimensions of a LoRA adapter: per adapted matrix, the top-k left singular
+    /// vectors of W0 + dW whose max |cos| with every singular vector of W0 is below a threshold.
+    #[command(
+        after_help = "Example:\n  rudder model intruders --model fixtures/hf-tiny/llama --adapter fixtures/hf-tiny/llama_lora"
+    )]
+    Intruders(IntruderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IntruderArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// PEFT adapter folder.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// How many top singular vectors of the adapted matrix to test.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// A vector intrudes when its max |cos| with W0's singular vectors is below this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +67,7 @@ pub struct VerifyArgs {
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Verify(a) => verify_cmd(a),
+        ModelCommand::Intruders(a) => intruders_cmd(a),
     }
 }
 
@@ -115,4 +139,47 @@ fn print_table(r: &VerifyReport) {
         r.outputs.len(),
         failed
     );
+}
+
+fn intruders_cmd(a: IntruderArgs) -> anyhow::Result<ExitCode> {
+    use rudder_tune::candle_core::Device;
+    let mut loaded = rudder_tune::load::load_model(&a.model, &Device::Cpu)?;
+    rudder_tune::peft::load_adapter(&mut loaded.model, &a.adapter, "default", &Device::Cpu)?;
+    let mats = rudder_tune::peft::adapted_weights(&mut loaded.model, "default")?;
+    let mut reports = Vec::new();
+    for (module, w0, dw) in &mats {
+        reports.push(rudder_tune::intruder::intruder_dimensions(
+            module,
+            w0,
+            dw,
+            a.k,
+            a.threshold,
+        )?);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"k": a.k, "threshold": a.threshold, "matrices": reports})
+        );
+    } else {
+        println!(
+            "{:50} {:>9}  max|cos| of the top-{} vectors",
+            "module", "intruders", a.k
+        );
+        for r in &reports {
+            let cos: Vec<String> = r.max_cos.iter().map(|c| format!("{c:.2}")).collect();
+            println!(
+                "{:50} {:>9}  {}",
+                r.module,
+                r.intruders.len(),
+                cos.join(" ")
+            );
+        }
+        let total: usize = reports.iter().map(|r| r.intruders.len()).sum();
+        println!(
+            "{total} intruder dimension(s) in {} adapted matrices",
+            reports.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

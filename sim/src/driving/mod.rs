@@ -1,1 +1,56 @@
-//! Driving simulator with nuPlan metrics. See sim/README.md.
+//! Driving simulator with nuPlan's closed-loop score (CLS-NR / CLS-R) and log format.
+//!
+//! - [`map`], [`scenario`]: the world model; [`generator`] builds seeded scenarios of nuPlan's
+//!   types, [`nuplan_db`] loads nuPlan-schema SQLite logs with a map file of ours beside them.
+//! - [`vehicle`] (kinematic bicycle with actuator lags) driven by [`lqr`] (nuPlan's two-stage
+//!   tracker); [`idm`] drives reactive agents and the IDM planner.
+//! - [`simulation`] runs one scenario with a [`planners::Planner`]; [`metrics`] scores it
+//!   exactly as nuplan-devkit does; [`campaign`] runs many and aggregates.
+
+pub mod campaign;
+pub mod generator;
+pub mod geometry;
+pub mod idm;
+pub mod lqr;
+pub mod map;
+pub mod metrics;
+pub mod nuplan_db;
+pub mod planners;
+pub mod savgol;
+pub mod scenario;
+pub mod simulation;
+pub mod vehicle;
+
+pub use campaign::{run_campaign, CampaignReport, Mode, PlannerKind};
+pub use planners::{Observation, Planner, Trajectory, TrajectoryPoint};
+
+use thiserror::Error;
+
+/// Everything that can go wrong with driving inputs; every variant says what and where.
+#[derive(Debug, Error)]
+pub enum DrivingError {
+    #[error("map: {0}")]
+    Map(String),
+    #[error("scenario `{token}`: {reason}")]
+    Scenario { token: String, reason: String },
+    #[error("nuPlan DB {path}: {reason}")]
+    Db { path: String, reason: String },
+    #[error("nuPlan DB {path}: missing table `{table}`")]
+    MissingTable { path: String, table: String },
+    #[error("nuPlan DB {path}: {table}.{column} = {token} points at no row of {target}")]
+    DanglingToken {
+        path: String,
+        table: String,
+        column: String,
+        token: String,
+        target: String,
+    },
+    #[error("map `{map}` does not cover scenario `{token}`: {reason}")]
+    MapCoverage {
+        map: String,
+        token: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,1 +1,27 @@
 //! Tabletop manipulation simulator (LIBERO-style). See sim/README.md.
+//!
+//! A UR5 (robot's kinematics, limits and safety filter) with a parallel gripper over a table,
+//! an object library with containers and articulated fixtures, a declarative task format,
+//! three embedded suites with scripted experts, a software rasterizer for the agent-view and
+//! wrist cameras, and a demo writer (safetensors shards + meta.json).
+
+pub mod demos;
+pub mod embodiment;
+pub mod env;
+pub mod expert;
+pub mod geom;
+pub mod physics;
+pub mod render;
+pub mod scene;
+pub mod suites;
+pub mod tasks;
+
+pub use demos::{write_demos, DemoSummary, DEMO_FORMAT_VERSION};
+pub use embodiment::TabletopSim;
+pub use env::{CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs, CONTROL_HZ};
+pub use expert::{Expert, Manner};
+pub use suites::{
+    benchmark, load_suite, run_suite, run_tasks, Suite, SuiteError, SuiteReport, TaskReport,
+    Throughput,
+};
+pub use tasks::{Predicate, Task, TaskError};

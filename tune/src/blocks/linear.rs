@@ -78,7 +78,20 @@ impl Linear {
         } else {
             x.reshape((lead, in_dim))?
         };
-        let mut y = x2.matmul(&self.wt)?;
+        // With a tracked input and a frozen weight (LoRA training), candle's generic matmul
+        // backward would also compute and store the weight's gradient: a full extra matmul per
+        // layer. The frozen path only propagates to the input.
+        let mut y = if x2.track_op()
+            && !self.wt.track_op()
+            && x2.device().is_cpu()
+            && x2.dtype() == candle_core::DType::F32
+        {
+            x2.contiguous()?.apply_op1(FrozenMatmul {
+                wt: self.wt.clone(),
+            })?
+        } else {
+            x2.matmul(&self.wt)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -128,5 +141,42 @@ impl Linear {
         self.wt = (self.wt.detach() - delta_t)?.contiguous()?;
         self.lora.set_merged(None);
         Ok(true)
+    }
+}
+
+/// `x @ W^T` with a weight that receives no gradient.
+struct FrozenMatmul {
+    wt: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen-matmul: expected f32 input");
+        };
+        let (m, k) = layout.shape().dims2()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: input must be contiguous");
+        };
+        let x = Tensor::from_slice(&data[start..end], (m, k), &candle_core::Device::Cpu)?;
+        let y = x.matmul(&self.wt)?;
+        let n = y.dim(1)?;
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((
+            candle_core::CpuStorage::F32(v),
+            candle_core::Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.wt.t()?)?))
     }
 }

@@ -1,0 +1,290 @@
+//! `rudder train ...`: fine-tuning jobs on the shared core.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rudder_tune::candle_core::{Device, Var};
+use rudder_tune::load::{load_model, AnyModel};
+use rudder_tune::peft::{self, LoraConfig};
+use rudder_tune::train::adamw::AdamWConfig;
+use rudder_tune::train::{Rng, SftConfig, SftExample, SftTrainer};
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Supervised fine-tuning of a causal LM (LoRA or full) on token sequences.
+    #[command(
+        after_help = "Data: JSON lines, one example each: {\"tokens\": [1, 52, 9, ...], \"loss_mask\": [false, false, true, ...]}\n\
+(loss_mask optional: every token counts; index 0 is never predicted).\n\n\
+Example:\n  rudder train sft --model fixtures/hf-tiny/llama --data data.jsonl --out runs/lora --lora --steps 200\n\n\
+A killed run resumes from OUT/latest when started again with the same arguments."
+    )]
+    Sft(SftArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// Base model folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data (JSON lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoints (checkpoint-N/, latest) and the final adapter or model.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Clip gradients to this global L2 norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train a LoRA adapter instead of all weights.
+    #[arg(long)]
+    pub lora: bool,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+    /// Module names (suffix match) to adapt, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub lora_targets: Vec<String>,
+    /// Scale by alpha / sqrt(r) (rsLoRA).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Full fine-tuning: freeze parameters whose Hub name matches this regex.
+    #[arg(long)]
+    pub freeze: Option<String>,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    pub save_every: u64,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Print a log line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Ignore existing checkpoints in OUT and start over.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TrainCommand::Sft(a) => sft(a),
+    }
+}
+
+fn read_data(path: &PathBuf, vocab: usize) -> anyhow::Result<Vec<SftExample>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: SftExample = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: expected {{\"tokens\": [...], \"loss_mask\": [...]}}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        if ex.tokens.len() < 2 {
+            anyhow::bail!(
+                "{}:{}: `tokens` needs at least 2 ids",
+                path.display(),
+                i + 1
+            );
+        }
+        if let Some(t) = ex.tokens.iter().find(|&&t| t as usize >= vocab) {
+            anyhow::bail!(
+                "{}:{}: token id {t} is outside the model's vocabulary ({vocab})",
+                path.display(),
+                i + 1
+            );
+        }
+        if !ex.loss_mask.is_empty() && ex.loss_mask.len() != ex.tokens.len() {
+            anyhow::bail!(
+                "{}:{}: `loss_mask` has {} entries for {} tokens",
+                path.display(),
+                i + 1,
+                ex.loss_mask.len(),
+                ex.tokens.len()
+            );
+        }
+        out.push(ex);
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: no examples", path.display());
+    }
+    Ok(out)
+}
+
+fn sft(a: SftArgs) -> anyhow::Result<ExitCode> {
+    let mut loaded = load_model(&a.model, &Device::Cpu)?;
+    let (vocab, pad) = {
+        let d = loaded
+            .model
+            .decoder()
+            .ok_or_else(|| anyhow::anyhow!("{}: not a language model", a.model.display()))?;
+        (d.cfg.vocab_size, d.cfg.pad_token_id.unwrap_or(0))
+    };
+    let data = read_data(&a.data, vocab)?;
+    let mut rng = Rng::new(a.seed);
+    let dropout_rng = Arc::new(Mutex::new(Rng::new(a.seed.wrapping_add(1))));
+    let lora_cfg = if a.lora {
+        let targets: Vec<&str> = a.lora_targets.iter().map(String::as_str).collect();
+        let mut c = LoraConfig::new(a.lora_r, a.lora_alpha, &targets);
+        c.lora_dropout = a.lora_dropout;
+        c.use_rslora = a.rslora;
+        c.base_model_name_or_path = Some(a.model.display().to_string());
+        Some(c)
+    } else {
+        None
+    };
+    let params: Vec<(String, Var)> = match &lora_cfg {
+        Some(c) => peft::attach_new(
+            &mut loaded.model,
+            c,
+            "default",
+            &mut rng,
+            Some(dropout_rng.clone()),
+        )?,
+        None => {
+            let freeze = a
+                .freeze
+                .as_deref()
+                .map(regex::Regex::new)
+                .transpose()
+                .context("--freeze")?;
+            let frozen = |n: &str| freeze.as_ref().is_some_and(|r| r.is_match(n));
+            match &mut loaded.model {
+                AnyModel::Llama(m) => {
+                    rudder_tune::state::decoder_full_trainable(&mut m.decoder, "model", &frozen)?
+                }
+                AnyModel::Gemma(m) => {
+                    rudder_tune::state::decoder_full_trainable(&mut m.decoder, "model", &frozen)?
+                }
+                _ => anyhow::bail!(
+                    "full fine-tuning supports Llama and Gemma checkpoints; use --lora"
+                ),
+            }
+        }
+    };
+    let n_trainable: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let cfg = SftConfig {
+        optim: AdamWConfig {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            ..Default::default()
+        },
+        warmup_steps: a.warmup,
+        total_steps: a.steps,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        grad_accum: a.grad_accum,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        pad_id: pad,
+    };
+    let mut trainer = SftTrainer::new(params, cfg, data.len(), dropout_rng)?;
+    if !a.no_resume {
+        if let Some(dir) = trainer.resume(&a.out)? {
+            eprintln!(
+                "resumed from {} at step {}",
+                dir.display(),
+                trainer.step_count()
+            );
+        }
+    }
+    eprintln!(
+        "training {} ({} trainable parameters, {} examples) for {} steps",
+        if a.lora { "LoRA" } else { "all weights" },
+        n_trainable,
+        data.len(),
+        a.steps
+    );
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(a.steps);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    bar.set_position(trainer.step_count());
+    let save =
+        |trainer: &SftTrainer, loaded: &mut rudder_tune::load::LoadedModel| -> anyhow::Result<()> {
+            let lc = lora_cfg.clone();
+            let model = &mut loaded.model;
+            trainer.save(&a.out, a.keep, |dir| match &lc {
+                Some(c) => peft::save_adapter(model, c, "default", dir),
+                None => Ok(()),
+            })?;
+            Ok(())
+        };
+    while trainer.step_count() < a.steps {
+        let dec = loaded
+            .model
+            .decoder()
+            .ok_or_else(|| anyhow::anyhow!("model has no decoder"))?;
+        let s = trainer.step(dec, &data)?;
+        bar.set_position(s.step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            s.loss, s.lr, s.tokens_per_s
+        ));
+        if a.log_every > 0 && s.step % a.log_every == 0 {
+            bar.suspend(|| {
+                println!(
+                    "step {:>6}  loss {:.5}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
+                    s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s
+                )
+            });
+        }
+        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
+            save(&trainer, &mut loaded)?;
+        }
+    }
+    bar.finish_and_clear();
+    save(&trainer, &mut loaded)?;
+    match &lora_cfg {
+        Some(c) => {
+            let dir = a.out.join("adapter");
+            peft::save_adapter(&mut loaded.model, c, "default", &dir)?;
+            println!("adapter (PEFT format): {}", dir.display());
+        }
+        None => {
+            let dir = a.out.join("model");
+            loaded.save_pretrained(&dir)?;
+            println!("model: {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,235 @@
+//! A scenario: the map, the ego's initial state and logged (expert) trajectory, the other
+//! tracks, traffic-light states over time, the route and nuPlan's scenario-type tag. Sampled at
+//! 0.1 s: index 0 is the start, `HISTORY_STEPS` samples of history precede it.
+
+use super::geometry::{OrientedBox, P2};
+use super::map::{LaneId, LightStatus, Map};
+use super::DrivingError;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Simulation and log step (nuPlan's DB is 20 Hz, subsampled to 10 Hz).
+pub const DT: f64 = 0.1;
+/// 15 s horizon: 150 steps after the initial sample.
+pub const HORIZON_STEPS: usize = 150;
+/// 2 s of history before the initial sample.
+pub const HISTORY_STEPS: usize = 20;
+
+/// nuPlan's tracked-object categories, grouped as the collision metric groups them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Vehicle,
+    Pedestrian,
+    Bicycle,
+    TrafficCone,
+    Barrier,
+    CzoneSign,
+    GenericObject,
+}
+
+impl Category {
+    /// nuPlan's `category.name` strings.
+    pub fn parse(s: &str) -> Option<Category> {
+        Some(match s {
+            "vehicle" => Category::Vehicle,
+            "pedestrian" => Category::Pedestrian,
+            "bicycle" => Category::Bicycle,
+            "traffic_cone" => Category::TrafficCone,
+            "barrier" => Category::Barrier,
+            "czone_sign" => Category::CzoneSign,
+            "generic_object" => Category::GenericObject,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Vehicle => "vehicle",
+            Category::Pedestrian => "pedestrian",
+            Category::Bicycle => "bicycle",
+            Category::TrafficCone => "traffic_cone",
+            Category::Barrier => "barrier",
+            Category::CzoneSign => "czone_sign",
+            Category::GenericObject => "generic_object",
+        }
+    }
+    /// Agents move; objects are static by definition (nuPlan's STOPPED_TRACK rule).
+    pub fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Category::Vehicle | Category::Pedestrian | Category::Bicycle
+        )
+    }
+}
+
+/// One sample of a tracked object (box centre, map frame).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct AgentState {
+    pub x: f64,
+    pub y: f64,
+    pub heading: f64,
+    pub vx: f64,
+    pub vy: f64,
+}
+
+impl AgentState {
+    pub fn speed(&self) -> f64 {
+        self.vx.hypot(self.vy)
+    }
+}
+
+/// A tracked object over the scenario. `states[k]` is the sample at step
+/// `k - HISTORY_STEPS`; `None` where the object was not observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    pub id: u64,
+    pub category: Category,
+    pub length: f64,
+    pub width: f64,
+    pub height: f64,
+    pub states: Vec<Option<AgentState>>,
+}
+
+impl Track {
+    /// The state at simulation step `step` (0 = scenario start).
+    pub fn at(&self, step: usize) -> Option<AgentState> {
+        self.states.get(step + HISTORY_STEPS).copied().flatten()
+    }
+}
+
+/// What the simulator, planners and metrics see of an object at one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AgentObs {
+    pub id: u64,
+    pub category: Category,
+    pub state: AgentState,
+    pub length: f64,
+    pub width: f64,
+}
+
+impl AgentObs {
+    pub fn bbox(&self) -> OrientedBox {
+        OrientedBox::new(
+            P2::new(self.state.x, self.state.y),
+            self.state.heading,
+            self.length,
+            self.width,
+        )
+    }
+    /// Speed along the object's heading (nuPlan's constant-velocity projection in TTC).
+    pub fn speed(&self) -> f64 {
+        self.state.speed()
+    }
+}
+
+/// One sample of the logged ego (rear axle).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct EgoPose {
+    pub x: f64,
+    pub y: f64,
+    pub heading: f64,
+    pub speed: f64,
+    pub acceleration: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scenario {
+    pub token: String,
+    pub scenario_type: String,
+    #[serde(skip)]
+    pub map: Arc<Map>,
+    /// `expert[k]` at step `k - HISTORY_STEPS`; `expert[HISTORY_STEPS]` is the initial state.
+    pub expert: Vec<EgoPose>,
+    pub tracks: Vec<Track>,
+    /// `lights[k]` = (connector, status) at step k >= 0.
+    pub lights: Vec<Vec<(LaneId, LightStatus)>>,
+    /// The expert's route as a sequence of lanes/connectors.
+    pub route: Vec<LaneId>,
+}
+
+impl Scenario {
+    pub fn num_steps(&self) -> usize {
+        self.expert.len().saturating_sub(HISTORY_STEPS)
+    }
+
+    pub fn ego_initial(&self) -> EgoPose {
+        self.expert[HISTORY_STEPS.min(self.expert.len().saturating_sub(1))]
+    }
+
+    /// Expert pose at simulation step `step` (clamped to the last sample).
+    pub fn expert_at(&self, step: usize) -> EgoPose {
+        let i = (step + HISTORY_STEPS).min(self.expert.len().saturating_sub(1));
+        self.expert[i]
+    }
+
+    pub fn lights_at(&self, step: usize) -> &[(LaneId, LightStatus)] {
+        self.lights
+            .get(step)
+            .or(self.lights.last())
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Logged objects present at `step`.
+    pub fn agents_at(&self, step: usize) -> Vec<AgentObs> {
+        self.tracks
+            .iter()
+            .filter_map(|t| {
+                t.at(step).map(|s| AgentObs {
+                    id: t.id,
+                    category: t.category,
+                    state: s,
+                    length: t.length,
+                    width: t.width,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the invariants the simulator relies on, so a malformed scenario (from a file or
+    /// a DB) is an error rather than a panic or a silently wrong score.
+    pub fn validate(&self) -> Result<(), DrivingError> {
+        let bad = |m: String| DrivingError::Scenario {
+            token: self.token.clone(),
+            reason: m,
+        };
+        if self.expert.len() < HISTORY_STEPS + 2 {
+            return Err(bad(format!(
+                "expert trajectory has {} samples; need at least {}",
+                self.expert.len(),
+                HISTORY_STEPS + 2
+            )));
+        }
+        if self.expert.iter().any(|e| {
+            !(e.x.is_finite() && e.y.is_finite() && e.heading.is_finite() && e.speed.is_finite())
+        }) {
+            return Err(bad("expert trajectory has a non-finite value".into()));
+        }
+        for t in &self.tracks {
+            if !(t.length > 0.0 && t.width > 0.0 && t.length.is_finite() && t.width.is_finite()) {
+                return Err(bad(format!(
+                    "track {} has a bad box {}x{}",
+                    t.id, t.length, t.width
+                )));
+            }
+            if t.states.iter().flatten().any(|s| {
+                !(s.x.is_finite()
+                    && s.y.is_finite()
+                    && s.heading.is_finite()
+                    && s.vx.is_finite()
+                    && s.vy.is_finite())
+            }) {
+                return Err(bad(format!("track {} has a non-finite state", t.id)));
+            }
+        }
+        for id in &self.route {
+            if self.map.lane(*id).is_none() {
+                return Err(bad(format!(
+                    "route lane {id} is not in map `{}`",
+                    self.map.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}

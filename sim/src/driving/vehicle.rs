@@ -1,0 +1,165 @@
+//! The ego: nuPlan's kinematic bicycle at the rear axle with first-order actuator lags and
+//! explicit Euler integration, on the Chrysler Pacifica's dimensions. The state is the robot
+//! crate's [`VehicleState`] plus what the metrics need (steering rate, yaw rate and yaw
+//! acceleration). `VehicleState::step_bicycle` is not used: it integrates at the midpoint,
+//! while nuPlan's model is explicit Euler, and scores must match nuPlan's.
+
+use super::geometry::{wrap_angle, OrientedBox, P2};
+use rudder_robot::types::{VehicleCommand, VehicleLimits, VehicleState};
+use serde::{Deserialize, Serialize};
+
+/// Pacifica (nuPlan's ego) dimensions.
+pub const EGO_WIDTH: f64 = 2.297;
+pub const EGO_FRONT_LENGTH: f64 = 4.049;
+pub const EGO_REAR_LENGTH: f64 = 1.127;
+pub const EGO_LENGTH: f64 = EGO_FRONT_LENGTH + EGO_REAR_LENGTH;
+pub const WHEELBASE: f64 = 3.089;
+/// Rear axle to the geometric centre of the box.
+pub const REAR_TO_CENTER: f64 = EGO_LENGTH / 2.0 - EGO_REAR_LENGTH;
+pub const MAX_STEER: f64 = std::f64::consts::FRAC_PI_3;
+pub const ACCEL_TIME_CONSTANT: f64 = 0.2;
+pub const STEER_TIME_CONSTANT: f64 = 0.05;
+
+/// The ego's limits in the robot crate's terms. nuPlan's model clips only the steering angle,
+/// so the other limits are deliberately loose and not applied by [`EgoState::propagate`].
+pub fn ego_limits() -> VehicleLimits {
+    VehicleLimits {
+        max_acceleration: f64::INFINITY,
+        max_deceleration: f64::INFINITY,
+        max_steering_angle: MAX_STEER,
+        max_steering_rate: f64::INFINITY,
+        max_speed: f64::INFINITY,
+        wheelbase: WHEELBASE,
+    }
+}
+
+/// Full ego state at one simulation sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct EgoState {
+    pub time_s: f64,
+    /// Rear-axle pose, longitudinal speed and acceleration, tyre angle.
+    pub vehicle: VehicleState,
+    pub steering_rate: f64,
+    pub yaw_rate: f64,
+    pub yaw_acceleration: f64,
+}
+
+impl EgoState {
+    pub fn rear_axle(&self) -> P2 {
+        P2::new(self.vehicle.x, self.vehicle.y)
+    }
+
+    pub fn center(&self) -> P2 {
+        let h = self.vehicle.heading;
+        P2::new(
+            self.vehicle.x + REAR_TO_CENTER * h.cos(),
+            self.vehicle.y + REAR_TO_CENTER * h.sin(),
+        )
+    }
+
+    pub fn footprint(&self) -> OrientedBox {
+        OrientedBox::new(self.center(), self.vehicle.heading, EGO_LENGTH, EGO_WIDTH)
+    }
+
+    /// Acceleration of the box centre in the body frame (longitudinal, lateral): the rear-axle
+    /// acceleration plus the rigid-body terms for a point `REAR_TO_CENTER` ahead (centripetal
+    /// -w^2 d along x; v w + alpha d across).
+    pub fn center_acceleration(&self) -> (f64, f64) {
+        let v = &self.vehicle;
+        let w = self.yaw_rate;
+        (
+            v.acceleration - w * w * REAR_TO_CENTER,
+            v.speed * w + self.yaw_acceleration * REAR_TO_CENTER,
+        )
+    }
+
+    /// One step of nuPlan's kinematic bicycle under an ideal command (acceleration and steering
+    /// rate from the tracker): first the commands pass the first-order lags, then the state is
+    /// integrated with explicit Euler and the tyre angle is clipped.
+    pub fn propagate(&self, ideal: VehicleCommand, ideal_steering_rate: f64, dt: f64) -> EgoState {
+        let _ = ideal.steering_angle;
+        let s = &self.vehicle;
+        let accel = s.acceleration
+            + dt / (dt + ACCEL_TIME_CONSTANT) * (ideal.acceleration - s.acceleration);
+        let ideal_steer = s.steering_angle + dt * ideal_steering_rate;
+        let steer_lagged =
+            s.steering_angle + dt / (dt + STEER_TIME_CONSTANT) * (ideal_steer - s.steering_angle);
+        let steering_rate = (steer_lagged - s.steering_angle) / dt;
+        // Derivatives at the current state (explicit Euler).
+        let yaw_rate_now = s.speed * s.steering_angle.tan() / WHEELBASE;
+        let x = s.x + s.speed * s.heading.cos() * dt;
+        let y = s.y + s.speed * s.heading.sin() * dt;
+        let heading = wrap_angle(s.heading + yaw_rate_now * dt);
+        let speed = s.speed + accel * dt;
+        let steering_angle = (s.steering_angle + steering_rate * dt).clamp(-MAX_STEER, MAX_STEER);
+        let yaw_rate = speed * steering_angle.tan() / WHEELBASE;
+        EgoState {
+            time_s: self.time_s + dt,
+            vehicle: VehicleState {
+                x,
+                y,
+                heading,
+                speed,
+                acceleration: accel,
+                steering_angle,
+            },
+            steering_rate,
+            yaw_rate,
+            yaw_acceleration: (yaw_rate - self.yaw_rate) / dt,
+        }
+    }
+
+    /// An ego at a logged pose, steering angle inferred as zero (the log has no tyre angle).
+    pub fn from_pose(
+        time_s: f64,
+        x: f64,
+        y: f64,
+        heading: f64,
+        speed: f64,
+        acceleration: f64,
+    ) -> Self {
+        EgoState {
+            time_s,
+            vehicle: VehicleState {
+                x,
+                y,
+                heading,
+                speed,
+                acceleration,
+                steering_angle: 0.0,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lags_and_euler() {
+        let s = EgoState::from_pose(0.0, 0.0, 0.0, 0.0, 10.0, 0.0);
+        let n = s.propagate(
+            VehicleCommand {
+                acceleration: 3.0,
+                steering_angle: 0.0,
+            },
+            0.0,
+            0.1,
+        );
+        // Lag: 0.1 / (0.1 + 0.2) of the step to the command.
+        assert!((n.vehicle.acceleration - 1.0).abs() < 1e-12);
+        // Euler: position advances with the old speed, speed with the lagged acceleration.
+        assert!((n.vehicle.x - 1.0).abs() < 1e-12);
+        assert!((n.vehicle.speed - 10.1).abs() < 1e-12);
+        // Steering: rate 1 rad/s commanded, lag 0.1/0.15 of it reaches the tyre.
+        let n = s.propagate(VehicleCommand::default(), 1.0, 0.1);
+        assert!((n.vehicle.steering_angle - 0.1 * 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(n.vehicle.heading, 0.0);
+        let big = s.propagate(VehicleCommand::default(), 1e6, 0.1);
+        assert_eq!(big.vehicle.steering_angle, MAX_STEER);
+        assert!((REAR_TO_CENTER - 1.461).abs() < 1e-12);
+        assert_eq!(ego_limits().max_steering_angle, MAX_STEER);
+    }
+}
