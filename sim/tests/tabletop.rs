@@ -121,6 +121,21 @@ fn actions_pass_through_ik_and_the_safety_filter() {
     assert!(env.safety_report().clamped_commands > 0 || st.ik_failures > 0);
     let s = env.state();
     assert!((s[6] + s[7]).abs() < 1e-12 && s[6] >= 0.0);
+    // Joint-space steps take the same path: speed-limited, then arriving.
+    let mut target = env.joints();
+    target[0] += 0.4;
+    let q0 = env.joints()[0];
+    env.step_joints(&target, -1.0);
+    let first = env.joints()[0] - q0;
+    assert!(
+        first > 0.0 && first <= std::f64::consts::PI / 20.0 + 1e-12,
+        "{first}"
+    );
+    for _ in 0..40 {
+        env.step_joints(&target, -1.0);
+        assert_eq!(mon.check(&env.joints()), 0);
+    }
+    assert!((env.joints()[0] - target[0]).abs() < 1e-6);
 }
 
 #[test]

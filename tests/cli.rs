@@ -1,0 +1,193 @@
+//! The `rudder` binary end to end: what a user types, with the exit codes and outputs they see.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn rudder() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rudder"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn verify_passes_on_every_fixture_with_json() {
+    for name in ["llama", "gemma", "siglip_vision", "paligemma"] {
+        let out = rudder()
+            .args(["model", "verify", "--json", "--atol", "1e-5", "--model"])
+            .arg(root().join("fixtures/hf-tiny").join(name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["pass"], true, "{name}");
+        assert!(v["model"].as_str().unwrap().contains(name));
+        let outputs = v["outputs"].as_array().unwrap();
+        assert!(outputs.len() >= 5, "{name}: {outputs:?}");
+        for o in outputs {
+            assert!(o["max_abs_diff"].as_f64().unwrap() <= 1e-5, "{name}: {o}");
+        }
+    }
+}
+
+#[test]
+fn verify_fails_with_exit_1_above_atol() {
+    let out = rudder()
+        .args(["model", "verify", "--atol", "1e-9", "--model"])
+        .arg(root().join("fixtures/hf-tiny/llama"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+#[test]
+fn verify_with_adapter() {
+    let out = rudder()
+        .args(["model", "verify", "--json", "--model"])
+        .arg(root().join("fixtures/hf-tiny/llama"))
+        .arg("--adapter")
+        .arg(root().join("fixtures/hf-tiny/llama_lora"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for n in ["out.base_logits", "out.lora_logits", "out.merged_logits"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rudder()
+        .args(["model", "verify", "--model"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn sft_trains_a_lora_adapter_that_loads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut lines = String::new();
+    for i in 0..16u32 {
+        let toks: Vec<u32> = (0..10).map(|k| 3 + (i * 7 + k * 3) % 400).collect();
+        lines.push_str(&serde_json::json!({ "tokens": toks }).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out_dir = tmp.path().join("run");
+    let out = rudder()
+        .args([
+            "train",
+            "sft",
+            "--lora",
+            "--lora-r",
+            "4",
+            "--steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--lr",
+            "5e-3",
+            "--quiet",
+            "--save-every",
+            "3",
+            "--log-every",
+            "3",
+            "--model",
+        ])
+        .arg(root().join("fixtures/hf-tiny/llama"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("step      3") && stdout.contains("loss"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("latest"))
+            .unwrap()
+            .trim(),
+        "checkpoint-6"
+    );
+    // The adapter is in PEFT format and loads onto the base model.
+    let out = rudder()
+        .args(["model", "intruders", "--json", "--model"])
+        .arg(root().join("fixtures/hf-tiny/llama"))
+        .arg("--adapter")
+        .arg(out_dir.join("adapter"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["matrices"].as_array().unwrap().len(), 4);
+    // Bad data names the file and line.
+    std::fs::write(&data, "{\"tokens\": [1, 2, 3]}\n{\"tokens\": [1, 99999]}\n").unwrap();
+    let out = rudder()
+        .args([
+            "train", "sft", "--lora", "--steps", "1", "--quiet", "--model",
+        ])
+        .arg(root().join("fixtures/hf-tiny/llama"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data.jsonl:2") && err.contains("99999"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_shows_examples() {
+    for args in [
+        vec!["model", "verify", "--help"],
+        vec!["train", "sft", "--help"],
+        vec!["bench", "loop", "--help"],
+    ] {
+        let out = rudder().args(&args).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Example"),
+            "{args:?}"
+        );
+    }
+}
