@@ -244,7 +244,8 @@ fn intersection_map(limit: f64, lights: Option<(LightStatus, f64)>) -> Map {
             }
         })
         .collect();
-    let area = rect(-ARM_IN, -ARM_IN, ARM_IN, ARM_IN);
+    // The intersection box plus kerb-radius fillets at its corners.
+    let area = rect(-ARM_IN - 5.0, -ARM_IN - 5.0, ARM_IN + 5.0, ARM_IN + 5.0);
     Map::new(
         "intersection",
         lanes,
@@ -572,7 +573,7 @@ fn changing_lane(rng: &mut StdRng) -> Scenario {
         2.0,
     );
     let tracks = vec![track(1, Category::Vehicle, 4.8, 2.1, slow)];
-    let ex = expert(&base, 30.0 - 2.0 * v, v, limit, &[], &[], &lat);
+    let ex = expert(&base, 30.0 - 2.0 * v, v, limit, &tracks, &[], &lat);
     scenario(map, ex, tracks, route)
 }
 

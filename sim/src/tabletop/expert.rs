@@ -275,6 +275,21 @@ impl Planner<'_> {
             travel += ABOVE_EXTRA;
         }
         travel = travel.min(0.45);
+        // Near the edge of the arm's reach a high route may have no IK solution: come down
+        // until both ends of the travel leg are reachable.
+        let reachable = |p: [f64; 3]| {
+            let f = super::env::down_pose(p, 0.0);
+            let (lo, hi) = rudder_robot::Ur5Model::position_limits();
+            self.env
+                .model()
+                .ik_nearest(&f, &self.env.joints(), &lo, &hi)
+                .is_ok()
+        };
+        while travel > hover_z.max(cur[2]) + 0.02
+            && !(reachable([to[0], to[1], travel]) && reachable([cur[0], cur[1], travel]))
+        {
+            travel -= 0.02;
+        }
         let (v, via) = (self.speed(), 0.012);
         out.push_back(self.mv([cur[0], cur[1], travel], v, via, grip));
         if self.m.from_left {

@@ -480,6 +480,17 @@ impl Task {
         Ok(task)
     }
 
+    /// Reads and parses a task file from disk.
+    pub fn load(path: &std::path::Path) -> Result<Task, TaskError> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| TaskError {
+            file: name.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Task::parse(&name, &src)
+    }
+
     /// The instruction of episode `k`, manner phrase appended.
     pub fn instruction_for(&self, k: usize) -> String {
         let m = &self.manners[k % self.manners.len()];
