@@ -64,6 +64,19 @@ mod tabletop {
     }
 
     #[test]
+    fn suite_runs_with_both_cameras_rendered() {
+        let r = run_suite(Suite::Goal, 1, 3, true).expect("suite runs");
+        assert!(r.render);
+        assert_eq!(r.episodes, 10);
+        assert!(r.success_rate >= 0.9, "{}", r.success_rate);
+        assert!(r.steps_per_s > 0.0 && r.steps > 0);
+        assert!(matches!(
+            run_suite(Suite::Goal, 0, 3, false),
+            Err(SuiteError::NoEpisodes)
+        ));
+    }
+
+    #[test]
     fn same_seed_gives_bit_identical_observations() {
         let t = task(Suite::Goal, "goal_open_drawer_bowl_inside");
         let cams = Some(CameraConfig {

@@ -81,8 +81,8 @@ impl Arch {
 pub enum AnyModel {
     Llama(llama::Model),
     Gemma(gemma::Model),
-    Siglip(siglip::Model),
-    PaliGemma(paligemma::Model),
+    Siglip(Box<siglip::Model>),
+    PaliGemma(Box<paligemma::Model>),
 }
 
 impl AnyModel {
@@ -179,9 +179,9 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
             } else {
                 vb
             };
-            AnyModel::Siglip(siglip::Model::new(&c, vb).context(ctx)?)
+            AnyModel::Siglip(Box::new(siglip::Model::new(&c, vb).context(ctx)?))
         }
-        Parsed::P(c) => AnyModel::PaliGemma(paligemma::Model::new(&c, vb).context(ctx)?),
+        Parsed::P(c) => AnyModel::PaliGemma(Box::new(paligemma::Model::new(&c, vb).context(ctx)?)),
     };
     Ok(LoadedModel {
         dir: dir.to_path_buf(),

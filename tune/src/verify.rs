@@ -253,24 +253,23 @@ pub fn verify_loaded(
                 reference.opt("steer.vector"),
                 reference.contains("steer.logits"),
             ) {
-                match reference
+                // The factor and layer come from the reference's metadata
+                // ("layers.0 output += 4.0 * steer.vector"); without it steer.logits is skipped.
+                if let Some((layer, factor)) = reference
                     .metadata()
                     .get("steer")
                     .and_then(|m| steer_spec(m))
                 {
-                    Some((layer, factor)) => {
-                        let add = (vec * factor).context(ctx("steer vector"))?;
-                        let mut h = Hooks::new();
-                        h.add(
-                            HookPoint::new(layer, Site::ResidPost),
-                            HookAction::AddVector(add),
-                        );
-                        let (sl, _) = dec
-                            .forward_ids(&ids, 0, None, Some(&mut h), false)
-                            .context(ctx("steered forward"))?;
-                        ck.check("steer.logits", &sl)?;
-                    }
-                    None => {}
+                    let add = (vec * factor).context(ctx("steer vector"))?;
+                    let mut h = Hooks::new();
+                    h.add(
+                        HookPoint::new(layer, Site::ResidPost),
+                        HookAction::AddVector(add),
+                    );
+                    let (sl, _) = dec
+                        .forward_ids(&ids, 0, None, Some(&mut h), false)
+                        .context(ctx("steered forward"))?;
+                    ck.check("steer.logits", &sl)?;
                 }
             }
             if reference.contains("gen.input_ids") && reference.contains("gen.output_ids") {
@@ -377,8 +376,7 @@ pub fn verify_loaded(
         });
     }
     skipped.sort_by(|a, b| a.name.cmp(&b.name));
-    ck.outputs
-        .sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    ck.outputs.sort_by_key(|o| natural_key(&o.name));
     let pass = !ck.outputs.is_empty() && ck.outputs.iter().all(|o| o.pass);
     Ok(VerifyReport {
         model: loaded.dir.display().to_string(),

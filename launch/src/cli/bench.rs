@@ -303,7 +303,7 @@ fn train_steps(
         .model
         .decoder()
         .ok_or_else(|| anyhow::anyhow!("no decoder"))?;
-    let full = time(a.runs.min(5).max(1), 1, || {
+    let full = time(a.runs.clamp(1, 5), 1, || {
         let (loss, _) = causal_lm_loss(dec, &batch, 0)?;
         let grads = collect_grads(&opt.params, &loss.backward()?);
         opt.step(&grads, 1e-5)?;

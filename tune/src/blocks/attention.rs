@@ -54,7 +54,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(cfg: AttentionConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
+        if cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
             candle_core::bail!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 cfg.heads,
