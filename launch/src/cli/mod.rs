@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod model;
+pub mod sim;
 pub mod train;
 
 use std::process::ExitCode;
@@ -35,6 +36,11 @@ pub enum Command {
     /// Fine-tuning jobs (LoRA or full) with resumable checkpoints.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Simulation campaigns.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+    /// Write a demonstration data set from the scripted experts.
+    Demos(sim::DemosArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -57,5 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(m) => model::run(m),
         Command::Bench(b) => bench::run(b),
         Command::Train(t) => train::run(t),
+        Command::Sim(s) => sim::run(s),
+        Command::Demos(d) => sim::demos(d),
     }
 }
