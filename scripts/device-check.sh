@@ -3,17 +3,21 @@
 # on the same GPU, in one run (made for the lent device machine, which has CUDA, PyTorch and
 # transformers but no Rust toolchain and no network).
 #
-# Build the CUDA binary first (works without a GPU; nvcc only at build time), e.g. with nvcc 13.0
-# from PyPI (`pip install 'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-crt==13.0.*'
-# 'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-cccl==13.0.*' 'nvidia-nvvm==13.0.*'`, then a
-# `libcudart.so -> libcudart.so.13` link in its nvidia/cu13/lib):
+# Build the CUDA binary first; no GPU is needed. candle-kernels runs nvcc at build time and
+# cudarc links libcuda, libcublas(Lt), libcurand, libcudart, so the link needs those too. From PyPI,
+# into a venv outside the repo: nvidia-cuda-nvcc nvidia-cuda-crt nvidia-cuda-runtime
+# nvidia-cuda-cccl nvidia-nvvm nvidia-cublas nvidia-cuda-nvrtc (all ==13.0.*) nvidia-curand==10.4.0.*;
+# then a folder L with lib{cublas,cublasLt,nvrtc,cudart,curand}.so links to $C/lib/*.so.N and a
+# stub libcuda.so (soname libcuda.so.1: one empty function per `pub unsafe fn cu*` of cudarc's
+# src/driver/sys/mod.rs; the driver's real libcuda.so.1 is used at run time):
 #   C=.../site-packages/nvidia/cu13
-#   CUDA_HOME=$C NVCC=$C/bin/nvcc PATH=$C/bin:$PATH LIBRARY_PATH=$C/lib CUDA_COMPUTE_CAP=90 \
+#   CUDA_HOME=$C NVCC=$C/bin/nvcc PATH=$C/bin:$PATH LIBRARY_PATH=$L:$C/lib CUDA_COMPUTE_CAP=90 \
 #   CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda
-# (nvcc must not be newer than the GPU machine's driver: its PTX is JIT-compiled there.)
+# nvcc must not be newer than the GPU machine's driver (580 = CUDA 13.0): candle's PTX is JIT
+# compiled there. Strip and gzip the binary to carry it (~14 MB instead of ~60 MB).
 #
 # Then, on the GPU machine, from the repository root:
-#   scripts/device-check.sh [--bin target-cuda/release/rudder] [--device cuda] [--runs 10]
+#   scripts/device-check.sh [--bin target-cuda/release/rudder|FILE.gz] [--device cuda] [--runs 10]
 #                           [--seqs 64,256] [--python python3] [--out DIR] [--no-cpu]
 # Locally, as a dry run of everything but the GPU:
 #   scripts/device-check.sh --bin target/release/rudder --device cpu --python /path/to/python
@@ -26,7 +30,8 @@
 # on the device and on the CPU -> PyTorch forward on the same weights and token ids (b1, full
 # logits, no KV cache, fp32 without TF32, inference_mode, synchronised, median of >= 10 after
 # 3 warm-ups) -> parity and speed tables. Everything lands in --out (default $OUT or
-# out/device-check): verify.json, bench-<dev>.json, bench-cpu.json, torch.json, summary.txt.
+# out/device-check): verify.jsonl, bench-<dev>.json, torch-<dev>.json, bench-cpu.json,
+# torch-cpu.json, summary.txt.
 # Exit status: 0 all parity passed; 1 a parity failure; 2 bad arguments or missing binary;
 # 3 no GPU / CUDA libraries; 4 the binary cannot use the device.
 set -uo pipefail
@@ -49,7 +54,7 @@ while [ $# -gt 0 ]; do
     --python) PY="$2"; shift 2 ;;
     --out) OUTDIR="$2"; shift 2 ;;
     --no-cpu) CPU=0; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "device-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,11 +64,17 @@ T0=$SECONDS
 say() { printf '\n=== [%3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 bail() { echo "device-check: FATAL: $2" >&2; exit "$1"; }
 
-[ -x "$BIN" ] || bail 2 "no executable rudder binary at $BIN (build it with --features cuda, carry it)"
 mkdir -p "$OUTDIR" || bail 2 "cannot create $OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 WORK=$(mktemp -d /tmp/device-check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
+case "$BIN" in
+  *.gz) # a gzipped binary travels in a third of the space (the CUDA build is ~58 MB stripped)
+    [ -f "$BIN" ] || bail 2 "no rudder binary at $BIN"
+    gzip -dc "$BIN" >"$WORK/rudder" && chmod +x "$WORK/rudder" || bail 2 "cannot unpack $BIN"
+    echo "unpacked $BIN -> $WORK/rudder"; BIN="$WORK/rudder" ;;
+esac
+[ -x "$BIN" ] || bail 2 "no executable rudder binary at $BIN (build it with --features cuda, carry it)"
 HAVE_PY=1
 command -v "$PY" >/dev/null 2>&1 || { HAVE_PY=0; echo "device-check: no $PY: the PyTorch side is skipped"; }
 
@@ -95,6 +106,7 @@ try:
         dirs.append(os.path.join(os.path.dirname(s.origin), "lib"))
 except Exception:
     pass
+dirs += ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/local/cuda/lib64"]
 print(":".join(d for d in dirs if os.path.isdir(d)))
 EOF
 )
@@ -127,7 +139,7 @@ verify_one() { # fixture device -> appends one JSON line (or an error line) to v
   local f=$1 d=$2 out err rc
   out=$(timeout 180 "$BIN" model verify --model "fixtures/hf-tiny/$f" --device "$d" --atol 1e-4 --json 2>"$WORK/err")
   rc=$?
-  err=$(tail -c 2000 "$WORK/err")
+  err=$(grep -v '^ *[0-9]*: \|^ *at ' "$WORK/err" | tail -c 2000)  # no backtrace frames
   if [ -n "$out" ] && printf '%s' "$out" | head -c1 | grep -q '{'; then
     printf '{"fixture":"%s","device":"%s","rc":%d,"report":%s}\n' "$f" "$d" "$rc" "$out" >>"$OUTDIR/verify.jsonl"
     echo "  $f on $d: exit $rc"
@@ -215,7 +227,7 @@ bench_one() { # device -> bench-<device>.json
   if timeout 240 "$BIN" bench llama --model "$MODEL" --seqs "$SEQS" --runs "$RUNS" --json --device "$d" >"$f" 2>"$WORK/err"; then
     cat "$f"
   else
-    echo "  FAILED (exit $?): $(tail -c 2000 "$WORK/err")"; rm -f "$f"
+    echo "  FAILED (exit $?): $(grep -v '^ *[0-9]*: \|^ *at ' "$WORK/err" | tail -c 2000)"; rm -f "$f"
   fi
 }
 torch_one() { # device -> torch-<device>.json

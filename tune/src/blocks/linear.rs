@@ -81,14 +81,16 @@ impl Linear {
         // With a tracked input and a frozen weight (LoRA training), candle's generic matmul
         // backward would also compute and store the weight's gradient: a full extra matmul per
         // layer. The frozen path only propagates to the input.
-        let mut y = if x2.track_op()
-            && !self.wt.track_op()
-            && x2.device().is_cpu()
-            && x2.dtype() == candle_core::DType::F32
-        {
-            x2.contiguous()?.apply_op1(FrozenMatmul {
-                wt: self.wt.clone(),
-            })?
+        let cpu_f32 = x2.device().is_cpu() && x2.dtype() == candle_core::DType::F32 && self.wt.dtype() == candle_core::DType::F32;
+        let mut y = if !cpu_f32 {
+            x2.matmul(&self.wt)?
+        } else if x2.track_op() && !self.wt.track_op() {
+            // With a tracked input and a frozen weight (LoRA training), candle's generic matmul
+            // backward would also compute and store the weight's gradient: a full extra matmul
+            // per layer. The frozen path only propagates to the input.
+            x2.contiguous()?.apply_op1(FrozenMatmul { wt: self.wt.clone() })?
+        } else if !x2.track_op() && !self.wt.track_op() && self.wt.is_contiguous() {
+            x2.contiguous()?.apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?
         } else {
             x2.matmul(&self.wt)?
         };
@@ -167,7 +169,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             candle_core::bail!("frozen-matmul: input must be contiguous");
         };
         let x = Tensor::from_slice(&data[start..end], (m, k), &candle_core::Device::Cpu)?;
-        let y = x.matmul(&self.wt)?;
+        let y = x.apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?;
         let n = y.dim(1)?;
         let v = y.flatten_all()?.to_vec1::<f32>()?;
         Ok((

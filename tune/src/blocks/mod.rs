@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod linear;
+pub mod matmul;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
