@@ -22,6 +22,7 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 
 step "tests (release)"
 cargo test --release --workspace
+bash scripts/test-ros2.sh  # the `ros2` feature against real ROS 2 Jazzy (PyPI wheels) + rclpy
 
 step "examples as smoke tests"
 cargo run --release --quiet -- model verify --model fixtures/hf-tiny/llama

@@ -6,6 +6,8 @@ pub mod control;
 pub mod embodiment;
 pub mod kinematic;
 pub mod policy;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod safety;
 pub mod types;
 pub mod ur5;

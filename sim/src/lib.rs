@@ -4,4 +4,6 @@
 //! - [`driving`]: nuPlan-style driving scenarios with the closed-loop score.
 
 pub mod driving;
+#[cfg(feature = "ros2")]
+pub mod ros2_driver;
 pub mod tabletop;

@@ -11,6 +11,30 @@ pub enum SimCommand {
     /// Tabletop manipulation episodes (LIBERO-style suites) with a policy.
     #[command(after_help = "Example:\n  rudder sim tabletop --suite spatial --policy scripted --episodes 50 --json")]
     Tabletop(TabletopArgs),
+    /// Closed-loop driving scenarios scored with nuPlan's closed-loop score.
+    #[command(after_help = "Example:\n  rudder sim driving --planner idm --scenarios 48 --mode nonreactive --json\n  \
+rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)")]
+    Driving(DrivingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrivingArgs {
+    /// log-replay (the expert), constant-velocity or idm.
+    #[arg(long, default_value = "idm")]
+    pub planner: String,
+    /// Generated scenarios (with --db: how many of the database's, 0 = all).
+    #[arg(long, default_value_t = 48)]
+    pub scenarios: usize,
+    /// nonreactive (agents replay the log: CLS-NR) or reactive (IDM agents: CLS-R).
+    #[arg(long, default_value = "nonreactive")]
+    pub mode: String,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// A nuPlan-schema SQLite log instead of generated scenarios.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +86,7 @@ fn suites(name: &str) -> anyhow::Result<Vec<Suite>> {
 pub fn run(cmd: SimCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SimCommand::Tabletop(a) => tabletop_cmd(a),
+        SimCommand::Driving(a) => driving_cmd(a),
     }
 }
 
@@ -127,5 +152,30 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
+    use rudder_sim::driving::{run_campaign, Mode, PlannerKind};
+    let planner = PlannerKind::parse(&a.planner).ok_or_else(|| {
+        anyhow::anyhow!("--planner {}: expected log-replay, constant-velocity or idm", a.planner)
+    })?;
+    let mode = Mode::parse(&a.mode)
+        .ok_or_else(|| anyhow::anyhow!("--mode {}: expected nonreactive or reactive", a.mode))?;
+    let r = run_campaign(planner, a.scenarios, mode, a.seed, a.db.as_deref())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:55} {:>5} {:>6}", "scenario type", "n", "score");
+    for (t, g) in &r.per_type {
+        println!("{t:55} {:>5} {:>6.3}", g.count, g.score);
+    }
+    println!("{:55} {:>5} {:>6.3}", "overall", r.scenarios, r.score);
+    println!();
+    for (m, v) in &r.metrics {
+        println!("  {m:40} {v:.3}");
+    }
+    println!("simulated {:.0} s in {:.2} s ({:.0}x real time)", r.simulated_s, r.wall_s, r.sim_speed);
     Ok(ExitCode::SUCCESS)
 }

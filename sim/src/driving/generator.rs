@@ -405,7 +405,7 @@ fn expert(
                     continue;
                 }
                 let gap = pr.s - tr.length / 2.0 - (s + front);
-                if gap < -1.0 || gap > 80.0 {
+                if !(-1.0..=80.0).contains(&gap) {
                     continue;
                 }
                 let vl = st.speed() * (st.heading - pr.heading).cos();

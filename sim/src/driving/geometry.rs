@@ -11,6 +11,8 @@ pub struct P2 {
     pub y: f64,
 }
 
+// Plain methods rather than operator traits keep the arithmetic explicit in hot loops.
+#[allow(clippy::should_implement_trait)]
 impl P2 {
     pub const fn new(x: f64, y: f64) -> Self {
         Self { x, y }

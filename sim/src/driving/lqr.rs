@@ -54,7 +54,7 @@ fn solve_banded_spd(band: &mut [Vec<f64>], b: &mut [f64]) -> Option<()> {
                 sum -= band[i][i - k] * band[j][j - k];
             }
             if i == j {
-                if !(sum > 0.0) {
+                if sum.is_nan() || sum <= 0.0 {
                     return None;
                 }
                 band[i][0] = sum.sqrt();

@@ -93,6 +93,7 @@ struct BoxRow {
 }
 
 /// Loads every tagged scenario. `map` defaults to [`map_path_for`].
+#[allow(clippy::type_complexity)]
 pub fn load_scenarios(db: &Path, map: Option<&Path>) -> Result<Vec<Scenario>, DrivingError> {
     let pstr = db.display().to_string();
     let cx = Ctx { path: &pstr };

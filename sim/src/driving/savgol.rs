@@ -17,7 +17,7 @@ pub fn savgol(
 ) -> Option<Vec<f64>> {
     let n = y.len();
     let w = window.min(n);
-    if w <= order || deriv > order || !(delta > 0.0) {
+    if w <= order || deriv > order || delta.is_nan() || delta <= 0.0 {
         return None;
     }
     // Coefficients for evaluating at each offset r within a window (the pattern is the same
@@ -37,6 +37,7 @@ pub fn savgol(
     )
 }
 
+#[allow(clippy::needless_range_loop)]
 fn fit_coeffs(w: usize, order: usize, deriv: usize, r: usize, delta: f64) -> Option<Vec<f64>> {
     let m = order + 1;
     // Normal matrix of the Vandermonde system in coordinates centred on the evaluation point.
@@ -65,6 +66,7 @@ fn fit_coeffs(w: usize, order: usize, deriv: usize, r: usize, delta: f64) -> Opt
     )
 }
 
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     let n = b.len();
     for c in 0..n {
