@@ -9,11 +9,15 @@ use rudder_sim::tabletop::{self, CameraConfig, Suite};
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Tabletop manipulation episodes (LIBERO-style suites) with a policy.
-    #[command(after_help = "Example:\n  rudder sim tabletop --suite spatial --policy scripted --episodes 50 --json")]
+    #[command(
+        after_help = "Example:\n  rudder sim tabletop --suite spatial --policy scripted --episodes 50 --json"
+    )]
     Tabletop(TabletopArgs),
     /// Closed-loop driving scenarios scored with nuPlan's closed-loop score.
-    #[command(after_help = "Example:\n  rudder sim driving --planner idm --scenarios 48 --mode nonreactive --json\n  \
-rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)")]
+    #[command(
+        after_help = "Example:\n  rudder sim driving --planner idm --scenarios 48 --mode nonreactive --json\n  \
+rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)"
+    )]
     Driving(DrivingArgs),
 }
 
@@ -58,9 +62,11 @@ pub struct TabletopArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  rudder demos --suite spatial --episodes 50 --out data/spatial\n\n\
+#[command(
+    after_help = "Example:\n  rudder demos --suite spatial --episodes 50 --out data/spatial\n\n\
 Writes episode shards (safetensors: uint8 images, state, actions, instruction, task id, success)\n\
-and meta.json (format version, cameras, rates, per-dimension action q01/q99); see sim/README.md.")]
+and meta.json (format version, cameras, rates, per-dimension action q01/q99); see sim/README.md."
+)]
 pub struct DemosArgs {
     #[arg(long, default_value = "spatial")]
     pub suite: String,
@@ -158,7 +164,10 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
 fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
     use rudder_sim::driving::{run_campaign, Mode, PlannerKind};
     let planner = PlannerKind::parse(&a.planner).ok_or_else(|| {
-        anyhow::anyhow!("--planner {}: expected log-replay, constant-velocity or idm", a.planner)
+        anyhow::anyhow!(
+            "--planner {}: expected log-replay, constant-velocity or idm",
+            a.planner
+        )
     })?;
     let mode = Mode::parse(&a.mode)
         .ok_or_else(|| anyhow::anyhow!("--mode {}: expected nonreactive or reactive", a.mode))?;
@@ -176,6 +185,9 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
     for (m, v) in &r.metrics {
         println!("  {m:40} {v:.3}");
     }
-    println!("simulated {:.0} s in {:.2} s ({:.0}x real time)", r.simulated_s, r.wall_s, r.sim_speed);
+    println!(
+        "simulated {:.0} s in {:.2} s ({:.0}x real time)",
+        r.simulated_s, r.wall_s, r.sim_speed
+    );
     Ok(ExitCode::SUCCESS)
 }

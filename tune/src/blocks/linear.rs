@@ -81,16 +81,21 @@ impl Linear {
         // With a tracked input and a frozen weight (LoRA training), candle's generic matmul
         // backward would also compute and store the weight's gradient: a full extra matmul per
         // layer. The frozen path only propagates to the input.
-        let cpu_f32 = x2.device().is_cpu() && x2.dtype() == candle_core::DType::F32 && self.wt.dtype() == candle_core::DType::F32;
+        let cpu_f32 = x2.device().is_cpu()
+            && x2.dtype() == candle_core::DType::F32
+            && self.wt.dtype() == candle_core::DType::F32;
         let mut y = if !cpu_f32 {
             x2.matmul(&self.wt)?
         } else if x2.track_op() && !self.wt.track_op() {
             // With a tracked input and a frozen weight (LoRA training), candle's generic matmul
             // backward would also compute and store the weight's gradient: a full extra matmul
             // per layer. The frozen path only propagates to the input.
-            x2.contiguous()?.apply_op1(FrozenMatmul { wt: self.wt.clone() })?
+            x2.contiguous()?.apply_op1(FrozenMatmul {
+                wt: self.wt.clone(),
+            })?
         } else if !x2.track_op() && !self.wt.track_op() && self.wt.is_contiguous() {
-            x2.contiguous()?.apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?
+            x2.contiguous()?
+                .apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?
         } else {
             x2.matmul(&self.wt)?
         };

@@ -17,7 +17,13 @@ impl candle_core::CustomOp2 for ColumnSplitGemm {
         "column-split-gemm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
             candle_core::bail!("column-split-gemm: f32 only");
         };
@@ -26,7 +32,8 @@ impl candle_core::CustomOp2 for ColumnSplitGemm {
         if k != k2 {
             candle_core::bail!("column-split-gemm: inner dims {k} vs {k2}");
         }
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("column-split-gemm: operands must be contiguous");
         };
         let x = &x[xs..xe];
@@ -35,7 +42,11 @@ impl candle_core::CustomOp2 for ColumnSplitGemm {
         let threads = rayon::current_num_threads().max(1);
         let blocks = threads.min(n / ALIGN).max(1);
         let per = n.div_ceil(blocks).div_ceil(ALIGN) * ALIGN;
-        let (xp, wp, op) = (x.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
+        let (xp, wp, op) = (
+            x.as_ptr() as usize,
+            w.as_ptr() as usize,
+            out.as_mut_ptr() as usize,
+        );
         let run = |c0: usize| {
             let nb = per.min(n.saturating_sub(c0));
             if nb == 0 || m == 0 {
