@@ -361,6 +361,12 @@ fn track(id: u64, category: Category, length: f64, width: f64, states: Vec<Agent
     }
 }
 
+/// Lateral acceleration the expert allows itself in curves (m/s^2).
+const CURVE_LAT_ACC: f64 = 1.5;
+/// In tight turns (radius under 15 m) the LQR-tracked ego cuts the corner: at 1.5 m/s^2 the
+/// right turn's footprint left the outgoing lane by more than nuPlan's 0.3 m tolerance.
+const TIGHT_TURN_LAT_ACC: f64 = 0.8;
+
 /// A hold: the expert's front must stay before `s` until time `until`.
 struct Hold {
     s: f64,
@@ -422,7 +428,7 @@ fn expert(
                 }
             }
         }
-        // Slow for curves ahead: lateral acceleration <= 1.5 m/s^2 on the curve, reached by
+        // Slow for curves ahead: lateral acceleration <= CURVE_LAT_ACC on the curve, reached by
         // braking at <= 1 m/s^2 from where we are.
         let v_curve = [0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 25.0, 30.0]
             .iter()
@@ -430,7 +436,12 @@ fn expert(
                 let h0 = path.line.heading_at(s + d - 1.5);
                 let h1 = path.line.heading_at(s + d + 1.5);
                 let kappa = (super::geometry::wrap_angle(h1 - h0) / 3.0).abs().max(1e-6);
-                ((1.5 / kappa) + 2.0 * d).sqrt()
+                let lat_acc = if kappa > 1.0 / 15.0 {
+                    TIGHT_TURN_LAT_ACC
+                } else {
+                    CURVE_LAT_ACC
+                };
+                ((lat_acc / kappa) + 2.0 * d).sqrt()
             })
             .fold(f64::INFINITY, f64::min);
         let v_target = limit.min(v_curve);
