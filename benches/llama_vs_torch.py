@@ -49,7 +49,7 @@ def main():
             ids = torch.randint(0, 4096, (1, s), generator=g)
             with torch.inference_mode():
                 res[f"torch_fwd_b1_s{s}_ms"] = median_ms(lambda: model(input_ids=ids, use_cache=False).logits, a.runs)
-        env = dict(os.environ, CANDLE_NUM_THREADS="2")
+        env = dict(os.environ)  # rudder picks its own thread settings (see launch/src/main.rs)
         cmd = [a.rudder, "bench", "llama", "--model", d, "--seqs", a.seqs, "--runs", str(a.runs), "--json"]
         if a.lora:
             cmd.append("--lora")
