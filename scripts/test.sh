@@ -3,6 +3,7 @@
 # runs every test in the release profile (model code is unusable unoptimised).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-rerun.sh && export RUDDER_RERUN_VENV="$PWD/.venv-rerun"  # rerun-sdk for tests/rerun_*.rs
 
 export CARGO_TERM_COLOR=never
 # Two cores on CI: keep the build from oversubscribing them.

@@ -1,6 +1,8 @@
 //! The `rudder` command line: the one place that wires the crates together.
 
 pub mod cli;
+pub mod launchfile;
+pub mod viz;
 
 /// Keeps large tensor buffers in the heap between ops: glibc would otherwise return every
 /// buffer above 128 KiB to the kernel with munmap and fault it back in, page by page, on the

@@ -25,6 +25,24 @@ rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json
     /// takes 50-120 ms and returns 20-step chunks at 20 Hz.
     #[command(after_help = "Example:\n  rudder bench loop --rate 500 --seconds 60 --json")]
     Loop(LoopArgs),
+    /// Rerun logging cost on the control thread per tick, as a fraction of the tick budget.
+    #[command(after_help = "Example:\n  rudder bench viz --rates 125,500 --seconds 5")]
+    Viz(VizArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VizArgs {
+    /// Control rates to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "125,500")]
+    pub rates: Vec<f64>,
+    /// Seconds per run (each rate runs once without and once with logging).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Where the recordings go.
+    #[arg(long, default_value = "out")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +96,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Llama(a) => llama(a),
         BenchCommand::Loop(a) => control_loop(a),
+        BenchCommand::Viz(a) => viz(a),
     }
 }
 
@@ -316,4 +335,32 @@ fn train_steps(
         serde_json::json!({"median_ms": full.median_ms, "min_ms": full.min_ms, "max_ms": full.max_ms,
                            "tokens_per_s": tokens / (full.median_ms * 1e-3)}),
     ))
+}
+
+fn viz(a: VizArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.dir)?;
+    let rows = crate::viz::bench::run(&a.rates, a.seconds, &a.dir)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for r in &rows {
+            println!(
+                "{:>5} Hz: logging {:.2} us mean / {:.2} us p99 per tick = {:.3}% / {:.3}% of the \
+                 tick budget; tick work {:.1} us with, {:.1} us without; {} dropped, {} images, \
+                 {} ticks, {} bytes",
+                r.rate_hz,
+                r.log_mean_us,
+                r.log_p99_us,
+                100.0 * r.budget_fraction_mean,
+                100.0 * r.budget_fraction_p99,
+                r.tick_work_mean_us,
+                r.tick_work_mean_us_no_viz,
+                r.records_dropped,
+                r.images_logged,
+                r.ticks,
+                r.rrd_bytes
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

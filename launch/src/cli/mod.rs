@@ -1,6 +1,7 @@
 //! Subcommands of `rudder`.
 
 pub mod bench;
+pub mod launch;
 pub mod model;
 pub mod sim;
 pub mod train;
@@ -27,6 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a launch file (embodiment, task, policy, recording) through the real-time loop.
+    Launch(launch::LaunchArgs),
     /// Load, inspect and verify Hugging Face checkpoints.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -60,6 +63,7 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Launch(l) => launch::run(l),
         Command::Model(m) => model::run(m),
         Command::Bench(b) => bench::run(b),
         Command::Train(t) => train::run(t),

@@ -1,0 +1,140 @@
+//! `rudder launch FILE`: runs a launch file and records it for the Rerun viewer.
+
+use crate::launchfile::run::{run as run_launch, RunOptions};
+use crate::launchfile::LaunchFile;
+use crate::viz::{Sink, VizOptions};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+rudder launch launch/tabletop.toml                      # writes rudder.rrd\n  \
+rudder launch launch/tabletop.toml --episodes 3 --record out.rrd\n  \
+rudder launch launch/tabletop.toml --connect rerun+http://127.0.0.1:9876/proxy\n\n\
+Open a recording with `rerun rudder.rrd` (rerun-sdk 0.36.3).")]
+pub struct LaunchArgs {
+    /// The launch file (launch/*.toml).
+    #[arg(default_value = "launch/tabletop.toml")]
+    pub file: PathBuf,
+    /// Write the recording here instead of the file's `recording.rrd`.
+    #[arg(long, value_name = "FILE.rrd")]
+    pub record: Option<PathBuf>,
+    /// Stream to a running viewer or `rerun --serve-grpc` instead of writing a file.
+    #[arg(long, value_name = "URL", conflicts_with = "record")]
+    pub connect: Option<String>,
+    /// No Rerun recording at all.
+    #[arg(long, conflicts_with_all = ["record", "connect"])]
+    pub no_viz: bool,
+    /// Episodes to run (consecutive init states from the file's `episode`).
+    #[arg(long, default_value_t = 1)]
+    pub episodes: usize,
+    /// Step the loop's tick logic on one thread with simulated time instead of in real time:
+    /// a reproducible recording (sim-time timeline only, no wall-clock values).
+    #[arg(long)]
+    pub lockstep: bool,
+    /// Fixed recording id (with --lockstep, byte-for-byte reproducible content).
+    #[arg(long, hide = true)]
+    pub recording_id: Option<String>,
+    /// Do not send the viewer layout.
+    #[arg(long)]
+    pub no_blueprint: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let lf = LaunchFile::load(&a.file)?;
+    if a.episodes == 0 {
+        anyhow::bail!("--episodes must be at least 1");
+    }
+    let sink = match (&a.connect, &a.record) {
+        (Some(url), _) => Sink::Connect(url.clone()),
+        (None, Some(p)) => Sink::File(p.clone()),
+        (None, None) => Sink::File(lf.recording.rrd.clone()),
+    };
+    let viz = (!a.no_viz).then(|| VizOptions {
+        sink: sink.clone(),
+        application_id: "rudder".into(),
+        recording_id: a.recording_id.clone(),
+        wall_time: !a.lockstep,
+        blueprint: !a.no_blueprint,
+    });
+    let opts = RunOptions {
+        viz,
+        episodes: a.episodes,
+        lockstep: a.lockstep,
+        progress: !a.quiet && std::io::stderr().is_terminal(),
+    };
+    let report = run_launch(&lf, &opts)?;
+    for e in &report.episodes {
+        println!(
+            "episode {} · {} · \"{}\": {} in {}/{} steps",
+            e.episode,
+            e.task,
+            e.instruction,
+            if e.success { "SUCCESS" } else { "failure" },
+            e.steps,
+            e.max_steps
+        );
+        println!(
+            "  safety: {} interventions ({} clamped, {} held commands), {} contacts refused",
+            e.safety_interventions, e.clamped_commands, e.held_commands, e.refused_contacts
+        );
+        if let Some(m) = &e.metrics {
+            println!(
+                "  loop @ {} Hz: {} ticks, {} missed, period error p50 {:.0} us / p99 {:.0} us / max {:.0} us, \
+                 inference p50 {:.2} ms / max {:.2} ms ({} chunks), {} hold ticks",
+                m.rate_hz,
+                m.ticks,
+                m.missed_ticks,
+                m.period_error_us.p50,
+                m.period_error_us.p99,
+                m.period_error_us.max,
+                m.inference_latency_ms.p50,
+                m.inference_latency_ms.max,
+                m.inferences,
+                m.hold_ticks
+            );
+        } else {
+            println!(
+                "  lockstep @ {} Hz: {} ticks (simulated time)",
+                report.rate_hz, e.ticks
+            );
+        }
+        if opts.viz.is_some() {
+            let period_us = 1e6 / report.rate_hz;
+            println!(
+                "  logging on the control thread: mean {:.2} us, p99 {:.2} us, max {:.1} us per tick \
+                 ({:.3}% of the {:.0} us tick)",
+                e.logging_us.0,
+                e.logging_us.1,
+                e.logging_us.2,
+                100.0 * e.logging_us.0 / period_us,
+                period_us
+            );
+        }
+    }
+    println!(
+        "{}/{} episodes succeeded in {:.1} s",
+        report.successes(),
+        report.episodes.len(),
+        report.wall_s
+    );
+    match (&opts.viz, &sink) {
+        (Some(_), Sink::File(p)) => println!(
+            "recording: {} ({} ticks logged, {} records dropped)",
+            p.display(),
+            report.records_logged,
+            report.records_dropped
+        ),
+        (Some(_), Sink::Connect(u)) => println!(
+            "streamed to {u} ({} ticks logged, {} records dropped)",
+            report.records_logged, report.records_dropped
+        ),
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}

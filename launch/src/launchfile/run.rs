@@ -1,0 +1,631 @@
+//! Runs a launch file: the tabletop simulator driven by robot's real-time `ControlLoop` (or,
+//! for reproducible recordings, the same tick logic stepped in lockstep on one thread), the
+//! scripted expert as a `robot::Policy`, and Rerun logging off the control thread.
+
+use super::{EmbodimentKind, LaunchFile, PolicyKind};
+use crate::viz::{
+    self, chunk_tcp_path, EpisodeSetup, LoopSample, ObjectState, Record, Recorder, TickRecord,
+    VizOptions, MAX_OBJECTS,
+};
+use anyhow::{bail, Context};
+use rudder_robot::control::{ControlCore, Health, Histogram};
+use rudder_robot::{
+    Action, ActionChunk, ActionSpace, ControlConfig, ControlLoop, Embodiment, EmbodimentError,
+    JointCommand, JointLimits, JointState, LoopMetrics, Observation, Policy, PolicyError, Ur5Model,
+};
+use rudder_sim::tabletop::physics::FLANGE_TO_TCP;
+use rudder_sim::tabletop::scene::Joint;
+use rudder_sim::tabletop::{load_suite, CameraConfig, Expert, Suite, TabletopEnv, CONTROL_HZ};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How `rudder launch` was asked to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// `None`: no Rerun at all (`--no-viz`).
+    pub viz: Option<VizOptions>,
+    /// Episodes to run, starting at the file's episode.
+    pub episodes: usize,
+    /// Step the loop's tick logic on one thread with simulated time (reproducible recordings).
+    pub lockstep: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One episode's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeResult {
+    pub episode: usize,
+    pub task: String,
+    pub instruction: String,
+    pub success: bool,
+    /// Simulator steps taken (one per control tick) until success or the step limit.
+    pub steps: usize,
+    pub max_steps: usize,
+    pub ticks: u64,
+    /// Commands the loop's safety filter clamped or replaced.
+    pub safety_interventions: u64,
+    pub clamped_commands: u64,
+    pub held_commands: u64,
+    /// Hand motions the simulator refused on contact.
+    pub refused_contacts: u64,
+    /// Real-time runs only.
+    pub metrics: Option<LoopMetrics>,
+    /// Time spent logging on the control thread per tick, microseconds (mean, p99, max).
+    pub logging_us: (f64, f64, f64),
+    /// Measured joint positions after every tick (what the recording logs as `measured`).
+    pub measured: Vec<[f64; 6]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub episodes: Vec<EpisodeResult>,
+    pub rate_hz: f64,
+    pub records_dropped: u64,
+    pub records_logged: u64,
+    pub wall_s: f64,
+}
+
+impl RunReport {
+    pub fn successes(&self) -> usize {
+        self.episodes.iter().filter(|e| e.success).count()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs what `lf` describes.
+pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
+    match lf.policy.kind {
+        PolicyKind::Scripted => {}
+        PolicyKind::Checkpoint => bail!(
+            "policy kind \"checkpoint\" ({}) is accepted in launch files but cannot run yet: \
+             trained VLA checkpoints load once the VLA policy issue lands; use kind = \"scripted\"",
+            lf.policy
+                .checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+    }
+    match lf.embodiment.kind {
+        EmbodimentKind::SimTabletop => run_tabletop(lf, opts),
+        EmbodimentKind::SimDriving => bail!(
+            "embodiment \"sim.driving\" is accepted in launch files but `rudder launch` does not \
+             run it yet: the driving simulator is still being written; use \
+             `rudder sim` for driving campaigns meanwhile"
+        ),
+        EmbodimentKind::Ros2Ur5 => bail!(
+            "embodiment \"ros2.ur5\" needs the `ros2` feature and the ROS 2 bridge (the ROS 2 \
+             issue); this build has neither"
+        ),
+    }
+}
+
+/// The tabletop env shared by the embodiment (control thread) and the scripted expert
+/// (inference thread; scripted experts read the true scene, as LIBERO's do).
+type SharedEnv = Arc<Mutex<TabletopEnv>>;
+
+/// The simulator as the loop's embodiment, recording every tick.
+pub struct LoggedTabletop {
+    env: SharedEnv,
+    rec: Recorder,
+    rate_hz: f64,
+    /// Ticks since the recording began (shared with the policy, which stamps its records).
+    tick: Arc<AtomicU64>,
+    epoch: Instant,
+    wall: bool,
+    last_command: Option<Instant>,
+    done: Arc<AtomicBool>,
+    /// Time spent recording per tick (control thread), nanoseconds.
+    pub log_cost: Histogram,
+    measured: Vec<[f64; 6]>,
+    last_state: [f64; 6],
+    episode_ticks: u64,
+    max_ticks: Option<u64>,
+}
+
+impl LoggedTabletop {
+    fn objects(env: &TabletopEnv, rec: &mut TickRecord) {
+        let objs = &env.world().scene.objects;
+        let n = objs.len().min(MAX_OBJECTS);
+        for (slot, o) in rec.objects.iter_mut().zip(objs.iter()) {
+            *slot = ObjectState {
+                pos: o.pos,
+                joint: match o.joint {
+                    Joint::Slide { value, .. } | Joint::Knob { value, .. } => value,
+                    Joint::None => 0.0,
+                },
+            };
+        }
+        rec.n_objects = n as u8;
+    }
+}
+
+impl Embodiment for LoggedTabletop {
+    fn name(&self) -> &str {
+        "sim-tabletop-ur5"
+    }
+
+    fn joint_names(&self) -> Vec<String> {
+        rudder_robot::ur5::UR_JOINT_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    fn control_rate_hz(&self) -> f64 {
+        CONTROL_HZ
+    }
+
+    fn limits(&self) -> JointLimits {
+        JointLimits::ur5()
+    }
+
+    fn read_state(&mut self) -> Result<JointState, EmbodimentError> {
+        let env = lock(&self.env);
+        let q = env.joints();
+        self.last_state = q;
+        Ok(JointState {
+            positions: q.to_vec(),
+            velocities: env.joint_velocities().to_vec(),
+            gripper: Some(env.gripper_closure()),
+            sampled_at: Instant::now(),
+        })
+    }
+
+    /// State layout as `Observation` documents for the UR5: 6 joint positions, 6 joint
+    /// velocities, the gripper; then LIBERO's 8-D state (TCP, axis-angle, fingers).
+    fn observe(&mut self) -> Result<Observation, EmbodimentError> {
+        let mut env = lock(&self.env);
+        let o = env.observe();
+        let mut state = Vec::with_capacity(21);
+        state.extend_from_slice(&env.joints());
+        state.extend_from_slice(&env.joint_velocities());
+        state.push(env.gripper_closure());
+        state.extend_from_slice(&o.state);
+        let mut images = BTreeMap::new();
+        if let Some(a) = o.agentview {
+            images.insert("agentview".to_string(), a);
+        }
+        if let Some(w) = o.wrist {
+            images.insert("wrist".to_string(), w);
+        }
+        Ok(Observation {
+            images,
+            state,
+            instruction: o.instruction,
+            timestamp: 0.0,
+        })
+    }
+
+    fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
+        let q: [f64; 6] =
+            cmd.positions
+                .as_slice()
+                .try_into()
+                .map_err(|_| EmbodimentError::BadCommand {
+                    field: "positions",
+                    reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
+                })?;
+        let mut env = lock(&self.env);
+        let result =
+            env.command_joints(&q, cmd.gripper)
+                .map_err(|reason| EmbodimentError::BadCommand {
+                    field: "positions",
+                    reason,
+                });
+        let measured = env.joints();
+        self.measured.push(measured);
+        self.episode_ticks += 1;
+        if env.done() || self.max_ticks.is_some_and(|m| self.episode_ticks >= m) {
+            self.done.store(true, Ordering::Release);
+        }
+        // Everything below is the logging cost on the control thread.
+        if self.rec.enabled() {
+            let t0 = Instant::now();
+            let tick = self.tick.fetch_add(1, Ordering::AcqRel);
+            let period_error_us = match self.last_command {
+                Some(p) if self.wall => {
+                    let actual = t0.saturating_duration_since(p).as_secs_f64();
+                    (actual - 1.0 / self.rate_hz).abs() * 1e6
+                }
+                _ => f64::NAN,
+            };
+            self.last_command = Some(t0);
+            let mut r = TickRecord {
+                tick,
+                sim_time: tick as f64 / self.rate_hz,
+                wall_time: if self.wall {
+                    t0.saturating_duration_since(self.epoch).as_secs_f64()
+                } else {
+                    0.0
+                },
+                period_error_us,
+                measured,
+                commanded: q,
+                gripper_commanded: cmd.gripper.unwrap_or(0.0),
+                gripper_measured: env.gripper_closure(),
+                refused_contacts: env.stats().refused_contacts,
+                success: env.success(),
+                ..TickRecord::default()
+            };
+            Self::objects(&env, &mut r);
+            drop(env);
+            self.rec.send(Record::Tick(r));
+            self.log_cost
+                .record(t0.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+        } else {
+            self.tick.fetch_add(1, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+/// The scripted expert as a `robot::Policy`: each inference asks it for the next 7-D action
+/// and extends it to a chunk of `chunk_len` points at the simulator's 20 Hz (the expert's
+/// actions are proportional steps, so repeating the newest one is its own short-term plan).
+pub struct ExpertPolicy {
+    env: SharedEnv,
+    expert: Expert,
+    chunk_len: usize,
+}
+
+impl Policy for ExpertPolicy {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let a = {
+            let env = lock(&self.env);
+            self.expert.act(&env)
+        };
+        if a.iter().any(|x| !x.is_finite()) {
+            return Err(PolicyError::Inference(
+                "the expert produced a non-finite action".into(),
+            ));
+        }
+        let step = Action::EefDelta {
+            dpos: [a[0], a[1], a[2]],
+            drot: [a[3], a[4], a[5]],
+            gripper: a[6],
+        };
+        ActionChunk::new(
+            ActionSpace::EefDelta7,
+            obs.timestamp,
+            1.0 / CONTROL_HZ,
+            vec![step; self.chunk_len],
+        )
+        .map_err(|e| PolicyError::Inference(e.to_string()))
+    }
+}
+
+/// Wraps a policy to record its chunks (as an end-effector path), latency and camera images.
+/// Runs on the inference thread.
+pub struct LoggedPolicy<P> {
+    pub inner: P,
+    pub model: Ur5Model,
+    pub rec: Recorder,
+    pub images: bool,
+    pub tick: Arc<AtomicU64>,
+    pub rate_hz: f64,
+    pub epoch: Instant,
+    pub wall: bool,
+}
+
+impl<P: Policy> Policy for LoggedPolicy<P> {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let started = Instant::now();
+        let out = self.inner.infer(obs);
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        if !self.rec.enabled() {
+            return out;
+        }
+        // The newest tick: the one this observation was taken at (exact in lockstep).
+        let tick = self.tick.load(Ordering::Acquire).saturating_sub(1);
+        let sim_time = tick as f64 / self.rate_hz;
+        let wall_time = if self.wall {
+            self.epoch.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        if let Ok(chunk) = &out {
+            self.rec.send(Record::Chunk {
+                tick,
+                sim_time,
+                wall_time,
+                path: chunk_tcp_path(&self.model, &obs.state, chunk, FLANGE_TO_TCP),
+                latency_ms,
+            });
+        }
+        if self.images && !obs.images.is_empty() {
+            self.rec.send(Record::Images {
+                tick,
+                sim_time,
+                wall_time,
+                images: obs
+                    .images
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+}
+
+fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
+    let Some(t) = &lf.task else {
+        bail!("sim.tabletop needs a [task] section");
+    };
+    let suite = Suite::parse(&t.suite)?;
+    let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let task = tasks
+        .get(t.index)
+        .with_context(|| format!("suite {} has no task {}", suite.name(), t.index))?;
+    let rate = lf.rate_hz();
+    let cameras = (t.camera_size > 0).then_some(CameraConfig {
+        width: t.camera_size,
+        height: t.camera_size,
+    });
+    let logger = match &opts.viz {
+        Some(v) => Some(viz::spawn_logger(v, lf.recording.queue)?),
+        None => None,
+    };
+    let rec = logger
+        .as_ref()
+        .map(|l| l.recorder.clone())
+        .unwrap_or_else(Recorder::disabled);
+    let wall = opts.viz.as_ref().is_some_and(|v| v.wall_time) && !opts.lockstep;
+    let tick = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let per_episode = lf
+        .control
+        .max_ticks
+        .map_or(task.max_steps as u64, |m| m.min(task.max_steps as u64));
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.episodes as u64 * per_episode);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    for k in 0..opts.episodes {
+        let episode = t.episode + k;
+        let env =
+            TabletopEnv::new(task, t.seed, episode, cameras).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let instruction = env.instruction().to_string();
+        rec.send(Record::Episode(Box::new(EpisodeSetup {
+            episode,
+            task: task.id.clone(),
+            instruction: instruction.clone(),
+            model: *env.model(),
+            scene: Some(env.world().scene.clone()),
+            rate_hz: rate,
+        })));
+        let expert = Expert::new(&env);
+        let max_steps = task.max_steps;
+        let shared: SharedEnv = Arc::new(Mutex::new(env));
+        let done = Arc::new(AtomicBool::new(false));
+        let emb = LoggedTabletop {
+            env: Arc::clone(&shared),
+            rec: rec.clone(),
+            rate_hz: rate,
+            tick: Arc::clone(&tick),
+            epoch,
+            wall,
+            last_command: None,
+            done: Arc::clone(&done),
+            log_cost: Histogram::new(100, 100_000),
+            measured: Vec::with_capacity(max_steps + 64),
+            last_state: [0.0; 6],
+            episode_ticks: 0,
+            max_ticks: lf.control.max_ticks,
+        };
+        let policy = LoggedPolicy {
+            inner: ExpertPolicy {
+                env: Arc::clone(&shared),
+                expert,
+                chunk_len: lf.policy.chunk_len,
+            },
+            model: Ur5Model::ur5(),
+            rec: rec.clone(),
+            images: lf.recording.images,
+            tick: Arc::clone(&tick),
+            rate_hz: rate,
+            epoch,
+            wall,
+        };
+        let mut cfg = ControlConfig::ur5(Ur5Model::ur5(), rate);
+        // The simulator's own filter keeps the hand in its workspace; the loop's adds the same box.
+        cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
+        // The expert re-plans every tick from the true state: follow each new chunk at once.
+        cfg.blend_window = 0.0;
+        let tick0 = tick.load(Ordering::Acquire);
+        let (emb, metrics, clamped, held, interventions) = if opts.lockstep {
+            let (emb, s) = lockstep(emb, policy, &cfg, &rec, bar.as_ref())?;
+            (
+                emb,
+                None,
+                s.clamped_commands,
+                s.held_commands,
+                s.interventions.total(),
+            )
+        } else {
+            let lp = ControlLoop::start(emb, policy, cfg)?;
+            let deadline = Instant::now() + Duration::from_secs_f64(lf.control.timeout_s);
+            let mut last_sample = Instant::now();
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                if last_sample.elapsed() >= Duration::from_millis(100) {
+                    last_sample = Instant::now();
+                    let m = lp.metrics();
+                    rec.send(Record::Loop(sample(&m, &tick, rate, epoch)));
+                    if let Some(b) = &bar {
+                        let steps = lock(&shared).steps() as u64;
+                        b.set_position(k as u64 * per_episode + steps.min(per_episode));
+                    }
+                }
+            }
+            let (emb, m) = lp.stop()?;
+            rec.send(Record::Loop(sample(&m, &tick, rate, epoch)));
+            let (c, h, i) = (
+                m.safety.clamped_commands,
+                m.safety.held_commands,
+                m.safety.interventions.total(),
+            );
+            (emb, Some(m), c, h, i)
+        };
+        let env = lock(&shared);
+        let success = env.success();
+        let steps = env.steps().min(max_steps);
+        let ticks = tick.load(Ordering::Acquire) - tick0;
+        let s = emb.log_cost.summary_us();
+        let result = EpisodeResult {
+            episode,
+            task: task.id.clone(),
+            instruction: instruction.clone(),
+            success,
+            steps,
+            max_steps,
+            ticks,
+            safety_interventions: interventions,
+            clamped_commands: clamped,
+            held_commands: held,
+            refused_contacts: env.stats().refused_contacts,
+            metrics,
+            logging_us: (s.mean, s.p99, s.max),
+            measured: emb.measured.clone(),
+        };
+        let now = tick.load(Ordering::Acquire);
+        rec.send(Record::Result {
+            sim_time: now as f64 / rate,
+            wall_time: if wall {
+                epoch.elapsed().as_secs_f64()
+            } else {
+                0.0
+            },
+            success,
+            text: format!(
+                "**{}** — {} after {} steps (episode {episode})",
+                instruction,
+                if success { "success" } else { "failure" },
+                steps
+            ),
+        });
+        if let Some(b) = &bar {
+            b.set_position((k as u64 + 1) * per_episode);
+        }
+        results.push(result);
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    drop(rec);
+    let (dropped, logged) = match logger {
+        Some(l) => {
+            let r = l.finish()?;
+            (r.dropped, r.ticks)
+        }
+        None => (0, 0),
+    };
+    Ok(RunReport {
+        episodes: results,
+        rate_hz: rate,
+        records_dropped: dropped,
+        records_logged: logged,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn sample(m: &LoopMetrics, tick: &AtomicU64, rate: f64, epoch: Instant) -> LoopSample {
+    LoopSample {
+        sim_time: tick.load(Ordering::Acquire) as f64 / rate,
+        wall_time: epoch.elapsed().as_secs_f64(),
+        clamped_commands: m.safety.clamped_commands,
+        held_commands: m.safety.held_commands,
+        interventions: m.safety.interventions.total(),
+        hold_ticks: m.hold_ticks,
+        missed_ticks: m.missed_ticks,
+        period_error_p99_us: m.period_error_us.p99,
+        inference_latency_p50_ms: m.inference_latency_ms.p50,
+    }
+}
+
+/// The loop's tick logic (watchdog, chunk following, safety filter) stepped on this thread with
+/// simulated time: tick `k` observes, follows the chunk computed from tick `k - 1`'s
+/// observation (as the threaded loop does when inference is faster than a period), commands,
+/// then runs inference on its observation. Deterministic for a fixed seed.
+fn lockstep<P: Policy>(
+    mut emb: LoggedTabletop,
+    mut policy: P,
+    cfg: &ControlConfig,
+    rec: &Recorder,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<(LoggedTabletop, rudder_robot::SafetyReport)> {
+    let mut safety = cfg.safety.clone();
+    safety.dt = 1.0 / cfg.rate_hz;
+    let initial = emb.read_state()?;
+    let mut core = ControlCore::new(safety, cfg.watchdog, cfg.blend_window, &initial.positions)?;
+    let mut cmd = JointCommand {
+        positions: vec![0.0; 6],
+        gripper: None,
+    };
+    let mut pending = None;
+    let mut k: u64 = 0;
+    let base = emb.tick.load(Ordering::Acquire);
+    while !emb.done.load(Ordering::Acquire) {
+        let t = k as f64 / cfg.rate_hz;
+        let _state = emb.read_state()?;
+        let mut obs = emb.observe()?;
+        obs.timestamp = t;
+        if let Some(traj) = pending.take() {
+            core.offer(Arc::new(traj), t);
+        }
+        let health = Health {
+            state_age: 0.0,
+            ..Health::default()
+        };
+        core.step(t, &health, &mut cmd);
+        emb.command(&cmd)?;
+        let s = core.safety_report();
+        rec.send(Record::Loop(LoopSample {
+            sim_time: (base + k) as f64 / cfg.rate_hz,
+            clamped_commands: s.clamped_commands,
+            held_commands: s.held_commands,
+            interventions: s.interventions.total(),
+            hold_ticks: core.hold_ticks(),
+            ..LoopSample::default()
+        }));
+        match policy.infer(&obs) {
+            Ok(chunk) => {
+                let (traj, _) = cfg
+                    .converter
+                    .convert(&chunk, &obs.state, obs.timestamp)
+                    .map_err(|e| anyhow::anyhow!("chunk conversion failed at tick {k}: {e}"))?;
+                pending = Some(traj);
+            }
+            Err(e) => bail!("the policy failed at tick {k}: {e}"),
+        }
+        k += 1;
+        if let Some(b) = bar {
+            b.inc(1);
+        }
+        if k > 100_000 {
+            bail!("lockstep run did not end after {k} ticks");
+        }
+    }
+    Ok((emb, core.safety_report()))
+}

@@ -1,0 +1,232 @@
+//! Launch-file validation: one test per kind of mistake, each checking that the error names the
+//! file, the line and the field.
+
+use rudder::launchfile::run::{run, RunOptions};
+use rudder::launchfile::{LaunchError, LaunchFile};
+use std::path::Path;
+
+const GOOD: &str = r#"[embodiment]
+kind = "sim.tabletop"
+
+[task]
+suite = "spatial"
+index = 2
+
+[policy]
+kind = "scripted"
+"#;
+
+fn parse_err(src: &str) -> LaunchError {
+    match LaunchFile::parse("bad.toml", src) {
+        Ok(lf) => panic!("expected an error, parsed {lf:?}"),
+        Err(e) => e,
+    }
+}
+
+fn check(e: &LaunchError, line: usize, field: &str, words: &str) {
+    assert_eq!(e.file, "bad.toml", "{e}");
+    assert_eq!(e.line, Some(line), "{e}");
+    assert_eq!(e.field, field, "{e}");
+    assert!(
+        e.message.contains(words),
+        "`{words}` not in the message: {e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("bad.toml:{line}: field `{field}`")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn the_shipped_launch_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "launch/tabletop.toml",
+        "launch/driving.toml",
+        "launch/ur5.toml",
+    ] {
+        let lf = LaunchFile::load(&root.join(f)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(lf.rate_hz() > 0.0, "{f}");
+    }
+    let lf = LaunchFile::parse("good.toml", GOOD).expect("good file");
+    assert_eq!(lf.rate_hz(), 20.0);
+    assert_eq!(lf.recording.rrd, Path::new("rudder.rrd"));
+}
+
+#[test]
+fn unknown_field_names_its_line() {
+    let src = GOOD.replace("index = 2", "index = 2\ncolour = \"red\"");
+    let e = parse_err(&src);
+    check(&e, 7, "colour", "unknown field");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let src = GOOD.replace("index = 2", "index = \"two\"");
+    let e = parse_err(&src);
+    check(&e, 6, "task.index", "invalid type");
+}
+
+#[test]
+fn unknown_embodiment_lists_the_known_ones() {
+    let src = GOOD.replace("sim.tabletop", "sim.kitchen");
+    let e = parse_err(&src);
+    check(&e, 2, "embodiment.kind", "sim.kitchen");
+    assert!(
+        e.message.contains("sim.tabletop") && e.message.contains("ros2.ur5"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = LaunchFile::load(Path::new("launch/does-not-exist.toml")).expect_err("missing");
+    assert_eq!(e.file, "launch/does-not-exist.toml");
+    assert_eq!(e.line, None);
+    assert!(e.to_string().contains("cannot read the launch file"), "{e}");
+}
+
+#[test]
+fn bad_rate_is_rejected() {
+    let src = format!("{GOOD}\n[control]\nrate_hz = -5.0\n");
+    check(&parse_err(&src), 12, "control.rate_hz", "0 < rate_hz");
+    let src = format!("{GOOD}\n[control]\nrate_hz = nan\n");
+    check(&parse_err(&src), 12, "control.rate_hz", "0 < rate_hz");
+}
+
+#[test]
+fn tabletop_rate_must_be_the_simulators() {
+    let src = format!("{GOOD}\n[control]\nrate_hz = 125.0\n");
+    check(&parse_err(&src), 12, "control.rate_hz", "20 Hz");
+}
+
+#[test]
+fn missing_section_names_the_embodiment() {
+    let src = "[embodiment]\nkind = \"sim.tabletop\"\n\n[policy]\nkind = \"scripted\"\n";
+    let e = parse_err(src);
+    check(&e, 2, "task", "needs a [task] section");
+}
+
+#[test]
+fn missing_required_field() {
+    let src = GOOD.replace("kind = \"scripted\"", "chunk_len = 4");
+    let e = parse_err(&src);
+    assert_eq!(e.field, "kind", "{e}");
+    assert!(e.message.contains("missing field"), "{e}");
+    assert!(e.line.is_some(), "{e}");
+}
+
+#[test]
+fn section_that_does_not_apply() {
+    let src = format!("{GOOD}\n[scenarios]\ncount = 2\n");
+    check(&parse_err(&src), 11, "scenarios", "does not apply");
+}
+
+#[test]
+fn task_index_out_of_range() {
+    let src = GOOD.replace("index = 2", "index = 99");
+    check(&parse_err(&src), 6, "task.index", "has 10 tasks");
+}
+
+#[test]
+fn unknown_suite() {
+    let src = GOOD.replace("\"spatial\"", "\"kitchen\"");
+    check(&parse_err(&src), 5, "task.suite", "unknown suite");
+}
+
+#[test]
+fn checkpoint_needs_a_path() {
+    let src = GOOD.replace("\"scripted\"", "\"checkpoint\"");
+    check(
+        &parse_err(&src),
+        8,
+        "policy.checkpoint",
+        "needs `checkpoint",
+    );
+}
+
+#[test]
+fn unknown_policy_kind() {
+    let src = GOOD.replace("\"scripted\"", "\"oracle\"");
+    check(&parse_err(&src), 9, "policy.kind", "unknown variant");
+}
+
+#[test]
+fn steering_is_not_available_yet() {
+    let src = format!("{GOOD}\n[steering]\nenabled = true\nconcept = \"slow\"\n");
+    check(
+        &parse_err(&src),
+        12,
+        "steering.enabled",
+        "not available yet",
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    let src = GOOD.replace("index = 2", "index = = 2");
+    let e = parse_err(&src);
+    assert_eq!(e.line, Some(6), "{e}");
+}
+
+#[test]
+fn zero_max_ticks() {
+    let src = format!("{GOOD}\n[control]\nmax_ticks = 0\n");
+    check(&parse_err(&src), 12, "control.max_ticks", "at least 1");
+}
+
+fn run_err(src: &str) -> String {
+    let lf = LaunchFile::parse("x.toml", src).expect("valid file");
+    let opts = RunOptions {
+        viz: None,
+        episodes: 1,
+        lockstep: true,
+        progress: false,
+    };
+    match run(&lf, &opts) {
+        Ok(_) => panic!("expected a run-time error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn run_time_rejections_say_what_is_missing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ur5 = std::fs::read_to_string(root.join("launch/ur5.toml")).expect("ur5.toml");
+    let e = run_err(&ur5);
+    assert!(e.contains("ros2") && e.contains("ROS 2 bridge"), "{e}");
+    let ckpt = GOOD.replace(
+        "kind = \"scripted\"",
+        "kind = \"checkpoint\"\ncheckpoint = \"ckpt/vla\"",
+    );
+    let e = run_err(&ckpt);
+    assert!(e.contains("VLA") && e.contains("ckpt/vla"), "{e}");
+    let driving = std::fs::read_to_string(root.join("launch/driving.toml")).expect("driving");
+    let e = run_err(&driving);
+    assert!(e.contains("sim.driving"), "{e}");
+}
+
+#[test]
+fn scripted_tabletop_runs_in_lockstep_without_viz() {
+    let src = format!("{GOOD}\n[control]\nmax_ticks = 30\n");
+    let src = src.replace("index = 2", "index = 2\ncamera_size = 0");
+    let lf = LaunchFile::parse("x.toml", &src).expect("valid");
+    let opts = RunOptions {
+        viz: None,
+        episodes: 1,
+        lockstep: true,
+        progress: false,
+    };
+    let r = run(&lf, &opts).expect("runs");
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    assert_eq!(e.ticks, 30);
+    assert_eq!(e.measured.len(), 30);
+    // The expert moves the arm.
+    let moved = e.measured[0]
+        .iter()
+        .zip(e.measured[29].iter())
+        .any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(moved, "{:?} -> {:?}", e.measured[0], e.measured[29]);
+}
