@@ -91,6 +91,18 @@ impl JsonConfig {
         }
     }
 
+    /// A copy with `field` set to `value` where it is absent (for sub-configs whose parent fills
+    /// a field in, as pi0 does for its expert's `vocab_size`); errors keep this object's path.
+    pub fn with_default(&self, field: &str, value: Value) -> JsonConfig {
+        let mut out = self.clone();
+        if !out.has(field) {
+            if let Some(obj) = out.value.as_object_mut() {
+                obj.insert(field.to_string(), value);
+            }
+        }
+        out
+    }
+
     pub fn opt_sub(&self, field: &str) -> Result<Option<JsonConfig>> {
         if self.has(field) {
             self.sub(field).map(Some)

@@ -8,7 +8,7 @@ use crate::checkpoint::TensorStore;
 use crate::config::JsonConfig;
 use crate::error::{Context, Result, TuneError};
 use crate::models::decoder::Decoder;
-use crate::models::{gemma, llama, paligemma, siglip};
+use crate::models::{gemma, llama, paligemma, pi0, siglip};
 use crate::state;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +17,11 @@ pub enum Arch {
     Gemma,
     Siglip,
     PaliGemma,
+    Pi0,
 }
 
-pub const SUPPORTED: &str =
-    "LlamaForCausalLM, GemmaForCausalLM, SiglipVisionModel, PaliGemmaForConditionalGeneration";
+pub const SUPPORTED: &str = "LlamaForCausalLM, GemmaForCausalLM, SiglipVisionModel, \
+     PaliGemmaForConditionalGeneration, PI0ForConditionalGeneration";
 
 impl Arch {
     /// From `architectures[0]`, else `model_type`.
@@ -37,6 +38,7 @@ impl Arch {
             "GemmaForCausalLM" => Some(Self::Gemma),
             "SiglipVisionModel" => Some(Self::Siglip),
             "PaliGemmaForConditionalGeneration" => Some(Self::PaliGemma),
+            "PI0ForConditionalGeneration" => Some(Self::Pi0),
             _ => None,
         });
         if let Some(a) = by_arch {
@@ -47,6 +49,7 @@ impl Arch {
             "gemma" => Some(Self::Gemma),
             "siglip_vision_model" => Some(Self::Siglip),
             "paligemma" => Some(Self::PaliGemma),
+            "pi0" => Some(Self::Pi0),
             _ => None,
         });
         match (by_type, arch, model_type) {
@@ -73,6 +76,7 @@ impl Arch {
             Self::Gemma => "GemmaForCausalLM",
             Self::Siglip => "SiglipVisionModel",
             Self::PaliGemma => "PaliGemmaForConditionalGeneration",
+            Self::Pi0 => "PI0ForConditionalGeneration",
         }
     }
 }
@@ -83,6 +87,7 @@ pub enum AnyModel {
     Gemma(gemma::Model),
     Siglip(Box<siglip::Model>),
     PaliGemma(Box<paligemma::Model>),
+    Pi0(Box<pi0::Model>),
 }
 
 impl AnyModel {
@@ -92,6 +97,7 @@ impl AnyModel {
             Self::Llama(m) => Some(&m.decoder),
             Self::Gemma(m) => Some(&m.decoder),
             Self::PaliGemma(m) => Some(&m.language_model),
+            Self::Pi0(m) => Some(&m.vlm.language_model),
             Self::Siglip(_) => None,
         }
     }
@@ -101,6 +107,7 @@ impl AnyModel {
             Self::Llama(m) => Some(&mut m.decoder),
             Self::Gemma(m) => Some(&mut m.decoder),
             Self::PaliGemma(m) => Some(&mut m.language_model),
+            Self::Pi0(m) => Some(&mut m.vlm.language_model),
             Self::Siglip(_) => None,
         }
     }
@@ -115,6 +122,7 @@ impl AnyModel {
             Self::Gemma(m) => state::decoder(&mut out, "model", Some(""), &m.decoder)?,
             Self::Siglip(m) => state::siglip(&mut out, "vision_model", m)?,
             Self::PaliGemma(m) => state::paligemma(&mut out, m)?,
+            Self::Pi0(m) => state::pi0(&mut out, m)?,
         }
         Ok(out)
     }
@@ -134,6 +142,9 @@ impl AnyModel {
             }
             Self::Siglip(_) => Err(TuneError::Invalid(
                 "LoRA on a SigLIP vision tower alone is not supported; adapt a model with a language model".into(),
+            )),
+            Self::Pi0(_) => Err(TuneError::Invalid(
+                "LoRA on pi0 (PaliGemma + action expert) is not supported yet".into(),
             )),
         }
     }
@@ -160,12 +171,14 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
         G(gemma::Config),
         S(siglip::Config),
         P(Box<paligemma::Config>),
+        Pi(Box<pi0::Config>),
     }
     let parsed = match arch {
         Arch::Llama => Parsed::L(llama::Config::from_json(&cfg)?),
         Arch::Gemma => Parsed::G(gemma::Config::from_json(&cfg)?),
         Arch::Siglip => Parsed::S(siglip::Config::from_json(&cfg)?),
         Arch::PaliGemma => Parsed::P(Box::new(paligemma::Config::from_json(&cfg)?)),
+        Arch::Pi0 => Parsed::Pi(Box::new(pi0::Config::from_json(&cfg)?)),
     };
     let weights = TensorStore::load_model_dir(dir, device)?;
     let vb = weights.var_builder(DType::F32, device);
@@ -182,6 +195,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel> {
             AnyModel::Siglip(Box::new(siglip::Model::new(&c, vb).context(ctx)?))
         }
         Parsed::P(c) => AnyModel::PaliGemma(Box::new(paligemma::Model::new(&c, vb).context(ctx)?)),
+        Parsed::Pi(c) => AnyModel::Pi0(Box::new(pi0::Model::new(&c, vb).context(ctx)?)),
     };
     Ok(LoadedModel {
         dir: dir.to_path_buf(),

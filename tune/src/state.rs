@@ -3,8 +3,8 @@
 use candle_core::{Result, Tensor};
 
 use crate::blocks::{Attention, LayerNorm, Linear, Mlp, RmsNorm};
-use crate::models::decoder::Decoder;
-use crate::models::{paligemma, siglip};
+use crate::models::decoder::{Decoder, DecoderLayer};
+use crate::models::{paligemma, pi0, siglip};
 
 /// Parameters in Hub layout, each with its full name.
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -55,6 +55,17 @@ fn mlp(out: &mut NamedTensors, prefix: &str, m: &Mlp) -> Result<()> {
     }
 }
 
+fn decoder_layer(out: &mut NamedTensors, lp: &str, l: &DecoderLayer) -> Result<()> {
+    rms(out, &p(lp, "input_layernorm"), &l.input_layernorm);
+    attention(out, &p(lp, "self_attn"), &l.self_attn)?;
+    rms(
+        out,
+        &p(lp, "post_attention_layernorm"),
+        &l.post_attention_layernorm,
+    );
+    mlp(out, &p(lp, "mlp"), &l.mlp)
+}
+
 /// `model_prefix` is where the decoder lives (`model`), `head_prefix` where `lm_head` lives
 /// (None: tied, not saved).
 pub fn decoder(
@@ -68,15 +79,7 @@ pub fn decoder(
         d.embed_tokens.clone(),
     ));
     for (i, l) in d.layers.iter().enumerate() {
-        let lp = p(model_prefix, &format!("layers.{i}"));
-        rms(out, &p(&lp, "input_layernorm"), &l.input_layernorm);
-        attention(out, &p(&lp, "self_attn"), &l.self_attn)?;
-        rms(
-            out,
-            &p(&lp, "post_attention_layernorm"),
-            &l.post_attention_layernorm,
-        );
-        mlp(out, &p(&lp, "mlp"), &l.mlp)?;
+        decoder_layer(out, &p(model_prefix, &format!("layers.{i}")), l)?;
     }
     rms(out, &p(model_prefix, "norm"), &d.norm);
     if let Some(hp) = head_prefix {
@@ -139,6 +142,35 @@ pub fn paligemma(out: &mut NamedTensors, m: &paligemma::Model) -> Result<()> {
         Some("language_model"),
         &m.language_model,
     )
+}
+
+/// pi0 in the Hub layout (`paligemma_with_expert.*` and the action projections).
+pub fn pi0(out: &mut NamedTensors, m: &pi0::Model) -> Result<()> {
+    let vlm = "paligemma_with_expert.paligemma.model";
+    siglip(
+        out,
+        &p(vlm, "vision_tower.vision_model"),
+        &m.vlm.vision_tower,
+    )?;
+    linear(
+        out,
+        &p(vlm, "multi_modal_projector.linear"),
+        &m.vlm.projector,
+    )?;
+    decoder(out, &p(vlm, "language_model"), None, &m.vlm.language_model)?;
+    let expert = "paligemma_with_expert.gemma_expert";
+    for (i, l) in m.expert.layers.iter().enumerate() {
+        decoder_layer(out, &format!("{expert}.model.layers.{i}"), l)?;
+    }
+    rms(out, &format!("{expert}.model.norm"), &m.expert.norm);
+    if let Some(h) = &m.expert.lm_head {
+        out.push((format!("{expert}.lm_head.weight"), h.clone()));
+    }
+    linear(out, "state_proj", &m.state_proj)?;
+    linear(out, "action_in_proj", &m.action_in_proj)?;
+    linear(out, "action_time_mlp_in", &m.action_time_mlp_in)?;
+    linear(out, "action_time_mlp_out", &m.action_time_mlp_out)?;
+    linear(out, "action_out_proj", &m.action_out_proj)
 }
 
 /// Calls `f` with every linear layer of a decoder and its module name (PEFT's naming:

@@ -11,7 +11,7 @@ use crate::error::{Context, Result, TuneError};
 use crate::generate;
 use crate::hooks::{HookAction, HookPoint, Hooks, Site, Tower};
 use crate::load::{load_model, AnyModel, LoadedModel};
-use crate::models::paligemma;
+use crate::models::{paligemma, pi0};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputCheck {
@@ -359,6 +359,7 @@ pub fn verify_loaded(
                 )?;
             }
         }
+        AnyModel::Pi0(m) => verify_pi0(m, &reference, &mut ck, &ctx)?,
     }
     let mut skipped = Vec::new();
     for name in reference.names() {
@@ -387,6 +388,85 @@ pub fn verify_loaded(
         outputs: ck.outputs,
         skipped,
     })
+}
+
+/// pi0: `out.velocity` (with `in.actions`: at t * noise + (1 - t) * actions, else at the noise),
+/// `out.loss`, `out.sample_actions_{N}steps` (N Euler steps from `in.noise`) and the action
+/// expert's blocks as `dit.layer.{l}.*`.
+fn verify_pi0(
+    m: &pi0::Model,
+    reference: &TensorStore,
+    ck: &mut Checker,
+    ctx: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let f32_input = |name: &str| -> Result<Tensor> {
+        input(reference, name)?
+            .to_dtype(DType::F32)
+            .map_err(|e| reference.tensor_error(name, e.to_string()))
+    };
+    let bools = |name: &str| -> Result<Option<Vec<Vec<bool>>>> {
+        reference
+            .opt(name)
+            .map(|t| pi0::bool_rows(t).map_err(|e| reference.tensor_error(name, e.to_string())))
+            .transpose()
+    };
+    let inputs = pi0::Inputs {
+        input_ids: ids_tensor(reference, "in.input_ids")?,
+        pixel_values: f32_input("in.pixel_values")?,
+        pixel_attention_mask: bools("in.pixel_attention_mask")?,
+        attention_mask: bools("in.attention_mask")?,
+    };
+    let state = f32_input("in.state")?;
+    let noise = f32_input("in.noise")?;
+    let timestep = f32_input("in.timestep")?;
+    let layers = m.expert.layers.len();
+    let mut hooks = Hooks::new();
+    capture_all(&mut hooks, Tower::Expert, layers);
+    let cache = m
+        .prefix_cache(&inputs, None)
+        .context(ctx("prefix (images + prompt)"))?;
+    if reference.contains("in.actions") {
+        let actions = f32_input("in.actions")?;
+        let out = m
+            .loss(
+                &inputs,
+                &state,
+                &noise,
+                &actions,
+                &timestep,
+                Some(&mut hooks),
+            )
+            .context(ctx("flow-matching forward on in.actions"))?;
+        ck.check("out.velocity", &out.velocity)?;
+        if let Some(loss) = &out.loss {
+            let loss = loss.reshape(1).context(ctx("loss"))?;
+            ck.check("out.loss", &loss)?;
+        }
+    } else {
+        let v = m
+            .velocity_cached(&cache, &state, &noise, &timestep, Some(&mut hooks))
+            .context(ctx("velocity on in.noise"))?;
+        ck.check("out.velocity", &v)?;
+    }
+    check_layers(ck, &hooks, Tower::Expert, "dit.", layers)?;
+    let sample_names: Vec<(String, usize)> = reference
+        .names()
+        .filter_map(|n| {
+            let steps = n
+                .strip_prefix("out.sample_actions_")?
+                .strip_suffix("steps")?
+                .parse()
+                .ok()?;
+            Some((n.clone(), steps))
+        })
+        .collect();
+    for (name, steps) in sample_names {
+        let got = m
+            .sample_actions_cached(&cache, &state, &noise, Some(steps))
+            .context(ctx(&format!("sample_actions ({steps} steps)")))?;
+        ck.check(&name, &got)?;
+    }
+    Ok(())
 }
 
 /// Sorts `layer.10` after `layer.9`.

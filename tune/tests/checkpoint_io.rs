@@ -45,7 +45,7 @@ fn load_err(dir: &Path) -> String {
 
 #[test]
 fn save_load_round_trip_is_bit_exact() {
-    for name in ["llama", "gemma", "siglip_vision", "paligemma"] {
+    for name in ["llama", "gemma", "siglip_vision", "paligemma", "pi0"] {
         let src = fixture(name);
         let a = load_model(&src, &Device::Cpu).unwrap();
         let out = tempfile::tempdir().unwrap();

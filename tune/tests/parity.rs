@@ -90,3 +90,21 @@ fn paligemma_matches_transformers() {
         ],
     );
 }
+
+#[test]
+fn pi0_matches_transformers() {
+    assert_parity(
+        "pi0",
+        &[
+            "out.velocity",
+            "out.loss",
+            "out.sample_actions_3steps",
+            "dit.layer.0.mlp.in",
+            "dit.layer.0.mlp.act",
+            "dit.layer.0.mlp.out",
+            "dit.layer.0.out",
+            "dit.layer.1.mlp.act",
+            "dit.layer.1.out",
+        ],
+    );
+}

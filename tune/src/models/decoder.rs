@@ -44,7 +44,8 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` points at the layer (`model.layers.3`).
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let attn = AttentionConfig {
             hidden: cfg.hidden_size,
             heads: cfg.num_heads,

@@ -5,4 +5,5 @@ pub mod decoder;
 pub mod gemma;
 pub mod llama;
 pub mod paligemma;
+pub mod pi0;
 pub mod siglip;
