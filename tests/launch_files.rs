@@ -230,3 +230,55 @@ fn scripted_tabletop_runs_in_lockstep_without_viz() {
         .any(|(a, b)| (a - b).abs() > 1e-3);
     assert!(moved, "{:?} -> {:?}", e.measured[0], e.measured[29]);
 }
+
+/// The scripted expert, seeing the arm only through the loop's observations, completes the
+/// tasks of the three suites through the loop's tick logic (safety filter, chunk following).
+#[test]
+fn scripted_expert_succeeds_through_the_loop_on_every_suite_task() {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for suite in ["spatial", "object", "goal"] {
+        let n = rudder_sim::tabletop::load_suite(
+            rudder_sim::tabletop::Suite::parse(suite).expect("suite name"),
+        )
+        .expect("suite")
+        .len();
+        for index in 0..n {
+            let src = format!(
+                "[embodiment]\nkind = \"sim.tabletop\"\n[task]\nsuite = \"{suite}\"\n\
+                 index = {index}\nepisode = {index}\nseed = 3\ncamera_size = 0\n\
+                 [policy]\nkind = \"scripted\"\nchunk_len = 4\n"
+            );
+            let lf = LaunchFile::parse("suite.toml", &src).expect("valid");
+            let opts = RunOptions {
+                viz: None,
+                episodes: 1,
+                lockstep: true,
+                progress: false,
+            };
+            let r = run(&lf, &opts).expect("runs");
+            let e = &r.episodes[0];
+            total += 1;
+            assert_eq!(
+                e.held_commands, 0,
+                "{suite}/{index}: the filter had to brake"
+            );
+            if !e.success {
+                failures.push(format!(
+                    "{suite}/{index} ({}) steps {}/{} refused {} clamped {}",
+                    e.instruction, e.steps, e.max_steps, e.refused_contacts, e.clamped_commands
+                ));
+            }
+        }
+    }
+    assert!(total >= 30, "only {total} tasks");
+    // Stepped directly the expert solves all 30; through the loop (one tick of observation
+    // latency, the loop's own safety filter) it measured 27/30 when this was written: the
+    // misses are a slow "slowly" variant running out of steps and two approaches that end
+    // against a container's rim. 90% is the floor.
+    assert!(
+        failures.len() * 10 <= total,
+        "{} of {total} failed through the loop: {failures:?}",
+        failures.len()
+    );
+}

@@ -2,7 +2,7 @@
 //! scripts/setup-rerun.sh into .venv-rerun; `RUDDER_RERUN_VENV` overrides the place):
 //! `rerun rrd verify`, a Python read-back of logged values, `rerun rrd compare` against the
 //! committed golden file (regenerate on purpose with `RUDDER_REGEN_GOLDEN=1`), and streaming to
-//! `rerun --serve-grpc` with `--connect`.
+//! a `rerun --save` gRPC server with `--connect`.
 //!
 //! These tests fail (they do not skip) when the venv is missing: CI runs the setup script.
 
@@ -293,8 +293,9 @@ impl Drop for Child {
     }
 }
 
+/// `--connect` streams to a running gRPC server: `rerun --save` listens like a viewer does and
+/// writes what arrives to a file, which must then hold the same joint angles the loop logged.
 #[test]
-#[ignore = "partial: `rerun download` from the serve-grpc proxy returned no chunks yet; run with --ignored"]
 fn connect_streams_to_a_grpc_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = rerun_bin();
@@ -302,20 +303,23 @@ fn connect_streams_to_a_grpc_server() {
         .args(["analytics", "disable"])
         .output();
     let port = free_port();
-    let _server = Child(
+    let saved = dir.path().join("received.rrd");
+    let mut server = Child(
         tool(&bin, dir.path())
-            .args(["--serve-grpc", "--bind", "127.0.0.1", "--port"])
+            .args(["--bind", "127.0.0.1", "--port"])
             .arg(port.to_string())
+            .arg("--save")
+            .arg(&saved)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("rerun --serve-grpc starts"),
+            .expect("rerun --save starts"),
     );
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "rerun --serve-grpc did not listen on {port}"
+            "rerun --save did not listen on {port}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -328,48 +332,50 @@ fn connect_streams_to_a_grpc_server() {
         "--connect",
         &url,
     ]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("streamed to"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // Pull what the server holds back into a file (the proxy stream never ends: stop it once
-    // the data is there).
-    let pulled = dir.path().join("pulled");
-    std::fs::create_dir_all(&pulled).expect("mkdir");
-    let mut dl = Child(
-        tool(&bin, dir.path())
-            .args(["download", &url, "-o"])
-            .arg(&pulled)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rerun download starts"),
-    );
-    let file = pulled.join("output.rrd");
-    let start = Instant::now();
-    let mut text = String::new();
-    while start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(500));
-        if !file.exists() {
-            continue;
-        }
-        let p = tool(&bin, dir.path())
-            .args(["rrd", "print", "--continue-on-error"])
-            .arg(&file)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("streamed to"), "{stdout}");
+    assert!(stdout.contains("0 records dropped"), "{stdout}");
+    // The same run recorded to a file gives the values the stream must carry.
+    let lf = LaunchFile::load(&root().join(GOLDEN_LAUNCH)).expect("launch file");
+    let opts = RunOptions {
+        viz: None,
+        episodes: 1,
+        lockstep: true,
+        progress: false,
+    };
+    let measured = run(&lf, &opts).expect("run").episodes[0].measured.clone();
+    let python = venv().join("bin/python");
+    let script = root().join("tests/golden/readback.py");
+    let read = |k: usize, joint: &str| -> Option<f64> {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&saved)
+            .arg(format!("/joints/{joint}/measured"))
+            .arg("tick")
+            .arg(k.to_string())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("RERUN_TELEMETRY_ENABLED", "false")
             .output()
-            .expect("rerun rrd print");
-        text = String::from_utf8_lossy(&p.stdout).to_string();
-        if text.contains("/task/result") {
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    // The server writes as data arrives; wait until the last tick is there.
+    let last = measured.len() - 1;
+    let start = Instant::now();
+    let mut got = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        got = read(last, "elbow_joint");
+        if got.is_some() {
             break;
         }
+        std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = dl.0.kill();
-    for entity in [
-        "/joints/shoulder_lift_joint/measured",
-        "/world/arm/links",
-        "/task/result",
-    ] {
-        assert!(text.contains(entity), "{entity} not received:\n{text}");
-    }
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let got = got.unwrap_or_else(|| panic!("tick {last} never reached {}", saved.display()));
+    assert_eq!(got.to_bits(), measured[last][2].to_bits());
+    let first = read(0, "shoulder_lift_joint").expect("tick 0 received");
+    assert_eq!(first.to_bits(), measured[0][1].to_bits());
 }

@@ -10,12 +10,14 @@ use crate::viz::{
 use anyhow::{bail, Context};
 use rudder_robot::control::{ControlCore, Health, Histogram};
 use rudder_robot::{
-    Action, ActionChunk, ActionSpace, ControlConfig, ControlLoop, Embodiment, EmbodimentError,
-    JointCommand, JointLimits, JointState, LoopMetrics, Observation, Policy, PolicyError, Ur5Model,
+    ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
+    JointLimits, JointState, LoopMetrics, Observation, Policy, PolicyError, Ur5Model,
 };
 use rudder_sim::tabletop::physics::FLANGE_TO_TCP;
 use rudder_sim::tabletop::scene::Joint;
-use rudder_sim::tabletop::{load_suite, CameraConfig, Expert, Suite, TabletopEnv, CONTROL_HZ};
+use rudder_sim::tabletop::{
+    load_suite, CameraConfig, ShadowExpert, Suite, TabletopEnv, CONTROL_HZ,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -266,41 +268,6 @@ impl Embodiment for LoggedTabletop {
     }
 }
 
-/// The scripted expert as a `robot::Policy`: each inference asks it for the next 7-D action
-/// and extends it to a chunk of `chunk_len` points at the simulator's 20 Hz (the expert's
-/// actions are proportional steps, so repeating the newest one is its own short-term plan).
-pub struct ExpertPolicy {
-    env: SharedEnv,
-    expert: Expert,
-    chunk_len: usize,
-}
-
-impl Policy for ExpertPolicy {
-    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
-        let a = {
-            let env = lock(&self.env);
-            self.expert.act(&env)
-        };
-        if a.iter().any(|x| !x.is_finite()) {
-            return Err(PolicyError::Inference(
-                "the expert produced a non-finite action".into(),
-            ));
-        }
-        let step = Action::EefDelta {
-            dpos: [a[0], a[1], a[2]],
-            drot: [a[3], a[4], a[5]],
-            gripper: a[6],
-        };
-        ActionChunk::new(
-            ActionSpace::EefDelta7,
-            obs.timestamp,
-            1.0 / CONTROL_HZ,
-            vec![step; self.chunk_len],
-        )
-        .map_err(|e| PolicyError::Inference(e.to_string()))
-    }
-}
-
 /// Wraps a policy to record its chunks (as an end-effector path), latency and camera images.
 /// Runs on the inference thread.
 pub struct LoggedPolicy<P> {
@@ -415,7 +382,10 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             scene: Some(env.world().scene.clone()),
             rate_hz: rate,
         })));
-        let expert = Expert::new(&env);
+        // The expert sees the arm only through the loop's observations (see ShadowExpert).
+        let expert = ShadowExpert::new(task, t.seed, episode, lf.policy.chunk_len.max(1))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_period(1.0 / rate);
         let max_steps = task.max_steps;
         let shared: SharedEnv = Arc::new(Mutex::new(env));
         let done = Arc::new(AtomicBool::new(false));
@@ -435,11 +405,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             max_ticks: lf.control.max_ticks,
         };
         let policy = LoggedPolicy {
-            inner: ExpertPolicy {
-                env: Arc::clone(&shared),
-                expert,
-                chunk_len: lf.policy.chunk_len,
-            },
+            inner: expert,
             model: Ur5Model::ur5(),
             rec: rec.clone(),
             images: lf.recording.images,
@@ -451,7 +417,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
         let mut cfg = ControlConfig::ur5(Ur5Model::ur5(), rate);
         // The simulator's own filter keeps the hand in its workspace; the loop's adds the same box.
         cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
-        // The expert re-plans every tick from the true state: follow each new chunk at once.
+        // The expert re-plans every tick from the observed state: follow each new chunk at once.
         cfg.blend_window = 0.0;
         let tick0 = tick.load(Ordering::Acquire);
         let (emb, metrics, clamped, held, interventions) = if opts.lockstep {

@@ -105,6 +105,7 @@ pub struct TabletopObs {
     pub instruction: String,
 }
 
+#[derive(Clone)]
 pub struct TabletopEnv {
     model: Ur5Model,
     filter: SafetyFilter,
@@ -363,6 +364,25 @@ impl TabletopEnv {
             done: self.done(),
             refused,
         }
+    }
+
+    /// Moves the arm to `q` (carrying what it holds) and, when given, sets the gripper's
+    /// closure (-1 open .. +1 closed, as `gripper_closure` reports it) without taking a step:
+    /// how a copy of the scene is brought in line with an observation.
+    pub fn repose(&mut self, q: &Joints, closure: Option<f64>) -> Result<(), String> {
+        for (j, &x) in q.iter().enumerate() {
+            if !(x.is_finite() && x >= self.lower[j] && x <= self.upper[j]) {
+                return Err(format!("joint {j} = {x} outside its limits"));
+            }
+        }
+        if self.apply_joints(*q).is_none() {
+            let _ = self.filter.reset(&self.q);
+        }
+        if let Some(c) = closure.filter(|c| c.is_finite()) {
+            self.world.width =
+                ((1.0 - c.clamp(-1.0, 1.0)) * 0.5 * MAX_OPENING).clamp(0.0, MAX_OPENING);
+        }
+        Ok(())
     }
 
     /// A joint command already filtered elsewhere (robot's control loop): checked against the

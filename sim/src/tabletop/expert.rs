@@ -80,6 +80,7 @@ const SIDE_OFFSET: f64 = 0.15;
 const ABOVE_EXTRA: f64 = 0.1;
 const MAX_REPLANS: usize = 5;
 
+#[derive(Debug, Clone)]
 pub struct Expert {
     manner: Manner,
     goal: Vec<Predicate>,

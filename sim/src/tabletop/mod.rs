@@ -13,6 +13,7 @@ pub mod geom;
 pub mod physics;
 pub mod render;
 pub mod scene;
+pub mod shadow;
 pub mod suites;
 pub mod tasks;
 
@@ -20,6 +21,7 @@ pub use demos::{write_demos, DemoSummary, DEMO_FORMAT_VERSION};
 pub use embodiment::TabletopSim;
 pub use env::{CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs, CONTROL_HZ};
 pub use expert::{Expert, Manner};
+pub use shadow::ShadowExpert;
 pub use suites::{
     benchmark, load_suite, run_suite, run_tasks, Suite, SuiteError, SuiteReport, TaskReport,
     Throughput,

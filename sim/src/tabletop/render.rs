@@ -53,6 +53,7 @@ impl Camera {
     }
 }
 
+#[derive(Clone)]
 struct Tri {
     p: [V3; 3],
     /// Outward normal (any length): faces turned away from the camera are skipped.
@@ -61,7 +62,7 @@ struct Tri {
 }
 
 /// Reusable buffers.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Renderer {
     tris: Vec<Tri>,
     depth: Vec<f32>,
