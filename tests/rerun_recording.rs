@@ -379,3 +379,81 @@ fn connect_streams_to_a_grpc_server() {
     let first = read(0, "shoulder_lift_joint").expect("tick 0 received");
     assert_eq!(first.to_bits(), measured[0][1].to_bits());
 }
+
+/// A driving launch records the map, agents, the ego's plan and trace and nuPlan's metrics; the
+/// final score read back with the Rerun SDK equals the one the run reports.
+#[test]
+fn driving_recording_holds_the_scene_and_the_reported_scores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("drive.toml");
+    std::fs::write(
+        &file,
+        "[embodiment]\nkind = \"sim.driving\"\n[scenarios]\n\
+         types = [\"following_lane_with_lead\", \"waiting_for_pedestrian_to_cross\"]\n\
+         count = 1\nseed = 7\n[policy]\nkind = \"scripted\"\nplanner = \"idm\"\n",
+    )
+    .expect("write launch file");
+    let rrd = dir.path().join("drive.rrd");
+    let out = rudder(&[
+        "launch",
+        file.to_str().expect("utf-8"),
+        "--quiet",
+        "--record",
+        rrd.to_str().expect("utf-8"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 scenarios"), "{stdout}");
+    let srrd = rrd.to_str().expect("utf-8");
+    rerun_cli(dir.path(), &["rrd", "verify", srrd]);
+    let printed = rerun_cli(dir.path(), &["rrd", "print", srrd]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    for entity in [
+        "/world/map/lane_centerlines",
+        "/world/map/drivable_area",
+        "/world/agents",
+        "/world/ego",
+        "/world/ego_plan",
+        "/world/ego_executed",
+        "/metrics/score",
+        "/metrics/ego_progress",
+        "/scenario/result",
+    ] {
+        assert!(text.contains(entity), "{entity} missing:\n{text}");
+    }
+    let lf = LaunchFile::load(&file).expect("launch file");
+    let report = rudder::launchfile::driving::run_driving(&lf, None, false).expect("run");
+    assert_eq!(report.scenarios.len(), 2);
+    let python = venv().join("bin/python");
+    let script = root().join("tests/golden/readback.py");
+    // Scenario i's final metrics sit one step after its last sample.
+    let mut step = 0;
+    for s in &report.scenarios {
+        step += s.samples;
+        let out = ok(
+            "readback.py",
+            Command::new(&python)
+                .arg(&script)
+                .arg(&rrd)
+                .arg("/metrics/score")
+                .arg("step")
+                .arg(step.to_string())
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .env("XDG_CACHE_HOME", dir.path().join("cache"))
+                .env("XDG_DATA_HOME", dir.path().join("data"))
+                .env("RERUN_TELEMETRY_ENABLED", "false")
+                .output(),
+        );
+        let read: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a number");
+        assert_eq!(
+            read.to_bits(),
+            s.metrics.score.to_bits(),
+            "{}: recording {read}, run {}",
+            s.token,
+            s.metrics.score
+        );
+        step += 1;
+    }
+}

@@ -1,9 +1,11 @@
 //! `rudder launch FILE`: runs a launch file and records it for the Rerun viewer.
 
+use crate::launchfile::driving::run_driving;
 use crate::launchfile::run::{run as run_launch, RunOptions};
-use crate::launchfile::LaunchFile;
+use crate::launchfile::{EmbodimentKind, LaunchFile};
 use crate::viz::{Sink, VizOptions};
 use clap::Args;
+use rudder_sim::driving::simulation::Mode;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +14,8 @@ use std::process::ExitCode;
 #[command(after_help = "Examples:\n  \
 rudder launch launch/tabletop.toml                      # writes rudder.rrd\n  \
 rudder launch launch/tabletop.toml --episodes 3 --record out.rrd\n  \
-rudder launch launch/tabletop.toml --connect rerun+http://127.0.0.1:9876/proxy\n\n\
+rudder launch launch/tabletop.toml --connect rerun+http://127.0.0.1:9876/proxy\n  \
+rudder launch launch/driving.toml                       # nuPlan-style scenarios, rudder-driving.rrd\n\n\
 Open a recording with `rerun rudder.rrd` (rerun-sdk 0.36.3).")]
 pub struct LaunchArgs {
     /// The launch file (launch/*.toml).
@@ -68,6 +71,9 @@ pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
         lockstep: a.lockstep,
         progress: !a.quiet && std::io::stderr().is_terminal(),
     };
+    if lf.embodiment.kind == EmbodimentKind::SimDriving {
+        return driving(&lf, &opts, &sink);
+    }
     let report = run_launch(&lf, &opts)?;
     for e in &report.episodes {
         println!(
@@ -134,6 +140,48 @@ pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
             "streamed to {u} ({} ticks logged, {} records dropped)",
             report.records_logged, report.records_dropped
         ),
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn driving(lf: &LaunchFile, opts: &RunOptions, sink: &Sink) -> anyhow::Result<ExitCode> {
+    let r = run_driving(lf, opts.viz.as_ref(), opts.progress)?;
+    for s in &r.scenarios {
+        let m = &s.metrics;
+        println!(
+            "{} · {}: score {:.3} (collisions {:.2}, drivable {:.2}, direction {:.2}, making \
+             progress {:.2}, progress {:.2}, ttc {:.2}, speed limit {:.2}, comfort {:.2}), {:.1} s",
+            s.token,
+            s.scenario_type,
+            m.score,
+            m.no_ego_at_fault_collisions,
+            m.drivable_area_compliance,
+            m.driving_direction_compliance,
+            m.ego_is_making_progress,
+            m.ego_progress,
+            m.time_to_collision_within_bound,
+            m.speed_limit_compliance,
+            m.ego_is_comfortable,
+            s.simulated_s
+        );
+    }
+    let simulated: f64 = r.scenarios.iter().map(|s| s.simulated_s).sum();
+    println!(
+        "{} scenarios, planner {:?}, {}: mean score {:.3} ({:.0} s simulated in {:.1} s)",
+        r.scenarios.len(),
+        r.planner,
+        match r.mode {
+            Mode::NonReactive => "CLS-NR",
+            Mode::Reactive => "CLS-R",
+        },
+        r.score,
+        simulated,
+        r.wall_s
+    );
+    match (&opts.viz, sink) {
+        (Some(_), Sink::File(p)) => println!("recording: {}", p.display()),
+        (Some(_), Sink::Connect(u)) => println!("streamed to {u}"),
         _ => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 //! set, a policy, the control rate, steering and recording. Parsed with serde (unknown fields
 //! are errors) and then validated; every error names the file, the line and the field.
 
+pub mod driving;
 pub mod run;
 
 use rudder_sim::tabletop::{load_suite, Suite, CONTROL_HZ};
@@ -153,6 +154,9 @@ pub struct PolicySection {
     /// Seconds between the points of a chunk and how many points (the future path drawn).
     #[serde(default = "default_horizon")]
     pub chunk_len: usize,
+    /// Driving, kind = "scripted": `idm` (default), `constant_velocity` or `log_replay`.
+    #[serde(default)]
+    pub planner: Option<String>,
 }
 
 fn default_horizon() -> usize {
@@ -381,6 +385,26 @@ impl LaunchFile {
                     "scenarios",
                     "mode",
                     format!("unknown mode `{}` (known: {})", s.mode, MODES.join(", ")),
+                ));
+            }
+            let known = rudder_sim::driving::generator::SCENARIO_TYPES;
+            if let Some(bad) = s.types.iter().find(|t| !known.contains(&t.as_str())) {
+                return Err(err(
+                    "scenarios",
+                    "types",
+                    format!(
+                        "unknown scenario type `{bad}` (known: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &self.policy.planner {
+            if rudder_sim::driving::PlannerKind::parse(p).is_none() {
+                return Err(err(
+                    "policy",
+                    "planner",
+                    format!("unknown planner `{p}` (known: idm, constant_velocity, log_replay)"),
                 ));
             }
         }

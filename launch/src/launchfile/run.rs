@@ -97,9 +97,8 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
     match lf.embodiment.kind {
         EmbodimentKind::SimTabletop => run_tabletop(lf, opts),
         EmbodimentKind::SimDriving => bail!(
-            "embodiment \"sim.driving\" is accepted in launch files but `rudder launch` does not \
-             run it yet: the driving simulator is still being written; use \
-             `rudder sim` for driving campaigns meanwhile"
+            "embodiment \"sim.driving\" runs through `launchfile::driving::run_driving` (its \
+             report is per scenario, not per episode)"
         ),
         EmbodimentKind::Ros2Ur5 => bail!(
             "embodiment \"ros2.ur5\" needs the `ros2` feature and the ROS 2 bridge (the ROS 2 \

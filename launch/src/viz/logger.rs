@@ -71,8 +71,8 @@ pub fn blueprint() -> Blueprint {
     ]))
 }
 
-/// Opens the recording and starts the logger thread with a queue of `capacity` records.
-pub fn spawn_logger(opts: &VizOptions, capacity: usize) -> anyhow::Result<LoggerHandle> {
+/// Opens the recording `opts` names (file or gRPC), with only our own timelines.
+pub fn open_stream(opts: &VizOptions) -> anyhow::Result<RecordingStream> {
     let app = rerun::ApplicationId::try_from(opts.application_id.clone())
         .map_err(|e| anyhow::anyhow!("bad Rerun application id `{}`: {e}", opts.application_id))?;
     let mut b = RecordingStreamBuilder::new(app);
@@ -90,6 +90,12 @@ pub fn spawn_logger(opts: &VizOptions, capacity: usize) -> anyhow::Result<Logger
     // Only our own timelines: `log_time` would make every recording differ.
     rec.set_log_time_enabled(false);
     rec.set_log_tick_enabled(false);
+    Ok(rec)
+}
+
+/// Opens the recording and starts the logger thread with a queue of `capacity` records.
+pub fn spawn_logger(opts: &VizOptions, capacity: usize) -> anyhow::Result<LoggerHandle> {
+    let rec = open_stream(opts)?;
     if opts.blueprint {
         blueprint()
             .send(&rec, BlueprintActivation::default())

@@ -8,9 +8,10 @@
 //! encoding and I/O all happen there.
 
 pub mod bench;
+pub mod driving;
 mod logger;
 
-pub use logger::{blueprint, spawn_logger, LoggerHandle, LoggerReport};
+pub use logger::{blueprint, open_stream, spawn_logger, LoggerHandle, LoggerReport};
 
 use rudder_robot::Ur5Model;
 use rudder_sim::tabletop::scene::Scene;
