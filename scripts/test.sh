@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-rerun.sh && export RUDDER_RERUN_VENV="$PWD/.venv-rerun"  # rerun-sdk for tests/rerun_*.rs
+bash scripts/setup-openpi.sh && export RUDDER_OPENPI_VENV="$PWD/.venv-openpi"  # openpi-client for tests/serve_openpi.rs
 
 export CARGO_TERM_COLOR=never
 # Two cores on CI: keep the build from oversubscribing them.
@@ -26,5 +27,12 @@ cargo test --release --workspace
 bash scripts/test-ros2.sh  # the `ros2` feature against real ROS 2 Jazzy (PyPI wheels) + rclpy
 
 step "examples as smoke tests"
-cargo run --release --quiet -- model verify --model fixtures/hf-tiny/llama
-cargo run --release --quiet -- model verify --model fixtures/hf-tiny/paligemma --json > /dev/null
+# The binary `cargo test --workspace` built (a plain `cargo run` would unify features differently
+# and rebuild candle and rerun).
+RUDDER=target/release/rudder
+[ -x "$RUDDER" ] || cargo build --release --quiet
+$RUDDER model verify --model fixtures/hf-tiny/llama
+$RUDDER model verify --model fixtures/hf-tiny/paligemma --json > /dev/null
+$RUDDER model verify --model fixtures/hf-tiny/pi0
+$RUDDER launch launch/tabletop.toml --no-viz --quiet          # README command 1, without the file
+$RUDDER launch launch/driving.toml --no-viz --quiet

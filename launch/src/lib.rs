@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod launchfile;
+pub mod serve;
 pub mod viz;
 
 /// Keeps large tensor buffers in the heap between ops: glibc would otherwise return every

@@ -1,1 +1,17 @@
-//! rudder-policy: filled by a later issue (see ARCHITECTURE.md); nothing here yet.
+//! rudder-policy: policies built from rudder-tune models, behind rudder-robot's `Policy` trait.
+//!
+//! - [`flow`]: [`FlowPolicy`], a pi0-style VLA (PaliGemma prefix + flow-matching action expert).
+//! - [`preprocess`]: camera images to the model's pixel tensor.
+//! - [`prompt`]: prompt text to token ids.
+//! - [`normalize`]: pi0 mean/std normalisation of state and actions.
+//! - [`noise`]: the seeded Gaussian noise the Euler sampler starts from.
+
+pub mod error;
+pub mod flow;
+pub mod noise;
+pub mod normalize;
+pub mod preprocess;
+pub mod prompt;
+
+pub use error::FlowError;
+pub use flow::{FlowPolicy, PolicySettings};

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod launch;
 pub mod model;
+pub mod serve;
 pub mod sim;
 pub mod train;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Sim(sim::SimCommand),
     /// Write a demonstration data set from the scripted experts.
     Demos(sim::DemosArgs),
+    /// Serve a policy over openpi's websocket protocol (for openpi / LIBERO clients).
+    Serve(serve::ServeArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(t) => train::run(t),
         Command::Sim(s) => sim::run(s),
         Command::Demos(d) => sim::demos(d),
+        Command::Serve(s) => serve::run(s),
     }
 }

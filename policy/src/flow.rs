@@ -1,0 +1,388 @@
+//! [`FlowPolicy`]: a pi0-style VLA-flow policy around `rudder_tune::models::pi0`.
+//!
+//! A checkpoint folder holds:
+//! - `config.json` + `*.safetensors`: a `PI0ForConditionalGeneration` (loaded by
+//!   `rudder_tune::load::load_model`);
+//! - `normalization.json` (optional): pi0 mean/std of state and actions ([`crate::normalize`]);
+//! - `policy.json` (optional): [`PolicySettings`] (camera slots, prompt length, chunk timing);
+//! - no `tokenizer.json`: prompts use the byte-level mapping of [`crate::prompt`], and a folder
+//!   with a `tokenizer.json` is refused so that a subword-trained model is not fed bytes.
+//!
+//! One inference: every camera slot's image is resized to the vision tower's input and scaled to
+//! [-1, 1] (absent slots are -1 and masked); the sequence is `image tokens x slots + [BOS] +
+//! prompt tokens` with the absent slots' image tokens masked out; the state is normalised, then
+//! zero-padded or truncated to `max_state_dim`; `num_inference_steps` Euler steps (from
+//! `config.json`, default 10) integrate the velocity from seeded Gaussian noise at t = 1 to the
+//! actions at t = 0, which are un-normalised and returned as `chunk_size x max_action_dim`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rudder_robot::{Action, ActionChunk, ActionSpace, Observation, Policy, PolicyError};
+use rudder_tune::load::{load_model, AnyModel};
+use rudder_tune::models::pi0;
+use serde::Deserialize;
+
+use crate::normalize::Normalization;
+use crate::{noise, preprocess, prompt, FlowError};
+
+/// How the policy's action vectors map onto rudder-robot's action spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkSpace {
+    /// The first 7 dims: delta position (3), delta axis-angle (3), gripper (LIBERO).
+    EefDelta7,
+    /// All dims as absolute joint positions, no gripper.
+    JointPositions,
+    /// All dims as joint velocities, no gripper.
+    JointVelocities,
+}
+
+/// `policy.json`: what `config.json` does not say. Every field is optional.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    /// Camera slots in the order the model was trained on. Default: `["base_0_rgb",
+    /// "left_wrist_0_rgb"]` (openpi's names; the LIBERO agent view and wrist camera).
+    pub cameras: Vec<String>,
+    /// Prompt length limit in tokens, BOS included (pi0: 48).
+    pub max_prompt_tokens: usize,
+    /// Seconds between chunk points when used as a `rudder_robot::Policy` (LIBERO: 20 Hz).
+    pub dt: f64,
+    /// Action space of the chunk as a `rudder_robot::Policy`. Default: `eef_delta7` when the
+    /// model has >= 7 action dims, else `joint_positions` over all of them.
+    pub action_space: Option<ChunkSpace>,
+    /// Noise seed used by the `rudder_robot::Policy` implementation.
+    pub seed: u64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            cameras: vec!["base_0_rgb".into(), "left_wrist_0_rgb".into()],
+            max_prompt_tokens: 48,
+            dt: 0.05,
+            action_space: None,
+            seed: 0,
+        }
+    }
+}
+
+pub struct FlowPolicy {
+    dir: PathBuf,
+    model: pi0::Model,
+    norm: Normalization,
+    settings: PolicySettings,
+    device: Device,
+}
+
+impl std::fmt::Debug for FlowPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowPolicy")
+            .field("dir", &self.dir)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowPolicy {
+    /// Loads a pi0 checkpoint folder (see the module doc) on the CPU.
+    pub fn load(dir: &Path) -> Result<Self, FlowError> {
+        let tok = dir.join("tokenizer.json");
+        if tok.exists() {
+            return Err(FlowError::File {
+                path: tok,
+                problem: "subword tokenizers are not supported yet (prompts use the byte-level \
+                          mapping of rudder_policy::prompt); remove it for a model trained on \
+                          byte tokens"
+                    .into(),
+            });
+        }
+        let device = Device::Cpu;
+        let loaded = load_model(dir, &device)?;
+        let model = match loaded.model {
+            AnyModel::Pi0(m) => *m,
+            _ => {
+                return Err(FlowError::Field {
+                    path: dir.join("config.json"),
+                    field: "architectures".into(),
+                    problem: format!(
+                        "{} is not a flow policy (expected PI0ForConditionalGeneration)",
+                        loaded.arch.name()
+                    ),
+                })
+            }
+        };
+        let settings_path = dir.join("policy.json");
+        let settings = if settings_path.exists() {
+            let text = std::fs::read_to_string(&settings_path).map_err(|e| FlowError::File {
+                path: settings_path.clone(),
+                problem: e.to_string(),
+            })?;
+            serde_json::from_str(&text).map_err(|e| FlowError::File {
+                path: settings_path.clone(),
+                problem: format!("not valid policy settings: {e}"),
+            })?
+        } else {
+            PolicySettings::default()
+        };
+        let field_err = |field: &str, problem: String| FlowError::Field {
+            path: settings_path.clone(),
+            field: field.into(),
+            problem,
+        };
+        if settings.cameras.is_empty() {
+            return Err(field_err(
+                "cameras",
+                "needs at least one camera slot".into(),
+            ));
+        }
+        if let Some((i, c)) = settings
+            .cameras
+            .iter()
+            .enumerate()
+            .find(|(i, c)| settings.cameras[..*i].contains(c))
+        {
+            return Err(field_err(
+                "cameras",
+                format!("slot {i} `{c}` is a duplicate"),
+            ));
+        }
+        if settings.max_prompt_tokens == 0 {
+            return Err(field_err("max_prompt_tokens", "must be > 0".into()));
+        }
+        if !(settings.dt.is_finite() && settings.dt > 0.0) {
+            return Err(field_err(
+                "dt",
+                format!("must be finite and > 0, got {}", settings.dt),
+            ));
+        }
+        if settings.action_space == Some(ChunkSpace::EefDelta7) && model.cfg.max_action_dim < 7 {
+            return Err(field_err(
+                "action_space",
+                format!(
+                    "eef_delta7 needs >= 7 action dims, the model has {}",
+                    model.cfg.max_action_dim
+                ),
+            ));
+        }
+        let norm = Normalization::load_optional(
+            &dir.join("normalization.json"),
+            model.cfg.max_state_dim,
+            model.cfg.max_action_dim,
+        )?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            norm,
+            settings,
+            device,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn settings(&self) -> &PolicySettings {
+        &self.settings
+    }
+    /// Camera slot names, in model order.
+    pub fn cameras(&self) -> &[String] {
+        &self.settings.cameras
+    }
+    /// Points per chunk (`chunk_size`).
+    pub fn action_horizon(&self) -> usize {
+        self.model.cfg.chunk_size
+    }
+    /// Values per action point (`max_action_dim`).
+    pub fn action_dim(&self) -> usize {
+        self.model.cfg.max_action_dim
+    }
+    /// The model's state width (`max_state_dim`); shorter states are zero-padded.
+    pub fn state_dim(&self) -> usize {
+        self.model.cfg.max_state_dim
+    }
+    /// Side of the square images the vision tower takes.
+    pub fn image_size(&self) -> usize {
+        self.model.cfg.vlm.vision.image_size
+    }
+    pub fn num_inference_steps(&self) -> usize {
+        self.model.cfg.num_inference_steps
+    }
+
+    /// The space [`Policy::infer`] declares its chunks in.
+    pub fn chunk_space(&self) -> ActionSpace {
+        let dim = self.action_dim();
+        match self.settings.action_space {
+            Some(ChunkSpace::EefDelta7) => ActionSpace::EefDelta7,
+            Some(ChunkSpace::JointPositions) => ActionSpace::JointPositions { dof: dim },
+            Some(ChunkSpace::JointVelocities) => ActionSpace::JointVelocities { dof: dim },
+            None if dim >= 7 => ActionSpace::EefDelta7,
+            None => ActionSpace::JointPositions { dof: dim },
+        }
+    }
+
+    /// One action chunk, `action_horizon() x action_dim()`, un-normalised.
+    ///
+    /// `images`: (camera slot name, image) for the cameras present, any size; slots not given
+    /// are masked. `state`: any length (normalised, then zero-padded or truncated to
+    /// `state_dim()` after normalisation). The same inputs and `seed` give the same chunk.
+    pub fn infer_raw(
+        &self,
+        images: &[(String, rudder_robot::ImageRgb8)],
+        state: &[f64],
+        prompt_text: &str,
+        seed: u64,
+    ) -> Result<Vec<Vec<f32>>, FlowError> {
+        let cfg = &self.model.cfg;
+        let cams = self.settings.cameras.len();
+        let size = self.image_size();
+        let per_image = cfg.vlm.vision.num_patches();
+        let plane = 3 * size * size;
+
+        let mut pixels = vec![-1f32; cams * plane];
+        let mut present = vec![false; cams];
+        for (name, img) in images {
+            let slot = self
+                .settings
+                .cameras
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| {
+                    FlowError::input(
+                        name.as_str(),
+                        format!(
+                            "not one of the policy's cameras {:?}",
+                            self.settings.cameras
+                        ),
+                    )
+                })?;
+            if present[slot] {
+                return Err(FlowError::input(name.as_str(), "given twice"));
+            }
+            let px = preprocess::to_pixels(
+                name,
+                &img.data,
+                img.height as usize,
+                img.width as usize,
+                size,
+            )?;
+            pixels[slot * plane..(slot + 1) * plane].copy_from_slice(&px);
+            present[slot] = true;
+        }
+        if !present.iter().any(|&p| p) {
+            return Err(FlowError::input(
+                "images",
+                format!("no camera image given (slots {:?})", self.settings.cameras),
+            ));
+        }
+
+        if let Some(i) = state.iter().position(|v| !v.is_finite()) {
+            return Err(FlowError::input(
+                "state",
+                format!("entry {i} is not finite"),
+            ));
+        }
+        let mut st = state.to_vec();
+        if let Some(ms) = &self.norm.state {
+            ms.normalize(&mut st);
+        }
+        st.resize(cfg.max_state_dim, 0.0);
+        let st: Vec<f32> = st.iter().map(|&v| v as f32).collect();
+
+        let image_id = cfg.vlm.image_token_id;
+        let vocab = cfg.vlm.text.0.vocab_size;
+        let limit = vocab.min(image_id as usize).max(4);
+        let text = prompt::byte_tokens(prompt_text, limit, self.settings.max_prompt_tokens);
+        let mut ids = Vec::with_capacity(cams * per_image + text.len());
+        let mut mask = Vec::with_capacity(ids.capacity());
+        for &p in &present {
+            ids.extend(std::iter::repeat_n(image_id, per_image));
+            mask.extend(std::iter::repeat_n(p, per_image));
+        }
+        ids.extend(&text);
+        mask.extend(std::iter::repeat_n(true, text.len()));
+
+        let seq = ids.len();
+        let inputs = pi0::Inputs {
+            input_ids: Tensor::from_vec(ids, (1, seq), &self.device)?,
+            pixel_values: Tensor::from_vec(pixels, (1, cams, 3, size, size), &self.device)?,
+            pixel_attention_mask: Some(vec![present]),
+            attention_mask: Some(vec![mask]),
+        };
+        let state_t = Tensor::from_vec(st, (1, cfg.max_state_dim), &self.device)?;
+        let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
+        let noise_t = Tensor::from_vec(noise::gaussian(seed, h * a), (1, h, a), &self.device)?;
+        let out = self
+            .model
+            .sample_actions(&inputs, &state_t, &noise_t, None)?;
+        let rows: Vec<Vec<f32>> = out
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2()?;
+        let mut chunk = Vec::with_capacity(rows.len());
+        for (i, row) in rows.into_iter().enumerate() {
+            let mut r: Vec<f64> = row.into_iter().map(f64::from).collect();
+            if let Some(ms) = &self.norm.actions {
+                ms.unnormalize(&mut r);
+            }
+            if r.iter().any(|v| !v.is_finite()) {
+                return Err(FlowError::input(
+                    "actions",
+                    format!("the model produced a non-finite value at point {i}"),
+                ));
+            }
+            chunk.push(r.into_iter().map(|v| v as f32).collect());
+        }
+        Ok(chunk)
+    }
+}
+
+impl Policy for FlowPolicy {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let images: Vec<(String, rudder_robot::ImageRgb8)> = obs
+            .images
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let rows = self
+            .infer_raw(&images, &obs.state, &obs.instruction, self.settings.seed)
+            .map_err(|e| match e {
+                FlowError::Input { input, problem } if input == "state" => {
+                    PolicyError::BadObservation {
+                        field: "state",
+                        reason: problem,
+                    }
+                }
+                FlowError::Input { input, problem } if input != "actions" => {
+                    PolicyError::BadObservation {
+                        field: "images",
+                        reason: format!("`{input}`: {problem}"),
+                    }
+                }
+                other => PolicyError::Inference(other.to_string()),
+            })?;
+        let space = self.chunk_space();
+        let f = |v: f32| v as f64;
+        let actions = rows
+            .iter()
+            .map(|r| match space {
+                ActionSpace::EefDelta7 => Action::EefDelta {
+                    dpos: [f(r[0]), f(r[1]), f(r[2])],
+                    drot: [f(r[3]), f(r[4]), f(r[5])],
+                    gripper: f(r[6]),
+                },
+                ActionSpace::JointVelocities { .. } => Action::JointVelocities {
+                    qd: r.iter().copied().map(f).collect(),
+                    gripper: None,
+                },
+                _ => Action::JointPositions {
+                    q: r.iter().copied().map(f).collect(),
+                    gripper: None,
+                },
+            })
+            .collect();
+        ActionChunk::new(space, obs.timestamp, self.settings.dt, actions)
+            .map_err(|e| PolicyError::Inference(e.to_string()))
+    }
+}

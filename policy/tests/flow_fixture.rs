@@ -1,0 +1,139 @@
+//! FlowPolicy on the tiny pi0 fixture: shapes, determinism, masking, errors, robot::Policy.
+
+use std::path::PathBuf;
+
+use rudder_policy::FlowPolicy;
+use rudder_robot::{ActionSpace, ImageRgb8, Observation, Policy};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf-tiny/pi0")
+}
+
+fn image(h: u32, w: u32, seed: u8) -> ImageRgb8 {
+    let data = (0..h * w * 3)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    ImageRgb8::new("test", w, h, data).unwrap()
+}
+
+#[test]
+fn chunk_shape_determinism_and_inputs_matter() {
+    let p = FlowPolicy::load(&fixture()).unwrap();
+    assert_eq!(
+        (p.action_horizon(), p.action_dim(), p.state_dim()),
+        (4, 6, 8)
+    );
+    assert_eq!(p.image_size(), 32);
+    let cams = p.cameras().to_vec();
+    let imgs = vec![
+        (cams[0].clone(), image(48, 64, 1)),
+        (cams[1].clone(), image(32, 32, 2)),
+    ];
+    let state = [0.1, -0.2, 0.3, 0.0, 0.5, 0.6, 0.02, -0.02];
+    let a = p.infer_raw(&imgs, &state, "pick up the bowl", 0).unwrap();
+    assert_eq!(a.len(), 4);
+    assert!(a
+        .iter()
+        .all(|r| r.len() == 6 && r.iter().all(|v| v.is_finite())));
+    assert_eq!(
+        a,
+        p.infer_raw(&imgs, &state, "pick up the bowl", 0).unwrap()
+    );
+    assert_ne!(
+        a,
+        p.infer_raw(&imgs, &state, "pick up the bowl", 1).unwrap()
+    );
+    assert_ne!(a, p.infer_raw(&imgs, &state, "open the drawer", 0).unwrap());
+    assert_ne!(
+        a,
+        p.infer_raw(&imgs, &[0.0; 8], "pick up the bowl", 0)
+            .unwrap()
+    );
+    // A masked wrist camera still gives a chunk, different from the two-camera one.
+    let one = p
+        .infer_raw(&imgs[..1], &state, "pick up the bowl", 0)
+        .unwrap();
+    assert_ne!(a, one);
+    // Short and long states are padded / truncated.
+    p.infer_raw(&imgs, &[0.1, 0.2], "x", 0).unwrap();
+    p.infer_raw(&imgs, &[0.1; 20], "x", 0).unwrap();
+}
+
+#[test]
+fn bad_inputs_name_the_input() {
+    let p = FlowPolicy::load(&fixture()).unwrap();
+    let cams = p.cameras().to_vec();
+    let e = p
+        .infer_raw(&[("nope".into(), image(8, 8, 0))], &[0.0; 8], "x", 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("`nope`"), "{e}");
+    let e = p.infer_raw(&[], &[0.0; 8], "x", 0).unwrap_err();
+    assert!(e.to_string().contains("`images`"), "{e}");
+    let imgs = vec![(cams[0].clone(), image(8, 8, 0))];
+    let e = p.infer_raw(&imgs, &[f64::NAN], "x", 0).unwrap_err();
+    assert!(e.to_string().contains("`state`"), "{e}");
+    let bad = ImageRgb8 {
+        width: 4,
+        height: 4,
+        data: vec![0; 5],
+    };
+    let e = p
+        .infer_raw(&[(cams[0].clone(), bad)], &[0.0; 8], "x", 0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&cams[0]) && e.to_string().contains("48 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn normalization_and_robot_policy() {
+    let dir = std::env::temp_dir().join(format!("rudder-flow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    let imgs = |p: &FlowPolicy| vec![(p.cameras()[0].clone(), image(32, 32, 3))];
+    let plain = FlowPolicy::load(&dir).unwrap();
+    let base = plain.infer_raw(&imgs(&plain), &[0.0; 8], "go", 0).unwrap();
+    std::fs::write(
+        dir.join("normalization.json"),
+        r#"{"actions": {"mean": [10, 0, 0, 0, 0, 0], "std": [1, 2, 1, 1, 1, 1]}}"#,
+    )
+    .unwrap();
+    let norm = FlowPolicy::load(&dir).unwrap();
+    let scaled = norm.infer_raw(&imgs(&norm), &[0.0; 8], "go", 0).unwrap();
+    for (b, s) in base.iter().zip(&scaled) {
+        assert!((s[0] - (b[0] + 10.0)).abs() < 1e-4 && (s[1] - 2.0 * b[1]).abs() < 1e-4);
+        assert!((s[2] - b[2]).abs() < 1e-6);
+    }
+    std::fs::write(
+        dir.join("policy.json"),
+        r#"{"cameras": ["agentview", "wrist"], "dt": 0.1}"#,
+    )
+    .unwrap();
+    let mut p = FlowPolicy::load(&dir).unwrap();
+    let mut obs = Observation {
+        state: vec![0.0; 8],
+        instruction: "go".into(),
+        timestamp: 2.0,
+        ..Default::default()
+    };
+    obs.images.insert("agentview".into(), image(16, 16, 5));
+    let chunk = p.infer(&obs).unwrap();
+    assert_eq!(chunk.space, ActionSpace::JointPositions { dof: 6 });
+    assert_eq!(
+        (chunk.actions.len(), chunk.dt, chunk.start_time),
+        (4, 0.1, 2.0)
+    );
+    std::fs::write(dir.join("policy.json"), r#"{"action_space": "eef_delta7"}"#).unwrap();
+    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("action_space") && e.contains("eef_delta7"),
+        "{e}"
+    );
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
