@@ -5,6 +5,7 @@ pub mod launch;
 pub mod model;
 pub mod serve;
 pub mod sim;
+pub mod steer;
 pub mod train;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ pub enum Command {
     Demos(sim::DemosArgs),
     /// Serve a policy over openpi's websocket protocol (for openpi / LIBERO clients).
     Serve(serve::ServeArgs),
+    /// Activation steering: vocabulary projection of FFN neurons, concept clusters, benchmark.
+    #[command(subcommand)]
+    Steer(steer::SteerCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -73,5 +77,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(s) => sim::run(s),
         Command::Demos(d) => sim::demos(d),
         Command::Serve(s) => serve::run(s),
+        Command::Steer(s) => steer::run(s),
     }
 }
