@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, TuneError};
 
@@ -172,13 +172,31 @@ impl Hooks {
             return Ok(x);
         };
         let mut x = x;
+        // Whether another handle to x's storage may exist (a capture shares it).
+        let mut shared = false;
         for a in actions {
             match a {
                 HookAction::Capture => {
                     self.captured.insert(point, x.clone());
+                    shared = true;
                 }
                 HookAction::SetNeurons { indices, value } => {
-                    x = set_features(&x, indices, *value)?;
+                    // `mlp.act` is a fresh product nothing else holds: overwrite the chosen
+                    // columns in place (touching rows x k values) instead of two full passes.
+                    let in_place = point.site == Site::MlpAct
+                        && !shared
+                        && x.device().is_cpu()
+                        && !x.track_op()
+                        && x.is_contiguous()
+                        && matches!(x.dtype(), DType::F32 | DType::F64);
+                    if in_place {
+                        x.inplace_op1(&SetColumns {
+                            indices,
+                            value: *value,
+                        })?;
+                    } else {
+                        x = set_features(&x, indices, *value)?;
+                    }
                 }
                 HookAction::AddVector(v) => {
                     let v = v.to_dtype(x.dtype())?.to_device(x.device())?;
@@ -195,6 +213,50 @@ impl Hooks {
             }
         }
         Ok(x)
+    }
+}
+
+/// Sets last-dimension columns `indices` to `value` in a contiguous CPU tensor, in place.
+struct SetColumns<'a> {
+    indices: &'a [usize],
+    value: f32,
+}
+
+impl SetColumns<'_> {
+    fn fill<T: Copy>(&self, data: &mut [T], n: usize, v: T) -> candle_core::Result<()> {
+        if let Some(&i) = self.indices.iter().find(|&&i| i >= n) {
+            candle_core::bail!("hook: neuron index {i} out of range for width {n}");
+        }
+        for row in data.chunks_exact_mut(n) {
+            for &i in self.indices {
+                row[i] = v;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp1 for SetColumns<'_> {
+    fn name(&self) -> &'static str {
+        "set-columns"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("set-columns: needs a contiguous tensor");
+        };
+        let n = layout.dims().last().copied().unwrap_or(1).max(1);
+        match storage {
+            candle_core::CpuStorage::F32(d) => self.fill(&mut d[start..end], n, self.value),
+            candle_core::CpuStorage::F64(d) => {
+                self.fill(&mut d[start..end], n, f64::from(self.value))
+            }
+            _ => candle_core::bail!("set-columns: f32 or f64 only"),
+        }
     }
 }
 
