@@ -13,6 +13,9 @@ source scripts/setup-ros2.sh
 
 echo "== clippy (ros2 feature, -D warnings)"
 cargo clippy --release -p rudder-robot -p rudder-sim --features ros2 --all-targets -- -D warnings
+cargo clippy --release -p rudder --features ros2 --all-targets -- -D warnings
 echo "== tests (ros2 feature, real ROS 2 + rclpy peers)"
 cargo test --release -p rudder-robot --features ros2
 cargo test --release -p rudder-sim --features ros2 --test ros2_closed_loop -- --nocapture
+echo "== rudder sim ur5-driver + rudder launch launch/ur5.toml over ROS 2 (two processes)"
+cargo test --release --features ros2 --test ros2_launch -- --test-threads=1

@@ -3,7 +3,8 @@
 //! it over real ROS 2 exactly as they would drive the real arm.
 //!
 //! Publishes `/joint_states` at the driver rate (125 Hz UR5, 500 Hz UR5e), the speed scaling,
-//! and the scene's camera images; accepts `/forward_position_controller/commands` and
+//! and the scene's camera images; accepts `/forward_position_controller/commands`,
+//! `/forward_velocity_controller/commands` (integrated over the driver's period) and
 //! `/scaled_joint_trajectory_controller/joint_trajectory` (played with time scaled by the speed
 //! scaling, like the scaled controller) and a gripper command. Each tick the arm moves towards
 //! the newest target at most `scaling * v_max * dt` per joint, then the simulator steps
@@ -59,9 +60,16 @@ impl Default for SimDriverConfig {
     }
 }
 
+/// How long a velocity command stays in force without a new one.
+const VELOCITY_TIMEOUT_S: f64 = 0.1;
+
 #[derive(Debug, Default)]
 struct Commands {
     forward: Option<Vec<f64>>,
+    /// Joint velocities from the forward velocity controller's topic and when they arrived
+    /// (driver time, s): a velocity not renewed within `VELOCITY_TIMEOUT_S` counts as zero, so a
+    /// silent client cannot leave the arm moving.
+    velocity: Option<(Vec<f64>, f64)>,
     /// A trajectory, the time it arrived at (driver time, s) and the start pose.
     trajectory: Option<(JointTrajectory, f64)>,
     gripper: Option<f64>,
@@ -129,6 +137,7 @@ impl Ros2SimDriver {
             if m.data.len() == 6 && m.data.iter().all(|x| x.is_finite()) {
                 g.forward = Some(m.data);
                 g.trajectory = None;
+                g.velocity = None;
                 g.received += 1;
             } else {
                 g.refused += 1;
@@ -155,10 +164,30 @@ impl Ros2SimDriver {
             if ok {
                 g.trajectory = Some((m, t0.elapsed().as_secs_f64()));
                 g.forward = None;
+                g.velocity = None;
                 g.received += 1;
             } else {
                 g.refused += 1;
                 tracing::warn!("sim driver: refused a trajectory (names or points malformed)");
+            }
+        }));
+        let sub = node
+            .subscribe::<Float64MultiArray>(topics::FORWARD_VELOCITY, qos())
+            .map_err(r2r_err(format!("subscribing {}", topics::FORWARD_VELOCITY)))?;
+        let c = Arc::clone(&cmds);
+        handlers.push(drain(sub, move |m: Float64MultiArray| {
+            let mut g = lock(&c);
+            if m.data.len() == 6 && m.data.iter().all(|x| x.is_finite()) {
+                g.velocity = Some((m.data, t0.elapsed().as_secs_f64()));
+                g.forward = None;
+                g.trajectory = None;
+                g.received += 1;
+            } else {
+                g.refused += 1;
+                tracing::warn!(
+                    "sim driver: refused a velocity command of {} values",
+                    m.data.len()
+                );
             }
         }));
         let sub = node
@@ -302,6 +331,13 @@ fn driver_loop(
             let target = if let Some(f) = &g.forward {
                 traj_start = None;
                 std::array::from_fn(|j| f[j])
+            } else if let Some((v, at)) = &g.velocity {
+                traj_start = None;
+                if t0.elapsed().as_secs_f64() - at > VELOCITY_TIMEOUT_S {
+                    q
+                } else {
+                    std::array::from_fn(|j| q[j] + v[j] * dt)
+                }
             } else if let Some((tr, arrived)) = &g.trajectory {
                 let (at, start) = match traj_start {
                     Some((a, st)) if a == *arrived => (a, st),

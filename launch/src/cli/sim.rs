@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use rudder_sim::tabletop::{self, CameraConfig, Suite};
 
+#[cfg(feature = "ros2")]
+mod ur5_driver;
+
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Tabletop manipulation episodes (LIBERO-style suites) with a policy.
@@ -19,6 +22,9 @@ pub enum SimCommand {
 rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)"
     )]
     Driving(DrivingArgs),
+    /// The simulated UR5 behind the UR ROS 2 driver's topics (build with `--features ros2`).
+    #[cfg(feature = "ros2")]
+    Ur5Driver(ur5_driver::Ur5DriverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +99,8 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SimCommand::Tabletop(a) => tabletop_cmd(a),
         SimCommand::Driving(a) => driving_cmd(a),
+        #[cfg(feature = "ros2")]
+        SimCommand::Ur5Driver(a) => ur5_driver::run(a),
     }
 }
 

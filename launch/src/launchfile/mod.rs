@@ -3,6 +3,8 @@
 //! are errors) and then validated; every error names the file, the line and the field.
 
 pub mod driving;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod run;
 
 use rudder_sim::tabletop::{load_suite, Suite, CONTROL_HZ};
@@ -414,6 +416,22 @@ impl LaunchFile {
                     "ros2",
                     "variant",
                     format!("unknown variant `{}` (known: ur5, ur5e)", r.variant),
+                ));
+            }
+            const CONTROLLERS: [&str; 3] = [
+                "scaled_joint_trajectory_controller",
+                "forward_position_controller",
+                "forward_velocity_controller",
+            ];
+            if !CONTROLLERS.contains(&r.controller.as_str()) {
+                return Err(err(
+                    "ros2",
+                    "controller",
+                    format!(
+                        "unknown controller `{}` (known: {})",
+                        r.controller,
+                        CONTROLLERS.join(", ")
+                    ),
                 ));
             }
         }

@@ -101,8 +101,10 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
              report is per scenario, not per episode)"
         ),
         EmbodimentKind::Ros2Ur5 => bail!(
-            "embodiment \"ros2.ur5\" needs the `ros2` feature and the ROS 2 bridge (the ROS 2 \
-             issue); this build has neither"
+            "embodiment \"ros2.ur5\" needs a build with the `ros2` feature (`cargo run --release \
+             --features ros2 -- launch launch/ur5.toml` in a shell where ROS 2 Jazzy is sourced, \
+             e.g. after `source scripts/setup-ros2.sh`); it runs through \
+             `launchfile::ros2::run_ur5`"
         ),
     }
 }

@@ -60,6 +60,10 @@ pub enum CommandMode {
     /// (`scaled_joint_trajectory_controller`, which applies the speed scaling itself); whole
     /// chunks go out with [`Ros2Ur5::send_chunk`].
     ScaledTrajectory { topic: String },
+    /// `std_msgs/Float64MultiArray` joint velocities every tick (`forward_velocity_controller`):
+    /// the filtered position step divided by the period, so the arm integrates to the same
+    /// positions the other modes send.
+    ForwardVelocity { topic: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +227,7 @@ impl Ros2Handle {
 
 enum Sender {
     Forward(r2r::Publisher<Float64MultiArray>),
+    Velocity(r2r::Publisher<Float64MultiArray>),
     Trajectory(r2r::Publisher<JointTrajectory>),
 }
 
@@ -391,6 +396,10 @@ impl Ros2Ur5 {
                     .map_err(r2r_err(format!("advertising {topic}")))?,
             ),
             CommandMode::ScaledTrajectory { topic } => Sender::Trajectory(
+                node.create_publisher(topic, qos())
+                    .map_err(r2r_err(format!("advertising {topic}")))?,
+            ),
+            CommandMode::ForwardVelocity { topic } => Sender::Velocity(
                 node.create_publisher(topic, qos())
                     .map_err(r2r_err(format!("advertising {topic}")))?,
             ),
@@ -640,12 +649,22 @@ impl Embodiment for Ros2Ur5 {
             };
             self.target[j] += (want - self.target[j]).clamp(-cap, cap);
         }
+        let before = self.out.clone();
         let (_, gripper) = self
             .filter
             .apply(Some(&self.target), cmd.gripper, &mut self.out);
         let stamp = now_stamp();
         let res = match &self.sender {
             Sender::Forward(p) => p.publish(&forward_command(&self.out)),
+            Sender::Velocity(p) => {
+                let v: Vec<f64> = self
+                    .out
+                    .iter()
+                    .zip(&before)
+                    .map(|(q, q0)| (q - q0) / dt)
+                    .collect();
+                p.publish(&forward_command(&v))
+            }
             Sender::Trajectory(p) => p.publish(&trajectory_msg(
                 &self.joint_names,
                 stamp.clone(),

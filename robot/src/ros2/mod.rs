@@ -6,7 +6,8 @@
 //!   subscribes `/joint_states`, camera `sensor_msgs/Image` topics, the speed scaling, an e-stop
 //!   (`std_msgs/Bool`), the instruction (`std_msgs/String`) and steering coefficients
 //!   (`std_msgs/Float64MultiArray`); it commands either streaming
-//!   `/forward_position_controller/commands` or `/scaled_joint_trajectory_controller/joint_trajectory`.
+//!   `/forward_position_controller/commands`, `/forward_velocity_controller/commands` or
+//!   `/scaled_joint_trajectory_controller/joint_trajectory`.
 //! - [`convert`]: the message checks and conversions (pure functions, tested without ROS).
 //! - [`spin`]: the node thread that spins r2r and drains subscriptions; it is stopped and joined
 //!   before the node is dropped (r2r segfaults at exit otherwise).
@@ -34,6 +35,7 @@ pub mod topics {
     pub const SPEED_SCALING: &str = "/speed_scaling_state_broadcaster/speed_scaling";
     pub const FORWARD_POSITION: &str = "/forward_position_controller/commands";
     pub const SCALED_TRAJECTORY: &str = "/scaled_joint_trajectory_controller/joint_trajectory";
+    pub const FORWARD_VELOCITY: &str = "/forward_velocity_controller/commands";
     pub const ESTOP: &str = "/rudder/estop";
     pub const INSTRUCTION: &str = "/rudder/instruction";
     pub const STEERING: &str = "/rudder/steering";

@@ -18,6 +18,8 @@ pub struct ShadowExpert {
     expert: Expert,
     horizon: usize,
     period: f64,
+    /// Real-time pacing (`paced`): the last inference's start.
+    paced: Option<Option<std::time::Instant>>,
 }
 
 impl ShadowExpert {
@@ -31,7 +33,23 @@ impl ShadowExpert {
             shadow,
             horizon: horizon.max(2),
             period: 1.0 / CONTROL_HZ,
+            paced: None,
         })
+    }
+
+    /// For an arm that is not stepped by the loop (a ROS 2 driver moving on its own clock):
+    /// the expert runs at its own 20 Hz (each inference waits out the rest of 50 ms) and its
+    /// chunk starts one expert step after the observation, since the arm has not yet been
+    /// commanded towards it.
+    pub fn paced(mut self) -> Self {
+        self.paced = Some(None);
+        self.period = 1.0 / CONTROL_HZ;
+        self
+    }
+
+    /// The expert's scene copy holds the task's goal.
+    pub fn task_done(&self) -> bool {
+        self.shadow.success()
     }
 
     /// The control period the loop runs at: the simulator takes one step per tick, so the
@@ -67,6 +85,14 @@ impl Policy for ShadowExpert {
     /// tick, so point 0 stands for the command the loop already sent at the observation's
     /// tick and the loop follows from point 1 on.
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        if let Some(last) = self.paced.as_mut() {
+            if let Some(t) = last {
+                let wait =
+                    std::time::Duration::from_secs_f64(self.period).saturating_sub(t.elapsed());
+                std::thread::sleep(wait);
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let q: [f64; 6] = obs.state.get(..6).and_then(|s| s.try_into().ok()).ok_or(
             PolicyError::BadObservation {
                 field: "state",
@@ -103,12 +129,12 @@ impl Policy for ShadowExpert {
             }
         }
         let dt = self.period;
-        ActionChunk::new(
-            ActionSpace::JointPositions { dof: 6 },
-            obs.timestamp,
-            dt,
-            actions,
-        )
-        .map_err(|e| PolicyError::Inference(e.to_string()))
+        let start = if self.paced.is_some() {
+            obs.timestamp + dt
+        } else {
+            obs.timestamp
+        };
+        ActionChunk::new(ActionSpace::JointPositions { dof: 6 }, start, dt, actions)
+            .map_err(|e| PolicyError::Inference(e.to_string()))
     }
 }

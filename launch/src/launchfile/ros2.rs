@@ -1,0 +1,207 @@
+//! Runs a `ros2.ur5` launch file (cargo feature `ros2`): the same real-time loop as in
+//! simulation, with the arm behind the Universal Robots ROS 2 driver's topics (REFERENCE §8) —
+//! a real UR5 / UR5e or `rudder sim ur5-driver`.
+//!
+//! The scripted expert needs the task's scene, which it keeps as a private copy (see
+//! `ShadowExpert`); on a real arm that copy stands for perception. The run ends when the
+//! expert's copy reports the task done (plus a second to settle), after `control.max_ticks`
+//! ticks, or after `control.timeout_s`.
+
+use super::{LaunchFile, PolicyKind};
+use crate::launchfile::run::LoggedPolicy;
+use crate::viz::{self, LoopSample, Record, Recorder, VizOptions};
+use anyhow::{bail, Context};
+use rudder_robot::ros2::{topics, CameraTopic, CommandMode, Ros2Ur5, Ros2Ur5Config};
+use rudder_robot::{
+    ActionChunk, ControlConfig, ControlLoop, LoopMetrics, Observation, Policy, PolicyError,
+    Ur5Model,
+};
+use rudder_sim::tabletop::{load_suite, ShadowExpert, Suite};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Ur5RunReport {
+    pub metrics: LoopMetrics,
+    /// The expert's own scene copy reached the goal (the arm's side decides real success).
+    pub expert_done: bool,
+    pub wall_s: f64,
+    pub ticks: u64,
+}
+
+/// Marks `done` once the expert's scene copy holds the goal.
+struct DoneWatch {
+    inner: ShadowExpert,
+    done: Arc<AtomicBool>,
+}
+
+impl Policy for DoneWatch {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let out = self.inner.infer(obs);
+        if self.inner.task_done() {
+            self.done.store(true, Ordering::Release);
+        }
+        out
+    }
+}
+
+/// The bridge configuration a launch file's `[ros2]` section describes.
+pub fn bridge_config(lf: &LaunchFile) -> anyhow::Result<Ros2Ur5Config> {
+    let Some(r) = &lf.ros2 else {
+        bail!("ros2.ur5 needs a [ros2] section");
+    };
+    let model = match r.variant.as_str() {
+        "ur5" => Ur5Model::ur5(),
+        "ur5e" => Ur5Model::ur5e(),
+        other => bail!("ros2.variant: unknown variant `{other}` (known: ur5, ur5e)"),
+    };
+    let mut cfg = Ros2Ur5Config::ur5(model);
+    cfg.node_name = "rudder_launch".into();
+    cfg.namespace = r.namespace.clone();
+    if let Some(rate) = lf.control.rate_hz {
+        cfg.rate_hz = rate;
+    }
+    cfg.command = match r.controller.as_str() {
+        "scaled_joint_trajectory_controller" => CommandMode::ScaledTrajectory {
+            topic: topics::SCALED_TRAJECTORY.into(),
+        },
+        "forward_position_controller" => CommandMode::ForwardPosition {
+            topic: topics::FORWARD_POSITION.into(),
+        },
+        "forward_velocity_controller" => CommandMode::ForwardVelocity {
+            topic: topics::FORWARD_VELOCITY.into(),
+        },
+        other => bail!(
+            "ros2.controller: unknown controller `{other}` (known: \
+             scaled_joint_trajectory_controller, forward_position_controller, \
+             forward_velocity_controller)"
+        ),
+    };
+    cfg.gripper_joint = Some("gripper".into());
+    cfg.ignored_joints = Vec::new();
+    cfg.gripper_topic = Some(topics::GRIPPER_COMMAND.into());
+    if lf.task.as_ref().is_some_and(|t| t.camera_size > 0) {
+        cfg.cameras = vec![
+            CameraTopic {
+                name: "agentview".into(),
+                topic: "/camera/agentview/image_raw".into(),
+            },
+            CameraTopic {
+                name: "wrist".into(),
+                topic: "/camera/wrist/image_raw".into(),
+            },
+        ];
+    }
+    Ok(cfg)
+}
+
+pub fn run_ur5(
+    lf: &LaunchFile,
+    viz_opts: Option<&VizOptions>,
+    progress: bool,
+) -> anyhow::Result<Ur5RunReport> {
+    if lf.policy.kind != PolicyKind::Scripted {
+        bail!(
+            "policy kind \"checkpoint\" on the UR5 needs the VLA policy issue; use kind = \
+             \"scripted\""
+        );
+    }
+    let Some(t) = &lf.task else {
+        bail!("ros2.ur5 needs a [task] section (the scripted expert's task)");
+    };
+    let suite = Suite::parse(&t.suite)?;
+    let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let task = tasks
+        .get(t.index)
+        .with_context(|| format!("suite {} has no task {}", suite.name(), t.index))?;
+    let mut cfg = bridge_config(lf)?;
+    cfg.instruction = task.instruction_for(t.episode);
+    let rate = cfg.rate_hz;
+    let arm = Ros2Ur5::connect(cfg).context(
+        "connecting to the UR driver's topics (is the driver or `rudder sim ur5-driver` \
+         running, with the same ROS_DOMAIN_ID?)",
+    )?;
+    let logger = match viz_opts {
+        Some(v) => Some(viz::spawn_logger(v, lf.recording.queue)?),
+        None => None,
+    };
+    let rec = logger
+        .as_ref()
+        .map(|l| l.recorder.clone())
+        .unwrap_or_else(Recorder::disabled);
+    let done = Arc::new(AtomicBool::new(false));
+    // The expert plans at the simulator's 20 Hz; the loop interpolates its chunk at `rate`.
+    let expert = ShadowExpert::new(task, t.seed, t.episode, lf.policy.chunk_len.max(2))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .paced();
+    let tick = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let policy = LoggedPolicy {
+        inner: DoneWatch {
+            inner: expert,
+            done: Arc::clone(&done),
+        },
+        model: Ur5Model::ur5(),
+        rec: rec.clone(),
+        images: lf.recording.images,
+        tick: Arc::clone(&tick),
+        rate_hz: rate,
+        epoch,
+        wall: true,
+    };
+    let mut lc = ControlConfig::ur5(Ur5Model::ur5(), rate);
+    // DDS and the 20 Hz expert: allow a slow first chunk before holding.
+    lc.watchdog.inference_timeout = 1.0;
+    let lp = ControlLoop::start(arm, policy, lc)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(lf.control.timeout_s);
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message("running over ROS 2");
+        b
+    });
+    let mut done_at: Option<Instant> = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let m = lp.metrics();
+        tick.store(m.ticks, Ordering::Release);
+        rec.send(Record::Loop(LoopSample {
+            sim_time: m.ticks as f64 / rate,
+            wall_time: epoch.elapsed().as_secs_f64(),
+            clamped_commands: m.safety.clamped_commands,
+            held_commands: m.safety.held_commands,
+            interventions: m.safety.interventions.total(),
+            hold_ticks: m.hold_ticks,
+            missed_ticks: m.missed_ticks,
+            period_error_p99_us: m.period_error_us.p99,
+            inference_latency_p50_ms: m.inference_latency_ms.p50,
+        }));
+        if let Some(b) = &bar {
+            b.set_message(format!("{} ticks over ROS 2", m.ticks));
+            b.tick();
+        }
+        if done.load(Ordering::Acquire) && done_at.is_none() {
+            done_at = Some(Instant::now());
+        }
+        let settled = done_at.is_some_and(|d| d.elapsed() >= Duration::from_secs(1));
+        let ticks_out = lf.control.max_ticks.is_some_and(|mt| m.ticks >= mt);
+        if settled || ticks_out || Instant::now() >= deadline {
+            break;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let (_arm, metrics) = lp.stop()?;
+    drop(rec);
+    if let Some(l) = logger {
+        l.finish()?;
+    }
+    Ok(Ur5RunReport {
+        ticks: metrics.ticks,
+        metrics,
+        expert_done: done.load(Ordering::Acquire),
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
