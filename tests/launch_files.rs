@@ -195,7 +195,10 @@ fn run_time_rejections_say_what_is_missing() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ur5 = std::fs::read_to_string(root.join("launch/ur5.toml")).expect("ur5.toml");
     let e = run_err(&ur5);
-    assert!(e.contains("--features ros2") && e.contains("setup-ros2.sh"), "{e}");
+    assert!(
+        e.contains("--features ros2") && e.contains("setup-ros2.sh"),
+        "{e}"
+    );
     let ckpt = GOOD.replace(
         "kind = \"scripted\"",
         "kind = \"checkpoint\"\ncheckpoint = \"ckpt/vla\"",

@@ -5,13 +5,17 @@
 //! - [`prompt`]: prompt text to token ids.
 //! - [`normalize`]: pi0 mean/std normalisation of state and actions.
 //! - [`noise`]: the seeded Gaussian noise the Euler sampler starts from.
+//! - [`dataset`]: tabletop demo data sets (`rudder demos`) for training.
+//! - [`train`]: training a small VLA-flow policy from scratch with resumable checkpoints.
 
+pub mod dataset;
 pub mod error;
 pub mod flow;
 pub mod noise;
 pub mod normalize;
 pub mod preprocess;
 pub mod prompt;
+pub mod train;
 
 pub use error::FlowError;
 pub use flow::{FlowPolicy, PolicySettings};

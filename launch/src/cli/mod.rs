@@ -1,6 +1,7 @@
 //! Subcommands of `rudder`.
 
 pub mod bench;
+pub mod eval;
 pub mod launch;
 pub mod model;
 pub mod serve;
@@ -48,6 +49,8 @@ pub enum Command {
     Demos(sim::DemosArgs),
     /// Serve a policy over openpi's websocket protocol (for openpi / LIBERO clients).
     Serve(serve::ServeArgs),
+    /// Evaluate a trained VLA-flow policy in the tabletop simulator (held-out init states).
+    Eval(eval::EvalArgs),
     /// Activation steering: vocabulary projection of FFN neurons, concept clusters, benchmark.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(s) => sim::run(s),
         Command::Demos(d) => sim::demos(d),
         Command::Serve(s) => serve::run(s),
+        Command::Eval(e) => eval::run(e),
         Command::Steer(s) => steer::run(s),
     }
 }

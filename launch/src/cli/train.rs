@@ -23,6 +23,103 @@ Example:\n  rudder train sft --model fixtures/hf-tiny/llama --data data.jsonl --
 A killed run resumes from OUT/latest when started again with the same arguments."
     )]
     Sft(SftArgs),
+    /// Train a small VLA policy from scratch on tabletop demos (`rudder demos`).
+    #[command(
+        after_help = "Example:\n  rudder demos --suite spatial --episodes 40 --size 64 --out data/spatial\n  \
+rudder train vla --data data/spatial --variant flow --out runs/vla --steps 2000\n  \
+rudder eval --suite spatial --policy runs/vla --episodes 10\n\n\
+OUT/checkpoint-N/ holds config.json, model.safetensors, normalization.json, policy.json (a\n\
+FlowPolicy checkpoint for `rudder serve` / `rudder eval`), training.json (data and split) and the\n\
+optimizer and trainer state. A killed run resumes from OUT/latest with --resume."
+    )]
+    Vla(VlaArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VlaVariant {
+    /// pi0-style flow matching with an action expert.
+    Flow,
+    /// OpenVLA-style action tokens (not built yet).
+    Tokens,
+}
+
+#[derive(Debug, Args)]
+pub struct VlaArgs {
+    /// Demo folder written by `rudder demos` (meta.json + episode shards).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "flow")]
+    pub variant: VlaVariant,
+    /// Output folder: checkpoint-N/ folders and `latest`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer steps in the whole run.
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Clip gradients to this global L2 norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Resume from OUT/latest (same architecture flags and data).
+    #[arg(long)]
+    pub resume: bool,
+    /// Width of the prefix language model.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Layers of the language model and of the action expert.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 32)]
+    pub head_dim: usize,
+    /// Width of the action expert (default: --hidden).
+    #[arg(long)]
+    pub expert_hidden: Option<usize>,
+    /// Width of the vision tower (default: --hidden).
+    #[arg(long)]
+    pub vision_hidden: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    pub vision_layers: usize,
+    /// Side of the images the vision tower takes (demo images are resized to it).
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 16)]
+    pub patch: usize,
+    /// Actions per chunk.
+    #[arg(long, default_value_t = 8)]
+    pub chunk: usize,
+    /// Prompt length limit in byte tokens (BOS included).
+    #[arg(long, default_value_t = 48)]
+    pub max_prompt_tokens: usize,
+    /// Euler steps at inference.
+    #[arg(long, default_value_t = 10)]
+    pub inference_steps: usize,
+    /// Train on failed expert episodes too.
+    #[arg(long)]
+    pub include_failed: bool,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 200)]
+    pub save_every: u64,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Print a log line every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +191,108 @@ pub struct SftArgs {
 pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TrainCommand::Sft(a) => sft(a),
+        TrainCommand::Vla(a) => vla(a),
     }
+}
+
+fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
+    use rudder_policy::dataset::DemoDataset;
+    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    if a.variant == VlaVariant::Tokens {
+        anyhow::bail!(
+            "--variant tokens (OpenVLA-style action tokens) is not built yet; use --variant flow"
+        );
+    }
+    let data = DemoDataset::load(&a.data, !a.include_failed)?;
+    let cfg = TrainConfig {
+        model: ModelSpec {
+            hidden: a.hidden,
+            layers: a.layers,
+            heads: a.heads,
+            head_dim: a.head_dim,
+            expert_hidden: a.expert_hidden.unwrap_or(a.hidden),
+            vision_hidden: a.vision_hidden.unwrap_or(a.hidden),
+            vision_layers: a.vision_layers,
+            image_size: a.image_size,
+            patch_size: a.patch,
+            chunk: a.chunk,
+            max_prompt_tokens: a.max_prompt_tokens,
+            inference_steps: a.inference_steps,
+        },
+        steps: a.steps,
+        batch_size: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        seed: a.seed,
+    };
+    let mut trainer = FlowTrainer::new(cfg, &data)?;
+    if a.resume {
+        match trainer.resume(&a.out)? {
+            Some(dir) => eprintln!(
+                "resumed from {} at step {}",
+                dir.display(),
+                trainer.step_count()
+            ),
+            None => eprintln!(
+                "--resume: no checkpoint in {} yet, starting",
+                a.out.display()
+            ),
+        }
+    } else if a.out.join("latest").exists() {
+        anyhow::bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+    }
+    let (h, w) = data.image_size();
+    eprintln!(
+        "training VLA-flow ({} parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
+         {} episodes per task) for {} steps",
+        trainer.num_parameters(),
+        data.samples.len(),
+        data.episodes.len(),
+        data.meta.suite,
+        data.meta.episodes_per_task(),
+        a.steps
+    );
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(a.steps);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    bar.set_position(trainer.step_count());
+    let mut ema: Option<f64> = None;
+    while trainer.step_count() < a.steps {
+        let s = trainer.step(&data)?;
+        let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
+        ema = Some(e);
+        bar.set_position(s.step);
+        bar.set_message(format!("loss {:.4} (avg {e:.4}) lr {:.2e}", s.loss, s.lr));
+        if a.log_every > 0 && s.step % a.log_every == 0 {
+            bar.suspend(|| {
+                println!(
+                    "step {:>6}  loss {:.5}  avg {e:.5}  lr {:.3e}  grad_norm {:.3}  {:.2} s/step",
+                    s.step, s.loss, s.lr, s.grad_norm, s.seconds
+                )
+            });
+        }
+        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
+            trainer.save(&a.out, a.keep, &data)?;
+        }
+    }
+    bar.finish_and_clear();
+    let dir = trainer.save(&a.out, a.keep, &data)?;
+    println!("policy checkpoint: {}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_data(path: &PathBuf, vocab: usize) -> anyhow::Result<Vec<SftExample>> {

@@ -1,0 +1,662 @@
+//! `rudder eval`: a trained VLA-flow checkpoint in the tabletop simulator, driven through
+//! robot's real-time `ControlLoop` (or its tick logic stepped in lockstep), on init states the
+//! policy was not trained on.
+//!
+//! The held-out split: `rudder demos --episodes N` trains on episode indices (= init states,
+//! REFERENCE §5 style: episode `k` uses init state `k mod 50`) `0..N` of every task with its
+//! `--seed`; the checkpoint's `training.json` records both, and evaluation starts at episode `N`
+//! with the same seed unless `--first-episode` / `--seed` say otherwise.
+//!
+//! The policy sees what the demos recorded: cameras `agentview` and `wrist`, and LIBERO's 8-D
+//! state (the last 8 values of the embodiment's state, after 6 joint positions, 6 joint
+//! velocities and the gripper closure, which the chunk converter reads). It returns EefDelta7
+//! chunks that the loop converts to joint trajectories through IK.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rudder_policy::train::TrainingInfo;
+use rudder_policy::FlowPolicy;
+use rudder_robot::control::{ControlCore, Health};
+use rudder_robot::{
+    ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
+    JointLimits, JointState, Observation, Policy, PolicyError, Ur5Model,
+};
+use rudder_sim::tabletop::{load_suite, CameraConfig, Suite, TabletopEnv, CONTROL_HZ};
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  rudder eval --suite spatial --policy runs/vla --episodes 10 --json\n\n\
+--policy takes a checkpoint folder or a training run's folder (its `latest` checkpoint)."
+)]
+pub struct EvalArgs {
+    /// Tabletop suite: spatial, object or goal.
+    #[arg(long, default_value = "spatial")]
+    pub suite: String,
+    /// Checkpoint folder (config.json, model.safetensors, ...) or a run folder with `latest`.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Episodes per task.
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    /// First episode index (init state). Default: the checkpoint's training.json
+    /// `episodes_per_task` (the first init state not trained on), else 40.
+    #[arg(long)]
+    pub first_episode: Option<usize>,
+    /// Init-state seed. Default: the demos' seed from training.json, else 0.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Task indices to run (comma separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<usize>,
+    /// Step the loop's tick logic on one thread in simulated time (reproducible).
+    #[arg(long)]
+    pub lockstep: bool,
+    /// Camera size in pixels (default: the policy's image size).
+    #[arg(long)]
+    pub camera_size: Option<u32>,
+    /// Cap on simulator steps per episode (default: the task's limit).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one evaluation is asked to do.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub suite: Suite,
+    pub policy: PathBuf,
+    pub episodes: usize,
+    pub first_episode: Option<usize>,
+    pub seed: Option<u64>,
+    pub tasks: Vec<usize>,
+    pub lockstep: bool,
+    pub camera_size: Option<u32>,
+    pub max_steps: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpisodeOutcome {
+    pub task_index: usize,
+    pub episode: usize,
+    pub instruction: String,
+    pub success: bool,
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskOutcome {
+    pub task_index: usize,
+    pub task: String,
+    pub episodes: usize,
+    pub successes: usize,
+    pub success_rate: f64,
+    /// 95 % Wilson score interval.
+    pub ci95: [f64; 2],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub suite: String,
+    pub policy: PathBuf,
+    pub mode: &'static str,
+    pub seed: u64,
+    pub first_episode: usize,
+    pub episodes_per_task: usize,
+    /// Episode indices the checkpoint was trained on (`0..n`), when training.json says.
+    pub trained_episodes_per_task: Option<usize>,
+    pub episodes: usize,
+    pub successes: usize,
+    pub success_rate: f64,
+    pub ci95: [f64; 2],
+    pub per_task: Vec<TaskOutcome>,
+    /// Policy inference latency (model call only).
+    pub latency: Latency,
+    pub wall_s: f64,
+    pub runs: Vec<EpisodeOutcome>,
+}
+
+/// 95 % Wilson score interval for `s` successes in `n` trials.
+pub fn wilson95(s: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let n = n as f64;
+    let s = s as f64;
+    let p = s / n;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denom;
+    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    // Exact at the ends (the formula leaves rounding residue there).
+    let lo = if s == 0.0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let hi = if s == n {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    [lo, hi]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A checkpoint folder, or a run folder's `latest` checkpoint.
+pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join("config.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join("latest");
+    if latest.is_file() {
+        let name = std::fs::read_to_string(&latest)
+            .with_context(|| format!("reading {}", latest.display()))?;
+        let dir = path.join(name.trim());
+        if dir.join("config.json").is_file() {
+            return Ok(dir);
+        }
+        bail!(
+            "{}: points at {}, which has no config.json",
+            latest.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: neither a checkpoint folder (config.json) nor a training run (latest)",
+        path.display()
+    )
+}
+
+type SharedEnv = Arc<Mutex<TabletopEnv>>;
+
+/// The simulator as the loop's embodiment, with the UR5 state layout `rudder launch` uses.
+struct EvalTabletop {
+    env: SharedEnv,
+    done: Arc<AtomicBool>,
+    max_steps: usize,
+}
+
+impl Embodiment for EvalTabletop {
+    fn name(&self) -> &str {
+        "sim-tabletop-ur5"
+    }
+    fn joint_names(&self) -> Vec<String> {
+        rudder_robot::ur5::UR_JOINT_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    fn control_rate_hz(&self) -> f64 {
+        CONTROL_HZ
+    }
+    fn limits(&self) -> JointLimits {
+        JointLimits::ur5()
+    }
+    fn read_state(&mut self) -> Result<JointState, EmbodimentError> {
+        let env = lock(&self.env);
+        Ok(JointState {
+            positions: env.joints().to_vec(),
+            velocities: env.joint_velocities().to_vec(),
+            gripper: Some(env.gripper_closure()),
+            sampled_at: Instant::now(),
+        })
+    }
+    /// 6 joint positions, 6 joint velocities, the gripper, then LIBERO's 8-D state.
+    fn observe(&mut self) -> Result<Observation, EmbodimentError> {
+        let mut env = lock(&self.env);
+        let o = env.observe();
+        let mut state = Vec::with_capacity(21);
+        state.extend_from_slice(&env.joints());
+        state.extend_from_slice(&env.joint_velocities());
+        state.push(env.gripper_closure());
+        state.extend_from_slice(&o.state);
+        let mut images = BTreeMap::new();
+        if let Some(a) = o.agentview {
+            images.insert("agentview".to_string(), a);
+        }
+        if let Some(w) = o.wrist {
+            images.insert("wrist".to_string(), w);
+        }
+        Ok(Observation {
+            images,
+            state,
+            instruction: o.instruction,
+            timestamp: 0.0,
+        })
+    }
+    fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
+        let q: [f64; 6] =
+            cmd.positions
+                .as_slice()
+                .try_into()
+                .map_err(|_| EmbodimentError::BadCommand {
+                    field: "positions",
+                    reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
+                })?;
+        let mut env = lock(&self.env);
+        if env.done() || env.steps() >= self.max_steps {
+            self.done.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let r = env
+            .command_joints(&q, cmd.gripper)
+            .map_err(|reason| EmbodimentError::BadCommand {
+                field: "positions",
+                reason,
+            });
+        if env.done() || env.steps() >= self.max_steps {
+            self.done.store(true, Ordering::Release);
+        }
+        r
+    }
+}
+
+/// The trained policy behind the loop: passes the last 8 state values (LIBERO's state) and
+/// records the model's latency.
+struct TabletopFlow {
+    inner: Arc<Mutex<FlowPolicy>>,
+    latency_ms: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Policy for TabletopFlow {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        if obs.state.len() < 8 {
+            return Err(PolicyError::BadObservation {
+                field: "state",
+                reason: format!("{} values, LIBERO's state needs 8", obs.state.len()),
+            });
+        }
+        let view = Observation {
+            images: obs.images.clone(),
+            state: obs.state[obs.state.len() - 8..].to_vec(),
+            instruction: obs.instruction.clone(),
+            timestamp: obs.timestamp,
+        };
+        let t0 = Instant::now();
+        let out = lock(&self.inner).infer(&view);
+        lock(&self.latency_ms).push(t0.elapsed().as_secs_f64() * 1e3);
+        out
+    }
+}
+
+fn loop_config() -> ControlConfig {
+    let mut cfg = ControlConfig::ur5(Ur5Model::ur5(), CONTROL_HZ);
+    cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
+    cfg
+}
+
+/// The loop's tick logic on this thread with simulated time (as `rudder launch --lockstep`):
+/// tick `k` observes, follows the chunk inferred at tick `k - 1`, commands, then infers.
+fn lockstep(emb: &mut EvalTabletop, policy: &mut TabletopFlow) -> anyhow::Result<()> {
+    let cfg = loop_config();
+    let mut safety = cfg.safety.clone();
+    safety.dt = 1.0 / cfg.rate_hz;
+    let initial = emb.read_state()?;
+    let mut core = ControlCore::new(safety, cfg.watchdog, cfg.blend_window, &initial.positions)?;
+    let mut cmd = JointCommand {
+        positions: vec![0.0; 6],
+        gripper: None,
+    };
+    let mut pending = None;
+    let mut k: u64 = 0;
+    while !emb.done.load(Ordering::Acquire) {
+        let t = k as f64 / cfg.rate_hz;
+        emb.read_state()?;
+        let mut obs = emb.observe()?;
+        obs.timestamp = t;
+        if let Some(traj) = pending.take() {
+            core.offer(Arc::new(traj), t);
+        }
+        let health = Health {
+            state_age: 0.0,
+            ..Health::default()
+        };
+        core.step(t, &health, &mut cmd);
+        emb.command(&cmd)?;
+        if emb.done.load(Ordering::Acquire) {
+            break;
+        }
+        let chunk = policy
+            .infer(&obs)
+            .map_err(|e| anyhow::anyhow!("the policy failed at tick {k}: {e}"))?;
+        // As the threaded loop does, a chunk that cannot be converted (e.g. an unreachable
+        // first target) is dropped: the current trajectory runs on, then the watchdog holds.
+        match cfg.converter.convert(&chunk, &obs.state, obs.timestamp) {
+            Ok((traj, _)) => pending = Some(traj),
+            Err(e) => tracing::debug!("tick {k}: chunk dropped: {e}"),
+        }
+        k += 1;
+        if k > 100_000 {
+            bail!("lockstep episode did not end after {k} ticks");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the evaluation `o` describes; `progress` is told after every episode.
+pub fn evaluate(
+    o: &EvalOptions,
+    mut progress: impl FnMut(&EpisodeOutcome),
+) -> anyhow::Result<EvalReport> {
+    let started = Instant::now();
+    let dir = resolve_checkpoint(&o.policy)?;
+    let info: Option<TrainingInfo> = std::fs::read_to_string(dir.join("training.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(i) = &info {
+        if i.suite != o.suite.name() {
+            tracing::warn!(
+                "the policy was trained on suite {}, evaluating on {}",
+                i.suite,
+                o.suite.name()
+            );
+        }
+    }
+    let trained = info.as_ref().map(|i| i.episodes_per_task);
+    let first = o.first_episode.or(trained).unwrap_or(40);
+    let seed = o.seed.or(info.as_ref().map(|i| i.demo_seed)).unwrap_or(0);
+    if let Some(n) = trained {
+        if (first..first + o.episodes).any(|k| k % 50 < n) {
+            tracing::warn!(
+                "episodes {first}..{} overlap the training init states 0..{n} (init state = \
+                 episode mod 50)",
+                first + o.episodes
+            );
+        }
+    }
+    let policy = FlowPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let size = o.camera_size.unwrap_or(policy.image_size() as u32);
+    let policy = Arc::new(Mutex::new(policy));
+    let latency = Arc::new(Mutex::new(Vec::new()));
+    let tasks = load_suite(o.suite).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let indices: Vec<usize> = if o.tasks.is_empty() {
+        (0..tasks.len()).collect()
+    } else {
+        o.tasks.clone()
+    };
+    let mut runs = Vec::new();
+    let mut per_task = Vec::new();
+    for &ti in &indices {
+        let task = tasks
+            .get(ti)
+            .with_context(|| format!("suite {} has no task {ti}", o.suite.name()))?;
+        let max_steps = o
+            .max_steps
+            .map_or(task.max_steps, |m| m.min(task.max_steps));
+        let mut successes = 0;
+        for episode in first..first + o.episodes {
+            let env = TabletopEnv::new(
+                task,
+                seed,
+                episode,
+                Some(CameraConfig {
+                    width: size,
+                    height: size,
+                }),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let instruction = env.instruction().to_string();
+            let shared: SharedEnv = Arc::new(Mutex::new(env));
+            let done = Arc::new(AtomicBool::new(false));
+            let mut emb = EvalTabletop {
+                env: Arc::clone(&shared),
+                done: Arc::clone(&done),
+                max_steps,
+            };
+            let mut pol = TabletopFlow {
+                inner: Arc::clone(&policy),
+                latency_ms: Arc::clone(&latency),
+            };
+            if o.lockstep {
+                lockstep(&mut emb, &mut pol)?;
+            } else {
+                let lp = ControlLoop::start(emb, pol, loop_config())?;
+                // Simulated steps run at the control rate; allow for a slow start.
+                let limit = Duration::from_secs_f64(max_steps as f64 / CONTROL_HZ * 2.0 + 30.0);
+                let t0 = Instant::now();
+                while !done.load(Ordering::Acquire) && t0.elapsed() < limit {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                lp.stop()?;
+            }
+            let env = lock(&shared);
+            let out = EpisodeOutcome {
+                task_index: ti,
+                episode,
+                instruction,
+                success: env.success(),
+                steps: env.steps(),
+            };
+            successes += out.success as usize;
+            progress(&out);
+            runs.push(out);
+        }
+        per_task.push(TaskOutcome {
+            task_index: ti,
+            task: task.id.clone(),
+            episodes: o.episodes,
+            successes,
+            success_rate: successes as f64 / o.episodes.max(1) as f64,
+            ci95: wilson95(successes, o.episodes),
+        });
+    }
+    let n = runs.len();
+    let s = runs.iter().filter(|r| r.success).count();
+    let mut lat = lock(&latency).clone();
+    lat.sort_by(f64::total_cmp);
+    Ok(EvalReport {
+        suite: o.suite.name().to_string(),
+        policy: dir,
+        mode: if o.lockstep { "lockstep" } else { "realtime" },
+        seed,
+        first_episode: first,
+        episodes_per_task: o.episodes,
+        trained_episodes_per_task: trained,
+        episodes: n,
+        successes: s,
+        success_rate: s as f64 / n.max(1) as f64,
+        ci95: wilson95(s, n),
+        per_task,
+        latency: Latency {
+            count: lat.len(),
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
+        },
+        wall_s: started.elapsed().as_secs_f64(),
+        runs,
+    })
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    if a.episodes == 0 {
+        bail!("--episodes must be > 0");
+    }
+    let o = EvalOptions {
+        suite: Suite::parse(&a.suite)?,
+        policy: a.policy,
+        episodes: a.episodes,
+        first_episode: a.first_episode,
+        seed: a.seed,
+        tasks: a.tasks,
+        lockstep: a.lockstep,
+        camera_size: a.camera_size,
+        max_steps: a.max_steps,
+    };
+    let quiet = a.json;
+    let r = evaluate(&o, |e| {
+        if !quiet {
+            eprintln!(
+                "task {:>2} episode {:>3}: {} after {} steps ({})",
+                e.task_index,
+                e.episode,
+                if e.success { "success" } else { "failure" },
+                e.steps,
+                e.instruction
+            );
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} suite, policy {} ({} loop), seed {}, episodes {}..{} per task",
+        r.suite,
+        r.policy.display(),
+        r.mode,
+        r.seed,
+        r.first_episode,
+        r.first_episode + r.episodes_per_task
+    );
+    for t in &r.per_task {
+        println!(
+            "  task {:>2} {:<40} {:>3}/{:<3} {:>5.1} %  [{:.1}, {:.1}]",
+            t.task_index,
+            t.task,
+            t.successes,
+            t.episodes,
+            100.0 * t.success_rate,
+            100.0 * t.ci95[0],
+            100.0 * t.ci95[1]
+        );
+    }
+    println!(
+        "overall: {}/{} = {:.1} % (95 % Wilson [{:.1}, {:.1}]); inference p50 {:.1} ms, p99 {:.1} ms \
+         over {} calls; {:.0} s",
+        r.successes,
+        r.episodes,
+        100.0 * r.success_rate,
+        100.0 * r.ci95[0],
+        100.0 * r.ci95[1],
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.count,
+        r.wall_s
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rudder_policy::dataset::DemoDataset;
+    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+
+    #[test]
+    fn wilson_interval() {
+        let [lo, hi] = wilson95(5, 10);
+        assert!(
+            (lo - 0.2366).abs() < 1e-3 && (hi - 0.7634).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson95(0, 10);
+        assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-3, "{hi}");
+        assert_eq!(wilson95(0, 100)[0], 0.0);
+        assert_eq!(wilson95(7, 7)[1], 1.0);
+    }
+
+    /// A barely trained policy runs 2 short episodes through the loop (lockstep and real
+    /// time) and the report carries every JSON field.
+    #[test]
+    fn eval_runs_a_trained_checkpoint() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let cams = CameraConfig {
+            width: 32,
+            height: 32,
+        };
+        rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
+        let data = DemoDataset::load(data_dir.path(), true).unwrap();
+        let cfg = TrainConfig {
+            model: ModelSpec {
+                hidden: 32,
+                layers: 1,
+                heads: 2,
+                head_dim: 16,
+                expert_hidden: 32,
+                vision_hidden: 32,
+                vision_layers: 1,
+                image_size: 32,
+                patch_size: 16,
+                chunk: 4,
+                max_prompt_tokens: 16,
+                inference_steps: 2,
+            },
+            steps: 2,
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let mut tr = FlowTrainer::new(cfg, &data).unwrap();
+        tr.step(&data).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        tr.save(out.path(), 1, &data).unwrap();
+        for lockstep in [true, false] {
+            let o = EvalOptions {
+                suite: Suite::Spatial,
+                policy: out.path().to_path_buf(),
+                episodes: 1,
+                first_episode: None,
+                seed: None,
+                tasks: vec![0, 3],
+                lockstep,
+                camera_size: None,
+                max_steps: Some(12),
+            };
+            let r = evaluate(&o, |_| {}).unwrap();
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["episodes"], 2);
+            assert_eq!(
+                v["first_episode"], 1,
+                "training used episode 0 of each task"
+            );
+            let rate = v["success_rate"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&rate));
+            let ci = v["ci95"].as_array().unwrap();
+            assert!(ci[0].as_f64().unwrap() <= rate && rate <= ci[1].as_f64().unwrap());
+            assert_eq!(v["per_task"].as_array().unwrap().len(), 2);
+            assert!(v["latency"]["count"].as_u64().unwrap() > 0);
+            assert!(v["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+            assert!(
+                v["latency"]["p99_ms"].as_f64().unwrap()
+                    >= v["latency"]["p50_ms"].as_f64().unwrap()
+            );
+            for run in v["runs"].as_array().unwrap() {
+                assert!(run["steps"].as_u64().unwrap() <= 12, "{run}");
+            }
+            if lockstep {
+                // 12 steps, one inference per tick before the last.
+                assert!(r.runs.iter().all(|e| e.steps == 12), "{:?}", r.runs);
+            }
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Training a small pi0-architecture VLA-flow policy from scratch on tabletop demos
+//! ([`crate::dataset`]), with checkpoints that [`crate::FlowPolicy::load`] and `rudder serve`
+//! read and that resume bit-exactly.
+//!
+//! - Model: `PI0ForConditionalGeneration` built from [`ModelSpec`] (SigLIP tower on two
+//!   cameras, Gemma prefix, Gemma action expert), random init from a seed (LeCun-normal
+//!   matrices, normal(0, 0.02) embedding tables, zero biases, LayerNorm weights 1, Gemma
+//!   RMSNorm weights 0 = scale 1).
+//! - Prompts: byte-level tokens ([`crate::prompt`]); vocabulary 260 = pad, eos, bos, 256 bytes,
+//!   and the image token 259.
+//! - Data: state and action normalised with the data set's mean/std (`normalization.json`);
+//!   the target is the normalised chunk of `chunk` actions from each frame.
+//! - Loss: flow matching (REFERENCE §6b): `t ~ Beta(1.5, 1) * 0.999 + 0.001` (drawn as
+//!   `U^(1/1.5)`, Beta(a, 1)'s inverse CDF), noise N(0, 1), `x_t = t noise + (1 - t) a`, MSE of
+//!   the velocity against `noise - a`.
+//! - Optimiser: rudder-tune's AdamW, cosine schedule with linear warmup, global-norm clipping.
+//! - Weights live in a `VarMap` under their Hub names; each step rebuilds the model from it
+//!   (a transposed copy of every weight, negligible at this size) so gradients reach the
+//!   variables and AdamW's in-place updates are seen by the next step.
+//!
+//! A checkpoint folder `OUT/checkpoint-N` holds `config.json`, `model.safetensors`,
+//! `normalization.json`, `policy.json`, `training.json` (data set, split, architecture flags)
+//! and, for resuming, `optimizer.safetensors` + `trainer_state.json` (step, sample order,
+//! cursor, generator state). `OUT/latest` names the newest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rudder_tune::candle_nn::{VarBuilder, VarMap};
+use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic, TensorStore};
+use rudder_tune::config::JsonConfig;
+use rudder_tune::models::pi0;
+use rudder_tune::train::adamw::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
+use rudder_tune::train::checkpoint::{latest, prune, save_dir_atomic};
+use rudder_tune::train::{CosineSchedule, Rng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::dataset::{DemoDataset, Stats, ACTION_DIM, STATE_DIM};
+use crate::{preprocess, prompt, FlowError};
+
+/// Byte tokens 3..=258, image token 259.
+pub const VOCAB: usize = 260;
+pub const IMAGE_TOKEN: u32 = 259;
+/// The cameras, in model slot order, under the names the tabletop embodiment uses.
+pub const CAMERAS: [&str; 2] = ["agentview", "wrist"];
+
+/// Architecture of a model trained from scratch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Width of the prefix language model (and the vision projector's output).
+    pub hidden: usize,
+    /// Layers of the language model and of the action expert (they must agree).
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Width of the action expert.
+    pub expert_hidden: usize,
+    pub vision_hidden: usize,
+    pub vision_layers: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    /// Actions per chunk.
+    pub chunk: usize,
+    /// Prompt length limit in tokens, BOS included.
+    pub max_prompt_tokens: usize,
+    /// Euler steps at inference.
+    pub inference_steps: usize,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            head_dim: 32,
+            expert_hidden: 128,
+            vision_hidden: 128,
+            vision_layers: 2,
+            image_size: 64,
+            patch_size: 16,
+            chunk: 8,
+            max_prompt_tokens: 48,
+            inference_steps: 10,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// `config.json` in transformers' `PI0ForConditionalGeneration` layout.
+    pub fn config_json(&self) -> serde_json::Value {
+        let gemma = |hidden: usize| {
+            json!({
+                "model_type": "gemma",
+                "hidden_size": hidden,
+                "intermediate_size": hidden * 4,
+                "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads,
+                "num_key_value_heads": 1,
+                "head_dim": self.head_dim,
+                "hidden_act": "gelu_pytorch_tanh",
+                "hidden_activation": "gelu_pytorch_tanh",
+                "max_position_embeddings": 1024,
+                "rms_norm_eps": 1e-6,
+                "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+                "tie_word_embeddings": true,
+                "use_bidirectional_attention": true,
+                "vocab_size": VOCAB,
+                "pad_token_id": 0,
+                "eos_token_id": 1,
+                "bos_token_id": 2,
+                "attention_bias": false
+            })
+        };
+        let mut text = gemma(self.hidden);
+        text["num_image_tokens"] = json!((self.image_size / self.patch_size.max(1)).pow(2));
+        json!({
+            "architectures": ["PI0ForConditionalGeneration"],
+            "model_type": "pi0",
+            "dtype": "float32",
+            "chunk_size": self.chunk,
+            "max_action_dim": ACTION_DIM,
+            "max_state_dim": STATE_DIM,
+            "num_inference_steps": self.inference_steps,
+            "min_period": 0.004,
+            "max_period": 4.0,
+            "loss_reduction": "mean",
+            "time_sampling_beta_alpha": 1.5,
+            "time_sampling_beta_beta": 1.0,
+            "time_sampling_offset": 0.001,
+            "time_sampling_scale": 0.999,
+            "dit_config": gemma(self.expert_hidden),
+            "vlm_config": {
+                "model_type": "paligemma",
+                "image_token_index": IMAGE_TOKEN,
+                "projection_dim": self.hidden,
+                "vocab_size": VOCAB,
+                "tie_word_embeddings": true,
+                "text_config": text,
+                "vision_config": {
+                    "model_type": "siglip_vision_model",
+                    "hidden_size": self.vision_hidden,
+                    "intermediate_size": self.vision_hidden * 4,
+                    "num_hidden_layers": self.vision_layers,
+                    "num_attention_heads": self.heads,
+                    "num_channels": 3,
+                    "image_size": self.image_size,
+                    "patch_size": self.patch_size,
+                    "hidden_act": "gelu_pytorch_tanh",
+                    "layer_norm_eps": 1e-6,
+                    "vision_use_head": false
+                }
+            }
+        })
+    }
+
+    pub fn pi0_config(&self) -> Result<pi0::Config, FlowError> {
+        let jc = JsonConfig::from_value(Path::new("<generated config.json>"), self.config_json());
+        Ok(pi0::Config::from_json(&jc)?)
+    }
+
+    /// `policy.json` for [`crate::FlowPolicy`].
+    pub fn policy_json(&self, seed: u64) -> serde_json::Value {
+        json!({
+            "cameras": CAMERAS,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "dt": 0.05,
+            "action_space": "eef_delta7",
+            "seed": seed
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelSpec,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    /// Global L2 norm to clip gradients to (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelSpec::default(),
+            steps: 1000,
+            batch_size: 16,
+            lr: 3e-4,
+            weight_decay: 0.01,
+            warmup_steps: 50,
+            max_grad_norm: Some(1.0),
+            seed: 0,
+        }
+    }
+}
+
+/// `training.json`: what a checkpoint was trained on (read by `rudder eval` for the split).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    pub data: PathBuf,
+    pub suite: String,
+    /// The demos' init-state seed.
+    pub demo_seed: u64,
+    /// Episode indices (= init states) `0..episodes_per_task` of every task were used for
+    /// training; held-out evaluation starts at this index.
+    pub episodes_per_task: usize,
+    pub frames: usize,
+    pub config: TrainConfig,
+    pub step: u64,
+    pub loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    epoch: u64,
+    cursor: usize,
+    order: Vec<u32>,
+    rng: u64,
+    params: Vec<String>,
+    config: TrainConfig,
+    last_loss: Option<f64>,
+}
+
+pub struct FlowTrainer {
+    pub cfg: TrainConfig,
+    pub model_cfg: pi0::Config,
+    pub varmap: VarMap,
+    pub opt: AdamW,
+    pub sched: CosineSchedule,
+    pub stats: Stats,
+    rng: Rng,
+    order: Vec<u32>,
+    cursor: usize,
+    epoch: u64,
+    last_loss: Option<f64>,
+    device: Device,
+}
+
+fn gaussian(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = 1.0 - rng.next_f64();
+        let u2 = rng.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// Whether a 1-D `*.weight` is a LayerNorm scale (init 1) rather than a Gemma RMSNorm offset
+/// scale (init 0).
+fn is_layer_norm(name: &str) -> bool {
+    name.contains("vision_tower")
+        && (name.ends_with("layer_norm1.weight")
+            || name.ends_with("layer_norm2.weight")
+            || name.ends_with("post_layernorm.weight"))
+}
+
+fn tune_err(e: rudder_tune::TuneError) -> FlowError {
+    FlowError::from(e)
+}
+
+impl FlowTrainer {
+    /// A freshly initialised model (seeded) and optimiser for `data`.
+    pub fn new(cfg: TrainConfig, data: &DemoDataset) -> Result<Self, FlowError> {
+        if cfg.batch_size == 0 {
+            return Err(FlowError::input("batch_size", "must be > 0"));
+        }
+        let model_cfg = cfg.model.pi0_config()?;
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        // Creates every variable (zeros) under its Hub name.
+        pi0::Model::new(
+            &model_cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        let mut params: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| FlowError::input("varmap", "poisoned lock"))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut init = Rng::new(cfg.seed ^ 0x5EED_1417);
+        for (name, var) in &params {
+            let shape = var.shape().clone();
+            let n = shape.elem_count();
+            let vals: Vec<f32> = if shape.rank() == 1 {
+                let one = name.ends_with(".weight") && is_layer_norm(name);
+                vec![if one { 1.0 } else { 0.0 }; n]
+            } else {
+                // Embedding tables: normal(0, 0.02); matrices: LeCun normal (1 / sqrt(fan_in)).
+                let std = if name.ends_with("embed_tokens.weight")
+                    || name.ends_with("position_embedding.weight")
+                {
+                    0.02
+                } else {
+                    let fan_in: usize = shape.dims()[1..].iter().product();
+                    1.0 / (fan_in.max(1) as f32).sqrt()
+                };
+                gaussian(&mut init, n)
+                    .into_iter()
+                    .map(|x| x * std)
+                    .collect()
+            };
+            var.set(&Tensor::from_vec(vals, shape, &device)?)?;
+        }
+        let mut rng = Rng::new(cfg.seed);
+        let mut order: Vec<u32> = (0..data.samples.len() as u32).collect();
+        rng.shuffle(&mut order);
+        let optim = AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        };
+        Ok(Self {
+            sched: CosineSchedule {
+                base_lr: cfg.lr,
+                warmup_steps: cfg.warmup_steps,
+                total_steps: cfg.steps,
+            },
+            opt: AdamW::new(params, optim)?,
+            stats: data.stats(),
+            model_cfg,
+            varmap,
+            cfg,
+            rng,
+            order,
+            cursor: 0,
+            epoch: 0,
+            last_loss: None,
+            device,
+        })
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.opt.step
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.opt.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The model over the current variables.
+    pub fn model(&self) -> Result<pi0::Model, FlowError> {
+        Ok(pi0::Model::new(
+            &self.model_cfg,
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
+        )?)
+    }
+
+    fn next_indices(&mut self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.cfg.batch_size);
+        while out.len() < self.cfg.batch_size {
+            if self.cursor >= self.order.len() {
+                self.cursor = 0;
+                self.epoch += 1;
+                self.rng.shuffle(&mut self.order);
+            }
+            out.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        out
+    }
+
+    /// The batch's model inputs, normalised state and normalised target chunks.
+    fn batch(
+        &self,
+        data: &DemoDataset,
+        idx: &[u32],
+    ) -> Result<(pi0::Inputs, Tensor, Tensor), FlowError> {
+        let spec = &self.cfg.model;
+        let b = idx.len();
+        let size = spec.image_size;
+        let plane = 3 * size * size;
+        let per_image = self.model_cfg.vlm.vision.num_patches();
+        let h = spec.chunk;
+        let mut pixels = Vec::with_capacity(b * 2 * plane);
+        let mut states = Vec::with_capacity(b * STATE_DIM);
+        let mut actions = Vec::with_capacity(b * h * ACTION_DIM);
+        let mut prompts = Vec::with_capacity(b);
+        let sn = self.stats.state.mean_std();
+        let an = self.stats.actions.mean_std();
+        for &i in idx {
+            let (e, t) = data.samples[i as usize];
+            let ep = &data.episodes[e as usize];
+            let t = t as usize;
+            for (cam, name) in CAMERAS.iter().enumerate() {
+                pixels.extend(preprocess::to_pixels(
+                    name,
+                    ep.image(cam, t),
+                    ep.height,
+                    ep.width,
+                    size,
+                )?);
+            }
+            let mut s: Vec<f64> = ep.state_at(t).iter().map(|&v| v as f64).collect();
+            sn.normalize(&mut s);
+            states.extend(s.iter().map(|&v| v as f32));
+            for k in 0..h {
+                let mut a: Vec<f64> = ep.action_at(t + k).iter().map(|&v| v as f64).collect();
+                an.normalize(&mut a);
+                actions.extend(a.iter().map(|&v| v as f32));
+            }
+            // Same ids as FlowPolicy::infer_raw: limit = min(vocab, image token).
+            prompts.push(prompt::byte_tokens(
+                &ep.instruction,
+                VOCAB.min(IMAGE_TOKEN as usize),
+                spec.max_prompt_tokens,
+            ));
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let seq = 2 * per_image + longest;
+        let mut ids = Vec::with_capacity(b * seq);
+        let mut mask = Vec::with_capacity(b);
+        for p in &prompts {
+            ids.extend(std::iter::repeat_n(IMAGE_TOKEN, 2 * per_image));
+            ids.extend(p);
+            ids.extend(std::iter::repeat_n(prompt::PAD, longest - p.len()));
+            let mut m = vec![true; 2 * per_image + p.len()];
+            m.resize(seq, false);
+            mask.push(m);
+        }
+        let dev = &self.device;
+        let inputs = pi0::Inputs {
+            input_ids: Tensor::from_vec(ids, (b, seq), dev)?,
+            pixel_values: Tensor::from_vec(pixels, (b, 2, 3, size, size), dev)?,
+            pixel_attention_mask: Some(vec![vec![true, true]; b]),
+            attention_mask: Some(mask),
+        };
+        Ok((
+            inputs,
+            Tensor::from_vec(states, (b, STATE_DIM), dev)?,
+            Tensor::from_vec(actions, (b, h, ACTION_DIM), dev)?,
+        ))
+    }
+
+    /// The flow-matching loss of one batch with the current weights (no update); draws its
+    /// noise and times from `rng`.
+    pub fn batch_loss(
+        &self,
+        model: &pi0::Model,
+        data: &DemoDataset,
+        idx: &[u32],
+        rng: &mut Rng,
+    ) -> Result<Tensor, FlowError> {
+        let (inputs, state, actions) = self.batch(data, idx)?;
+        let b = idx.len();
+        let n = b * self.cfg.model.chunk * ACTION_DIM;
+        let times: Vec<f32> = (0..b)
+            .map(|_| (rng.next_f64().powf(1.0 / 1.5) * 0.999 + 0.001) as f32)
+            .collect();
+        let noise = Tensor::from_vec(gaussian(rng, n), actions.dims(), &self.device)?;
+        let t = Tensor::from_vec(times, b, &self.device)?;
+        let out = model.loss(&inputs, &state, &noise, &actions, &t, None)?;
+        out.loss
+            .ok_or_else(|| FlowError::input("loss", "the model returned no loss"))
+    }
+
+    /// One optimiser step on the next batch.
+    pub fn step(&mut self, data: &DemoDataset) -> Result<StepStats, FlowError> {
+        let t0 = Instant::now();
+        let idx = self.next_indices();
+        let model = self.model()?;
+        let mut rng = self.rng;
+        let loss = self.batch_loss(&model, data, &idx, &mut rng)?;
+        self.rng = rng;
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            return Err(FlowError::input(
+                "loss",
+                format!("non-finite loss at step {}", self.opt.step + 1),
+            ));
+        }
+        let store = loss.backward()?;
+        let mut grads = collect_grads(&self.opt.params, &store);
+        drop(store);
+        drop(model);
+        let grad_norm =
+            clip_grad_norm(&mut grads, self.cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
+        let lr = self.sched.lr(self.opt.step);
+        self.opt.step(&grads, lr)?;
+        self.last_loss = Some(loss_v);
+        Ok(StepStats {
+            step: self.opt.step,
+            loss: loss_v,
+            lr,
+            grad_norm,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Writes the inference files (config, weights, normalisation, policy settings and
+    /// `training.json`) into `dir`.
+    pub fn write_policy(&self, dir: &Path, data: &DemoDataset) -> Result<(), FlowError> {
+        let spec = &self.cfg.model;
+        let write_json = |name: &str, v: &serde_json::Value| -> Result<(), FlowError> {
+            let bytes =
+                serde_json::to_vec_pretty(v).map_err(|e| FlowError::input(name, e.to_string()))?;
+            write_atomic(&dir.join(name), &bytes).map_err(tune_err)
+        };
+        write_json("config.json", &spec.config_json())?;
+        let w: HashMap<String, Tensor> = self
+            .opt
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+            .collect();
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))
+            .map_err(tune_err)?;
+        let s = &self.stats;
+        write_json(
+            "normalization.json",
+            &json!({
+                "state": {"mean": s.state.mean, "std": s.state.std},
+                "actions": {"mean": s.actions.mean, "std": s.actions.std}
+            }),
+        )?;
+        write_json("policy.json", &spec.policy_json(self.cfg.seed))?;
+        let info = TrainingInfo {
+            data: data.dir.clone(),
+            suite: data.meta.suite.clone(),
+            demo_seed: data.meta.seed,
+            episodes_per_task: data.meta.episodes_per_task(),
+            frames: data.samples.len(),
+            config: self.cfg.clone(),
+            step: self.opt.step,
+            loss: self.last_loss,
+        };
+        write_json(
+            "training.json",
+            &serde_json::to_value(&info)
+                .map_err(|e| FlowError::input("training.json", e.to_string()))?,
+        )
+    }
+
+    /// Writes `root/checkpoint-{step}` atomically (inference files + optimiser and trainer
+    /// state), points `root/latest` at it and keeps the newest `keep`.
+    pub fn save(&self, root: &Path, keep: usize, data: &DemoDataset) -> Result<PathBuf, FlowError> {
+        let name = format!("checkpoint-{}", self.opt.step);
+        let dir = save_dir_atomic(root, &name, |tmp| {
+            self.write_policy(tmp, data)
+                .map_err(|e| rudder_tune::TuneError::Invalid(e.to_string()))?;
+            let mut o: HashMap<String, Tensor> = HashMap::new();
+            for (i, (n, _)) in self.opt.params.iter().enumerate() {
+                o.insert(format!("m.{n}"), self.opt.m[i].clone());
+                o.insert(format!("v.{n}"), self.opt.v[i].clone());
+            }
+            save_safetensors_atomic(&o, None, &tmp.join("optimizer.safetensors"))?;
+            let st = TrainerState {
+                step: self.opt.step,
+                epoch: self.epoch,
+                cursor: self.cursor,
+                order: self.order.clone(),
+                rng: self.rng.state,
+                params: self.opt.params.iter().map(|(n, _)| n.clone()).collect(),
+                config: self.cfg.clone(),
+                last_loss: self.last_loss,
+            };
+            let text = serde_json::to_vec(&st)
+                .map_err(|e| rudder_tune::TuneError::Invalid(e.to_string()))?;
+            write_atomic(&tmp.join("trainer_state.json"), &text)
+        })
+        .map_err(tune_err)?;
+        prune(root, keep.max(1)).map_err(tune_err)?;
+        Ok(dir)
+    }
+
+    /// Restores the newest checkpoint under `root` (weights, optimiser moments, step, data
+    /// order and generator); None when there is none. The architecture must match.
+    pub fn resume(&mut self, root: &Path) -> Result<Option<PathBuf>, FlowError> {
+        let Some(dir) = latest(root).map_err(tune_err)? else {
+            return Ok(None);
+        };
+        let sp = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&sp).map_err(|e| FlowError::File {
+            path: sp.clone(),
+            problem: e.to_string(),
+        })?;
+        let st: TrainerState = serde_json::from_str(&text).map_err(|e| FlowError::File {
+            path: sp.clone(),
+            problem: format!("not a trainer state: {e}"),
+        })?;
+        if st.config.model != self.cfg.model {
+            return Err(FlowError::File {
+                path: sp,
+                problem: format!(
+                    "the checkpoint's architecture {:?} differs from this run's {:?} (use the \
+                     same flags, or a new --out)",
+                    st.config.model, self.cfg.model
+                ),
+            });
+        }
+        let names: Vec<String> = self.opt.params.iter().map(|(n, _)| n.clone()).collect();
+        if st.params != names {
+            return Err(FlowError::File {
+                path: sp,
+                problem: "the checkpoint's parameters differ from this run's".into(),
+            });
+        }
+        if st.order.len() != self.order.len() {
+            return Err(FlowError::File {
+                path: sp,
+                problem: format!(
+                    "the checkpoint was trained on {} frames, this data set has {}",
+                    st.order.len(),
+                    self.order.len()
+                ),
+            });
+        }
+        let dev = self.device.clone();
+        let w = TensorStore::load_file(&dir.join("model.safetensors"), &dev).map_err(tune_err)?;
+        let o =
+            TensorStore::load_file(&dir.join("optimizer.safetensors"), &dev).map_err(tune_err)?;
+        for (i, (n, v)) in self.opt.params.iter().enumerate() {
+            let t = w.get(n).map_err(tune_err)?;
+            if t.dims() != v.dims() {
+                return Err(tune_err(w.tensor_error(
+                    n,
+                    format!("shape {:?}, this run has {:?}", t.dims(), v.dims()),
+                )));
+            }
+            v.set(t)?;
+            self.opt.m[i] = o.get(&format!("m.{n}")).map_err(tune_err)?.clone();
+            self.opt.v[i] = o.get(&format!("v.{n}")).map_err(tune_err)?.clone();
+        }
+        self.opt.step = st.step;
+        self.epoch = st.epoch;
+        self.cursor = st.cursor;
+        self.order = st.order;
+        self.rng.state = st.rng;
+        self.last_loss = st.last_loss;
+        // A longer (or shorter) run than the checkpoint's keeps this run's horizon.
+        Ok(Some(dir))
+    }
+}
