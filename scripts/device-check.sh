@@ -44,7 +44,7 @@ SEQS=64,256
 PY=python3
 CPU=1
 OUTDIR="${OUT:-out/device-check}"
-FIXTURES="llama gemma siglip_vision paligemma"
+FIXTURES="llama gemma siglip_vision paligemma pi0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift 2 ;;
