@@ -13,7 +13,7 @@ fn root() -> PathBuf {
 
 #[test]
 fn verify_passes_on_every_fixture_with_json() {
-    for name in ["llama", "gemma", "siglip_vision", "paligemma"] {
+    for name in ["llama", "gemma", "siglip_vision", "paligemma", "pi0"] {
         let out = rudder()
             .args(["model", "verify", "--json", "--atol", "1e-5", "--model"])
             .arg(root().join("fixtures/hf-tiny").join(name))
@@ -190,4 +190,37 @@ fn help_shows_examples() {
             "{args:?}"
         );
     }
+}
+
+/// `--record`, `--connect` and `--no-viz` are global: before or after the subcommand; commands
+/// that record nothing refuse them with a hint.
+#[test]
+fn recording_flags_are_global_and_refused_where_nothing_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let rrd = dir.path().join("before.rrd");
+    let out = rudder()
+        .current_dir(root())
+        .arg("--record")
+        .arg(&rrd)
+        .args([
+            "launch",
+            "tests/golden/tabletop_short.toml",
+            "--lockstep",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::metadata(&rrd).unwrap().len() > 1000);
+    let out = rudder()
+        .args(["sim", "driving", "--scenarios", "1", "--no-viz"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rudder launch"), "{err}");
 }

@@ -21,15 +21,6 @@ pub struct LaunchArgs {
     /// The launch file (launch/*.toml).
     #[arg(default_value = "launch/tabletop.toml")]
     pub file: PathBuf,
-    /// Write the recording here instead of the file's `recording.rrd`.
-    #[arg(long, value_name = "FILE.rrd")]
-    pub record: Option<PathBuf>,
-    /// Stream to a running viewer or `rerun --serve-grpc` instead of writing a file.
-    #[arg(long, value_name = "URL", conflicts_with = "record")]
-    pub connect: Option<String>,
-    /// No Rerun recording at all.
-    #[arg(long, conflicts_with_all = ["record", "connect"])]
-    pub no_viz: bool,
     /// Episodes to run (consecutive init states from the file's `episode`).
     #[arg(long, default_value_t = 1)]
     pub episodes: usize,
@@ -48,17 +39,17 @@ pub struct LaunchArgs {
     pub quiet: bool,
 }
 
-pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: LaunchArgs, rec: &super::RecordingFlags) -> anyhow::Result<ExitCode> {
     let lf = LaunchFile::load(&a.file)?;
     if a.episodes == 0 {
         anyhow::bail!("--episodes must be at least 1");
     }
-    let sink = match (&a.connect, &a.record) {
+    let sink = match (&rec.connect, &rec.record) {
         (Some(url), _) => Sink::Connect(url.clone()),
         (None, Some(p)) => Sink::File(p.clone()),
         (None, None) => Sink::File(lf.recording.rrd.clone()),
     };
-    let viz = (!a.no_viz).then(|| VizOptions {
+    let viz = (!rec.no_viz).then(|| VizOptions {
         sink: sink.clone(),
         application_id: "rudder".into(),
         recording_id: a.recording_id.clone(),

@@ -25,8 +25,32 @@ pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    #[command(flatten)]
+    pub recording: RecordingFlags,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where Rerun data goes, for the commands that record (`launch`); accepted before or after the
+/// subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RecordingFlags {
+    /// Write the Rerun recording here (default: the launch file's `recording.rrd`).
+    #[arg(long, global = true, value_name = "FILE.rrd")]
+    pub record: Option<std::path::PathBuf>,
+    /// Stream to a running viewer (`rerun`, or `rerun --serve-grpc`) instead of writing a file,
+    /// e.g. rerun+http://127.0.0.1:9876/proxy.
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "record")]
+    pub connect: Option<String>,
+    /// No Rerun recording at all.
+    #[arg(long, global = true, conflicts_with_all = ["record", "connect"])]
+    pub no_viz: bool,
+}
+
+impl RecordingFlags {
+    fn any(&self) -> bool {
+        self.record.is_some() || self.connect.is_some() || self.no_viz
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,8 +96,14 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.recording.any() && !matches!(cli.command, Command::Launch(_)) {
+        anyhow::bail!(
+            "--record / --connect / --no-viz apply to commands that record a Rerun stream: \
+             `rudder launch FILE --record out.rrd`"
+        );
+    }
     match cli.command {
-        Command::Launch(l) => launch::run(l),
+        Command::Launch(l) => launch::run(l, &cli.recording),
         Command::Model(m) => model::run(m),
         Command::Bench(b) => bench::run(b),
         Command::Train(t) => train::run(t),
