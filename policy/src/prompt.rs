@@ -4,8 +4,9 @@
 //! these machines), so prompts use a documented byte-level mapping that any small model trained
 //! here can learn: the prompt (trimmed, with `\n` appended as pi0's tokenizer input has it) is
 //! UTF-8 encoded and byte `b` becomes token `3 + b mod (limit - 3)`, where `limit` is the
-//! vocabulary size, or the image token id when that is smaller (so text never collides with image
-//! placeholders), leaving ids 0 (pad), 1 (eos) and 2 (bos) free. The sequence is `[bos] + bytes`, cut to `max_tokens` in total.
+//! vocabulary size, or the image token id when that is smaller (so text never collides with the
+//! image token), leaving ids 0 (pad), 1 (eos) and 2 (bos) free. The sequence is
+//! `[bos] + bytes`, cut to `max_tokens` in total.
 //! A checkpoint folder holding a `tokenizer.json` is refused at load time rather than silently
 //! tokenised differently from how it was trained.
 

@@ -12,7 +12,6 @@
 //! velocities and the gripper closure, which the chunk converter reads). It returns EefDelta7
 //! chunks that the loop converts to joint trajectories through IK.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,9 @@ use rudder_robot::{
     ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
     JointLimits, JointState, Observation, Policy, PolicyError, Ur5Model,
 };
-use rudder_sim::tabletop::{load_suite, CameraConfig, Suite, TabletopEnv, CONTROL_HZ};
+use rudder_sim::tabletop::{
+    command_joints, load_suite, loop_observation, CameraConfig, Suite, TabletopEnv, CONTROL_HZ,
+};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -231,38 +232,11 @@ impl Embodiment for EvalTabletop {
             sampled_at: Instant::now(),
         })
     }
-    /// 6 joint positions, 6 joint velocities, the gripper, then LIBERO's 8-D state.
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        let mut env = lock(&self.env);
-        let o = env.observe();
-        let mut state = Vec::with_capacity(21);
-        state.extend_from_slice(&env.joints());
-        state.extend_from_slice(&env.joint_velocities());
-        state.push(env.gripper_closure());
-        state.extend_from_slice(&o.state);
-        let mut images = BTreeMap::new();
-        if let Some(a) = o.agentview {
-            images.insert("agentview".to_string(), a);
-        }
-        if let Some(w) = o.wrist {
-            images.insert("wrist".to_string(), w);
-        }
-        Ok(Observation {
-            images,
-            state,
-            instruction: o.instruction,
-            timestamp: 0.0,
-        })
+        Ok(loop_observation(&mut lock(&self.env)))
     }
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
-        let q: [f64; 6] =
-            cmd.positions
-                .as_slice()
-                .try_into()
-                .map_err(|_| EmbodimentError::BadCommand {
-                    field: "positions",
-                    reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
-                })?;
+        let q = command_joints(cmd)?;
         let mut env = lock(&self.env);
         if env.done() || env.steps() >= self.max_steps {
             self.done.store(true, Ordering::Release);

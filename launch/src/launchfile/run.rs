@@ -16,9 +16,9 @@ use rudder_robot::{
 use rudder_sim::tabletop::physics::FLANGE_TO_TCP;
 use rudder_sim::tabletop::scene::Joint;
 use rudder_sim::tabletop::{
-    load_suite, CameraConfig, ShadowExpert, Suite, TabletopEnv, CONTROL_HZ,
+    command_joints, load_suite, loop_observation, CameraConfig, ShadowExpert, Suite, TabletopEnv,
+    CONTROL_HZ,
 };
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -184,37 +184,11 @@ impl Embodiment for LoggedTabletop {
     /// State layout as `Observation` documents for the UR5: 6 joint positions, 6 joint
     /// velocities, the gripper; then LIBERO's 8-D state (TCP, axis-angle, fingers).
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        let mut env = lock(&self.env);
-        let o = env.observe();
-        let mut state = Vec::with_capacity(21);
-        state.extend_from_slice(&env.joints());
-        state.extend_from_slice(&env.joint_velocities());
-        state.push(env.gripper_closure());
-        state.extend_from_slice(&o.state);
-        let mut images = BTreeMap::new();
-        if let Some(a) = o.agentview {
-            images.insert("agentview".to_string(), a);
-        }
-        if let Some(w) = o.wrist {
-            images.insert("wrist".to_string(), w);
-        }
-        Ok(Observation {
-            images,
-            state,
-            instruction: o.instruction,
-            timestamp: 0.0,
-        })
+        Ok(loop_observation(&mut lock(&self.env)))
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
-        let q: [f64; 6] =
-            cmd.positions
-                .as_slice()
-                .try_into()
-                .map_err(|_| EmbodimentError::BadCommand {
-                    field: "positions",
-                    reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
-                })?;
+        let q = command_joints(cmd)?;
         let mut env = lock(&self.env);
         let result =
             env.command_joints(&q, cmd.gripper)

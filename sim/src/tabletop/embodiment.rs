@@ -1,7 +1,7 @@
 //! The simulator as an `Embodiment`, so robot's `ControlLoop` drives it like the real arm:
 //! joint-position commands in, joint state and LIBERO-style observations out.
 
-use super::env::{TabletopEnv, CONTROL_HZ};
+use super::env::{TabletopEnv, TabletopObs, CONTROL_HZ};
 use rudder_robot::ur5::UR_JOINT_NAMES;
 use rudder_robot::{
     Embodiment, EmbodimentError, JointCommand, JointLimits, JointState, Observation,
@@ -57,30 +57,11 @@ impl Embodiment for TabletopSim {
 
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
         let o = self.env.observe();
-        let mut images = BTreeMap::new();
-        if let Some(a) = o.agentview {
-            images.insert("agentview".to_string(), a);
-        }
-        if let Some(w) = o.wrist {
-            images.insert("wrist".to_string(), w);
-        }
-        Ok(Observation {
-            images,
-            state: o.state.to_vec(),
-            instruction: o.instruction,
-            timestamp: 0.0,
-        })
+        Ok(observation(o.state.to_vec(), o))
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
-        let q: [f64; 6] =
-            cmd.positions
-                .as_slice()
-                .try_into()
-                .map_err(|_| EmbodimentError::BadCommand {
-                    field: "positions",
-                    reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
-                })?;
+        let q = command_joints(cmd)?;
         self.env
             .command_joints(&q, cmd.gripper)
             .map_err(|reason| EmbodimentError::BadCommand {
@@ -88,4 +69,43 @@ impl Embodiment for TabletopSim {
                 reason,
             })
     }
+}
+
+fn observation(state: Vec<f64>, o: TabletopObs) -> Observation {
+    let mut images = BTreeMap::new();
+    if let Some(a) = o.agentview {
+        images.insert("agentview".to_string(), a);
+    }
+    if let Some(w) = o.wrist {
+        images.insert("wrist".to_string(), w);
+    }
+    Observation {
+        images,
+        state,
+        instruction: o.instruction,
+        timestamp: 0.0,
+    }
+}
+
+/// The observation in the UR5 layout the control loop's policies read: 6 joint positions, 6
+/// joint velocities, the gripper closure, then LIBERO's 8-D state; both cameras when rendered.
+pub fn loop_observation(env: &mut TabletopEnv) -> Observation {
+    let o = env.observe();
+    let mut state = Vec::with_capacity(21);
+    state.extend_from_slice(&env.joints());
+    state.extend_from_slice(&env.joint_velocities());
+    state.push(env.gripper_closure());
+    state.extend_from_slice(&o.state);
+    observation(state, o)
+}
+
+/// The 6 joint targets of a loop command, or an error naming the field.
+pub fn command_joints(cmd: &JointCommand) -> Result<[f64; 6], EmbodimentError> {
+    cmd.positions
+        .as_slice()
+        .try_into()
+        .map_err(|_| EmbodimentError::BadCommand {
+            field: "positions",
+            reason: format!("{} values, the UR5 has 6 joints", cmd.positions.len()),
+        })
 }

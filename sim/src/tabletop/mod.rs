@@ -18,7 +18,7 @@ pub mod suites;
 pub mod tasks;
 
 pub use demos::{write_demos, DemoSummary, DEMO_FORMAT_VERSION};
-pub use embodiment::TabletopSim;
+pub use embodiment::{command_joints, loop_observation, TabletopSim};
 pub use env::{CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs, CONTROL_HZ};
 pub use expert::{Expert, Manner};
 pub use shadow::ShadowExpert;

@@ -328,8 +328,8 @@ impl Model {
 
         let image_id = self.cfg.vlm.image_token_id;
         let ids: Vec<Vec<u32>> = inp.input_ids.to_dtype(DType::U32)?.to_vec2()?;
-        // Image placeholders may lie outside the vocabulary; they are embedded as token 0 and
-        // then replaced.
+        // The image token id may lie outside the vocabulary: those positions are embedded as
+        // token 0 and then overwritten with the projected image features.
         let text_ids: Vec<u32> = ids
             .iter()
             .flatten()
