@@ -200,6 +200,20 @@ fn ur5(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<ExitCode> {
         m.hold_ticks,
         m.safety.interventions.total()
     );
+    // Why the loop held (and the policy's last error), so a failed run says where to look.
+    println!(
+        "holds entered: {}; inference errors {}{}; chunks {} received, {} rejected; \
+         scheduler {}",
+        m.holds.summary(),
+        m.inference_errors,
+        m.last_inference_error
+            .as_deref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default(),
+        m.chunks_received,
+        m.chunks_rejected,
+        m.timing.scheduler
+    );
     println!(
         "scripted expert: {}",
         if r.expert_done {

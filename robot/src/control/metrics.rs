@@ -112,6 +112,30 @@ pub struct HoldCounts {
     pub stopping: u64,
 }
 
+impl HoldCounts {
+    /// The non-zero counts as `reason N, ...` ("none" if the loop never held).
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = [
+            ("no chunk yet", self.no_chunk_yet),
+            ("stale observation", self.stale_observation),
+            ("chunk exhausted", self.chunk_exhausted),
+            ("inference error", self.inference_error),
+            ("inference timeout", self.inference_timeout),
+            ("embodiment error", self.embodiment_error),
+            ("stopping", self.stopping),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 /// Everything the loop measures; a snapshot is published while it runs and the final one is
 /// returned by `stop`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

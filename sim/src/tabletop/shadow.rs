@@ -123,8 +123,15 @@ impl Policy for ShadowExpert {
                             gripper: Some(g),
                         });
                     }
-                    // The plan is only a preview; a failed preview step just ends it.
-                    Err(_) => break,
+                    // The plan is only a preview; after a failed preview step it holds the
+                    // last point, so the chunk still covers the horizon and the loop does not
+                    // run out of reference before the next inference.
+                    Err(_) => {
+                        if let Some(last) = actions.last().cloned() {
+                            actions.resize(self.horizon, last);
+                        }
+                        break;
+                    }
                 }
             }
         }
