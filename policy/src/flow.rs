@@ -5,8 +5,9 @@
 //!   `rudder_tune::load::load_model`);
 //! - `normalization.json` (optional): pi0 mean/std of state and actions ([`crate::normalize`]);
 //! - `policy.json` (optional): [`PolicySettings`] (camera slots, prompt length, chunk timing);
-//! - no `tokenizer.json`: prompts use the byte-level mapping of [`crate::prompt`], and a folder
-//!   with a `tokenizer.json` is refused so that a subword-trained model is not fed bytes.
+//! - `tokenizer.json` (optional): the prompt tokenizer ([`crate::tokenizer`]; `rudder train vla`
+//!   writes a BPE); without it prompts use the byte-level mapping of [`crate::prompt`]. Its ids
+//!   must stay below the model's image token.
 //!
 //! One inference: every camera slot's image is resized to the vision tower's input and scaled to
 //! [-1, 1] (absent slots are -1 and masked); the sequence is `image tokens x slots + [BOS] +
@@ -24,7 +25,8 @@ use rudder_tune::models::pi0;
 use serde::Deserialize;
 
 use crate::normalize::Normalization;
-use crate::{noise, preprocess, prompt, FlowError};
+use crate::tokenizer::PromptTokenizer;
+use crate::{noise, preprocess, FlowError};
 
 /// How the policy's action vectors map onto rudder-robot's action spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,6 +75,7 @@ pub struct FlowPolicy {
     model: pi0::Model,
     norm: Normalization,
     settings: PolicySettings,
+    tokenizer: PromptTokenizer,
     device: Device,
 }
 
@@ -88,16 +91,6 @@ impl std::fmt::Debug for FlowPolicy {
 impl FlowPolicy {
     /// Loads a pi0 checkpoint folder (see the module doc) on the CPU.
     pub fn load(dir: &Path) -> Result<Self, FlowError> {
-        let tok = dir.join("tokenizer.json");
-        if tok.exists() {
-            return Err(FlowError::File {
-                path: tok,
-                problem: "subword tokenizers are not supported yet (prompts use the byte-level \
-                          mapping of rudder_policy::prompt); remove it for a model trained on \
-                          byte tokens"
-                    .into(),
-            });
-        }
         let device = Device::Cpu;
         let loaded = load_model(dir, &device)?;
         let model = match loaded.model {
@@ -171,7 +164,23 @@ impl FlowPolicy {
             model.cfg.max_state_dim,
             model.cfg.max_action_dim,
         )?;
+        // Text ids stop below the image token (and inside the embedding table).
+        let image_id = model.cfg.vlm.image_token_id as usize;
+        let byte_limit = model.cfg.vlm.text.0.vocab_size.min(image_id).max(4);
+        let tokenizer = PromptTokenizer::load(dir, byte_limit)?;
+        if tokenizer.is_bpe() && tokenizer.vocab_size() > byte_limit {
+            return Err(FlowError::File {
+                path: dir.join("tokenizer.json"),
+                problem: format!(
+                    "{} tokens, but the model's text ids stop at {byte_limit} (image token \
+                     {image_id}, vocab_size {})",
+                    tokenizer.vocab_size(),
+                    model.cfg.vlm.text.0.vocab_size
+                ),
+            });
+        }
         Ok(Self {
+            tokenizer,
             dir: dir.to_path_buf(),
             model,
             norm,
@@ -183,6 +192,10 @@ impl FlowPolicy {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
     pub fn settings(&self) -> &PolicySettings {
         &self.settings
     }
@@ -291,9 +304,9 @@ impl FlowPolicy {
         let st: Vec<f32> = st.iter().map(|&v| v as f32).collect();
 
         let image_id = cfg.vlm.image_token_id;
-        let vocab = cfg.vlm.text.0.vocab_size;
-        let limit = vocab.min(image_id as usize).max(4);
-        let text = prompt::byte_tokens(prompt_text, limit, self.settings.max_prompt_tokens);
+        let text = self
+            .tokenizer
+            .encode(prompt_text, self.settings.max_prompt_tokens)?;
         let mut ids = Vec::with_capacity(cams * per_image + text.len());
         let mut mask = Vec::with_capacity(ids.capacity());
         for &p in &present {

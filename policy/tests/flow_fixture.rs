@@ -132,8 +132,26 @@ fn normalization_and_robot_policy() {
         e.contains("action_space") && e.contains("eef_delta7"),
         "{e}"
     );
+    std::fs::remove_file(dir.join("policy.json")).unwrap();
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
     let e = FlowPolicy::load(&dir).unwrap_err().to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
+    // A tokenizer whose ids reach the image token is refused; one below it is used.
+    let bpe = rudder_policy::tokenizer::train_bpe(["pick up the bowl slowly"], 400).unwrap();
+    assert!(bpe.vocab_size() > 100 && bpe.vocab_size() < 511);
+    bpe.save(&dir.join("tokenizer.json")).unwrap();
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let low = config.replace("\"image_token_index\": 511", "\"image_token_index\": 100");
+    assert_ne!(low, config);
+    std::fs::write(dir.join("config.json"), low).unwrap();
+    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("image token 100"),
+        "{e}"
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let p = FlowPolicy::load(&dir).unwrap();
+    assert!(p.tokenizer().is_bpe());
+    assert!(p.tokenizer().single_token("slowly"));
     std::fs::remove_dir_all(&dir).ok();
 }

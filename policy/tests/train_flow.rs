@@ -43,6 +43,7 @@ fn tiny(steps: u64) -> TrainConfig {
             chunk: 4,
             max_prompt_tokens: 24,
             inference_steps: 4,
+            ..ModelSpec::default()
         },
         steps,
         batch_size: 8,
@@ -153,10 +154,15 @@ fn train_checkpoint_loads_as_flow_policy() {
         "training.json",
         "optimizer.safetensors",
         "trainer_state.json",
+        "tokenizer.json",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let mut policy = FlowPolicy::load(&dir).unwrap();
+    // The BPE trained with the model holds the manner words whole.
+    for w in ["slowly", "quickly", "left", "up"] {
+        assert!(policy.tokenizer().single_token(w), "{w}");
+    }
     assert_eq!(policy.cameras(), ["agentview", "wrist"]);
     assert_eq!(policy.action_horizon(), 4);
     assert_eq!(policy.action_dim(), 7);

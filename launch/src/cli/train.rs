@@ -43,6 +43,12 @@ pub enum VlaVariant {
     Tokens,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenizerArg {
+    Bpe,
+    Bytes,
+}
+
 #[derive(Debug, Args)]
 pub struct VlaArgs {
     /// Demo folder written by `rudder demos` (meta.json + episode shards).
@@ -99,9 +105,16 @@ pub struct VlaArgs {
     /// Actions per chunk.
     #[arg(long, default_value_t = 8)]
     pub chunk: usize,
-    /// Prompt length limit in byte tokens (BOS included).
+    /// Prompt length limit in tokens (BOS included).
     #[arg(long, default_value_t = 48)]
     pub max_prompt_tokens: usize,
+    /// Prompt tokenizer: a BPE trained on the demos' instructions and a small corpus (saved as
+    /// tokenizer.json; manner words are whole tokens), or raw bytes.
+    #[arg(long, value_enum, default_value = "bpe")]
+    pub tokenizer: TokenizerArg,
+    /// Upper bound of the BPE vocabulary (special tokens included).
+    #[arg(long, default_value_t = 512)]
+    pub vocab_size: usize,
     /// Euler steps at inference.
     #[arg(long, default_value_t = 10)]
     pub inference_steps: usize,
@@ -197,7 +210,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
 
 fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
     use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    use rudder_policy::train::{FlowTrainer, ModelSpec, TokenizerKind, TrainConfig};
     if a.variant == VlaVariant::Tokens {
         anyhow::bail!(
             "--variant tokens (OpenVLA-style action tokens) is not built yet; use --variant flow"
@@ -218,6 +231,11 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
             chunk: a.chunk,
             max_prompt_tokens: a.max_prompt_tokens,
             inference_steps: a.inference_steps,
+            tokenizer: match a.tokenizer {
+                TokenizerArg::Bpe => TokenizerKind::Bpe,
+                TokenizerArg::Bytes => TokenizerKind::Bytes,
+            },
+            bpe_vocab: a.vocab_size,
         },
         steps: a.steps,
         batch_size: a.batch,

@@ -6,8 +6,10 @@
 //!   cameras, Gemma prefix, Gemma action expert), random init from a seed (LeCun-normal
 //!   matrices, normal(0, 0.02) embedding tables, zero biases, LayerNorm weights 1, Gemma
 //!   RMSNorm weights 0 = scale 1).
-//! - Prompts: byte-level tokens ([`crate::prompt`]); vocabulary 260 = pad, eos, bos, 256 bytes,
-//!   and the image token 259.
+//! - Prompts: a BPE trained on the data set's instructions and a small corpus
+//!   ([`crate::tokenizer`], saved as `tokenizer.json`; the default), or byte-level tokens
+//!   ([`crate::prompt`]: vocabulary 260 = pad, eos, bos, 256 bytes and the image token). The
+//!   image token is the id after the last text id.
 //! - Data: state and action normalised with the data set's mean/std (`normalization.json`);
 //!   the target is the normalised chunk of `chunk` actions from each frame.
 //! - Loss: flow matching (REFERENCE §6b): `t ~ Beta(1.5, 1) * 0.999 + 0.001` (drawn as
@@ -39,11 +41,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::dataset::{DemoDataset, Stats, ACTION_DIM, STATE_DIM};
+use crate::tokenizer::{train_bpe, PromptTokenizer};
 use crate::{preprocess, prompt, FlowError};
 
-/// Byte tokens 3..=258, image token 259.
-pub const VOCAB: usize = 260;
-pub const IMAGE_TOKEN: u32 = 259;
+/// How prompts become ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// A BPE of at most `bpe_vocab` ids trained on the instructions (+ corpus).
+    #[default]
+    Bpe,
+    /// The byte-level mapping (checkpoints from before the BPE).
+    Bytes,
+}
+
+fn bytes_kind() -> TokenizerKind {
+    TokenizerKind::Bytes
+}
+
+fn default_bpe_vocab() -> usize {
+    512
+}
+
+/// Byte-level prompts: text ids 0..=258 (pad, eos, bos, bytes), image token 259.
+pub const BYTE_TEXT_IDS: usize = 259;
 /// The cameras, in model slot order, under the names the tabletop embodiment uses.
 pub const CAMERAS: [&str; 2] = ["agentview", "wrist"];
 
@@ -68,6 +89,12 @@ pub struct ModelSpec {
     pub max_prompt_tokens: usize,
     /// Euler steps at inference.
     pub inference_steps: usize,
+    /// Absent in checkpoints from before the BPE, which used bytes.
+    #[serde(default = "bytes_kind")]
+    pub tokenizer: TokenizerKind,
+    /// Upper bound of the BPE's size (specials included).
+    #[serde(default = "default_bpe_vocab")]
+    pub bpe_vocab: usize,
 }
 
 impl Default for ModelSpec {
@@ -85,13 +112,30 @@ impl Default for ModelSpec {
             chunk: 8,
             max_prompt_tokens: 48,
             inference_steps: 10,
+            tokenizer: TokenizerKind::Bpe,
+            bpe_vocab: default_bpe_vocab(),
         }
     }
 }
 
 impl ModelSpec {
-    /// `config.json` in transformers' `PI0ForConditionalGeneration` layout.
-    pub fn config_json(&self) -> serde_json::Value {
+    /// The tokenizer this spec trains on `instructions`.
+    pub fn tokenizer<'a>(
+        &self,
+        instructions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<PromptTokenizer, FlowError> {
+        match self.tokenizer {
+            TokenizerKind::Bytes => Ok(PromptTokenizer::Bytes {
+                limit: BYTE_TEXT_IDS,
+            }),
+            TokenizerKind::Bpe => train_bpe(instructions, self.bpe_vocab),
+        }
+    }
+
+    /// `config.json` in transformers' `PI0ForConditionalGeneration` layout, for `text_ids`
+    /// text ids (the image token comes after them).
+    pub fn config_json(&self, text_ids: usize) -> serde_json::Value {
+        let vocab = text_ids + 1;
         let gemma = |hidden: usize| {
             json!({
                 "model_type": "gemma",
@@ -108,7 +152,7 @@ impl ModelSpec {
                 "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
                 "tie_word_embeddings": true,
                 "use_bidirectional_attention": true,
-                "vocab_size": VOCAB,
+                "vocab_size": vocab,
                 "pad_token_id": 0,
                 "eos_token_id": 1,
                 "bos_token_id": 2,
@@ -135,9 +179,9 @@ impl ModelSpec {
             "dit_config": gemma(self.expert_hidden),
             "vlm_config": {
                 "model_type": "paligemma",
-                "image_token_index": IMAGE_TOKEN,
+                "image_token_index": text_ids,
                 "projection_dim": self.hidden,
-                "vocab_size": VOCAB,
+                "vocab_size": vocab,
                 "tie_word_embeddings": true,
                 "text_config": text,
                 "vision_config": {
@@ -157,8 +201,11 @@ impl ModelSpec {
         })
     }
 
-    pub fn pi0_config(&self) -> Result<pi0::Config, FlowError> {
-        let jc = JsonConfig::from_value(Path::new("<generated config.json>"), self.config_json());
+    pub fn pi0_config(&self, text_ids: usize) -> Result<pi0::Config, FlowError> {
+        let jc = JsonConfig::from_value(
+            Path::new("<generated config.json>"),
+            self.config_json(text_ids),
+        );
         Ok(pi0::Config::from_json(&jc)?)
     }
 
@@ -246,6 +293,7 @@ pub struct FlowTrainer {
     pub opt: AdamW,
     pub sched: CosineSchedule,
     pub stats: Stats,
+    pub tokenizer: PromptTokenizer,
     rng: Rng,
     order: Vec<u32>,
     cursor: usize,
@@ -287,7 +335,10 @@ impl FlowTrainer {
         if cfg.batch_size == 0 {
             return Err(FlowError::input("batch_size", "must be > 0"));
         }
-        let model_cfg = cfg.model.pi0_config()?;
+        let tokenizer = cfg
+            .model
+            .tokenizer(data.episodes.iter().map(|e| e.instruction.as_str()))?;
+        let model_cfg = cfg.model.pi0_config(tokenizer.vocab_size())?;
         let device = Device::Cpu;
         let varmap = VarMap::new();
         // Creates every variable (zeros) under its Hub name.
@@ -343,6 +394,7 @@ impl FlowTrainer {
             },
             opt: AdamW::new(params, optim)?,
             stats: data.stats(),
+            tokenizer,
             model_cfg,
             varmap,
             cfg,
@@ -424,19 +476,19 @@ impl FlowTrainer {
                 an.normalize(&mut a);
                 actions.extend(a.iter().map(|&v| v as f32));
             }
-            // Same ids as FlowPolicy::infer_raw: limit = min(vocab, image token).
-            prompts.push(prompt::byte_tokens(
-                &ep.instruction,
-                VOCAB.min(IMAGE_TOKEN as usize),
-                spec.max_prompt_tokens,
-            ));
+            // Same ids as FlowPolicy::infer_raw.
+            prompts.push(
+                self.tokenizer
+                    .encode(&ep.instruction, spec.max_prompt_tokens)?,
+            );
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let image_token = self.model_cfg.vlm.image_token_id;
         let seq = 2 * per_image + longest;
         let mut ids = Vec::with_capacity(b * seq);
         let mut mask = Vec::with_capacity(b);
         for p in &prompts {
-            ids.extend(std::iter::repeat_n(IMAGE_TOKEN, 2 * per_image));
+            ids.extend(std::iter::repeat_n(image_token, 2 * per_image));
             ids.extend(p);
             ids.extend(std::iter::repeat_n(prompt::PAD, longest - p.len()));
             let mut m = vec![true; 2 * per_image + p.len()];
@@ -521,7 +573,11 @@ impl FlowTrainer {
                 serde_json::to_vec_pretty(v).map_err(|e| FlowError::input(name, e.to_string()))?;
             write_atomic(&dir.join(name), &bytes).map_err(tune_err)
         };
-        write_json("config.json", &spec.config_json())?;
+        write_json(
+            "config.json",
+            &spec.config_json(self.tokenizer.vocab_size()),
+        )?;
+        self.tokenizer.save(&dir.join("tokenizer.json"))?;
         let w: HashMap<String, Tensor> = self
             .opt
             .params

@@ -95,7 +95,18 @@ pub struct ControlCore {
     chunk_age: Histogram,
     chunks_received: u64,
     chunks_rejected: u64,
+    /// Recent (time, commanded position) pairs, oldest first, for re-anchoring relative chunks.
+    commanded: std::collections::VecDeque<(f64, Vec<f64>)>,
+    chunks_reanchored: u64,
 }
+
+/// How many ticks of commands are kept for re-anchoring (2 s at 500 Hz).
+const COMMAND_HISTORY: usize = 1000;
+
+/// A relative chunk whose observed start is further than this (rad, any joint) from the
+/// command at its start time is not re-anchored: the arm is not where it was sent (contact,
+/// a hold), and adding deltas to the command would carry the error on.
+const REANCHOR_MAX_RAD: f64 = 0.2;
 
 impl ControlCore {
     /// Starts holding at rest at `initial` (the measured position).
@@ -124,11 +135,64 @@ impl ControlCore {
             chunk_age: Histogram::new(100_000, 50_000),
             chunks_received: 0,
             chunks_rejected: 0,
+            commanded: std::collections::VecDeque::with_capacity(COMMAND_HISTORY),
+            chunks_reanchored: 0,
         })
     }
 
+    /// The command sent at the last tick at or before `time` (the oldest kept if `time` is
+    /// older).
+    fn commanded_at(&self, time: f64) -> Option<&[f64]> {
+        self.commanded
+            .iter()
+            .rev()
+            .find(|(ct, _)| *ct <= time + 1e-9)
+            .or(self.commanded.front())
+            .map(|(_, q)| q.as_slice())
+    }
+
+    /// A relative chunk (deltas added to the observed position) moved so that it starts at the
+    /// position commanded at its start time. The loop sends a command every tick while the
+    /// policy thinks, so by the time a chunk arrives the arm has been sent on from the
+    /// observation; anchoring the deltas on the stale observation would drop the motion of
+    /// every tick in between (the arm would move at a fraction of the policy's speed).
+    fn reanchor(&mut self, traj: Arc<JointTrajectory>) -> Arc<JointTrajectory> {
+        if !traj.relative {
+            return traj;
+        }
+        let Some(first) = traj.points.first() else {
+            return traj;
+        };
+        let Some(anchor) = self.commanded_at(traj.start_time) else {
+            return traj;
+        };
+        if anchor.len() != first.len()
+            || anchor
+                .iter()
+                .zip(first)
+                .any(|(a, f)| (a - f).abs() > REANCHOR_MAX_RAD)
+        {
+            return traj;
+        }
+        let offset: Vec<f64> = anchor.iter().zip(first).map(|(a, f)| a - f).collect();
+        let mut moved = (*traj).clone();
+        for p in &mut moved.points {
+            for (x, o) in p.iter_mut().zip(&offset) {
+                *x += o;
+            }
+        }
+        self.chunks_reanchored += 1;
+        Arc::new(moved)
+    }
+
+    /// Relative chunks moved onto the loop's own commands so far.
+    pub fn chunks_reanchored(&self) -> u64 {
+        self.chunks_reanchored
+    }
+
     /// Offers a new trajectory at time `t`; it is faded in over the blend window. Returns
-    /// false (and counts it) if it cannot be used: wrong joint count, or already over.
+    /// false (and counts it) if it cannot be used: wrong joint count, or already over. A
+    /// relative chunk is first re-anchored on the commands (see `reanchor`).
     pub fn offer(&mut self, traj: Arc<JointTrajectory>, t: f64) -> bool {
         self.chunks_received += 1;
         let dof = self.desired.len();
@@ -136,6 +200,7 @@ impl ControlCore {
             self.chunks_rejected += 1;
             return false;
         }
+        let traj = self.reanchor(traj);
         let reference = self.reference.get_or_insert_with(|| {
             // Resuming from a hold: blend from where the filter last put the arm.
             Reference::hold(self.filter.position(), None, self.blend_window)
@@ -180,6 +245,18 @@ impl ControlCore {
             }
         }
         self.monitor.check(&out.positions);
+        // Reuses the oldest entry's buffer: no allocation on the control thread once full.
+        let mut slot = if self.commanded.len() >= COMMAND_HISTORY {
+            self.commanded
+                .pop_front()
+                .map(|(_, q)| q)
+                .unwrap_or_default()
+        } else {
+            Vec::with_capacity(out.positions.len())
+        };
+        slot.clear();
+        slot.extend_from_slice(&out.positions);
+        self.commanded.push_back((t, slot));
         self.state
     }
 

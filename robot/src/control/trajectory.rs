@@ -32,6 +32,10 @@ pub struct JointTrajectory {
     pub gripper: Vec<Option<f64>>,
     /// Timestamp of the observation the chunk was computed from (for chunk-age metrics).
     pub observation_time: f64,
+    /// The points came from deltas (end-effector deltas, velocities) added to the observed
+    /// position: the loop re-anchors them on the position it commanded at `start_time`
+    /// ([`crate::control::ControlCore::offer`]).
+    pub relative: bool,
 }
 
 impl JointTrajectory {
@@ -199,6 +203,10 @@ impl ChunkConverter {
                 return Err(ConvertError::UnsupportedSpace(chunk.space));
             }
         }
+        let relative = matches!(
+            chunk.space,
+            ActionSpace::EefDelta7 | ActionSpace::JointVelocities { .. }
+        );
         Ok((
             JointTrajectory {
                 start_time: chunk.start_time,
@@ -206,6 +214,7 @@ impl ChunkConverter {
                 points,
                 gripper,
                 observation_time,
+                relative,
             },
             notes,
         ))
@@ -411,6 +420,7 @@ mod tests {
             points: pts.iter().map(|p| vec![*p]).collect(),
             gripper: vec![None; pts.len()],
             observation_time: start,
+            relative: false,
         }
     }
 

@@ -102,8 +102,16 @@ impl Policy for ShadowExpert {
                 ),
             },
         )?;
-        // The gripper's closure follows the joints in the documented state layout.
-        let closure = obs.state.get(12).copied();
+        // The gripper's closure follows the joints in the documented state layout. An arm on
+        // its own clock reports it late (DDS and the driver's tick): taking it would reopen the
+        // copy's fingers while the expert is closing them, so the copy never holds what the
+        // real gripper holds and the two scenes part ways. Paced, the copy keeps its own
+        // gripper, driven by the expert's commands.
+        let closure = if self.paced.is_some() {
+            None
+        } else {
+            obs.state.get(12).copied()
+        };
         let (target, grip) = Self::step(&mut self.shadow, &mut self.expert, &q, closure)
             .map_err(PolicyError::Inference)?;
         let mut actions = Vec::with_capacity(self.horizon);
