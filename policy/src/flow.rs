@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use rudder_robot::{Action, ActionChunk, ActionSpace, Observation, Policy, PolicyError};
+use rudder_tune::hooks::Hooks;
 use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::models::pi0;
 use serde::Deserialize;
@@ -247,6 +248,20 @@ impl FlowPolicy {
         prompt_text: &str,
         seed: u64,
     ) -> Result<Vec<Vec<f32>>, FlowError> {
+        self.infer_raw_hooked(images, state, prompt_text, seed, None)
+    }
+
+    /// [`Self::infer_raw`] with hooks on the prefix pass (vision tower and language model:
+    /// steering sets `blocks.{l}.mlp.act` neurons of the language model there). The action
+    /// expert's pass runs unhooked.
+    pub fn infer_raw_hooked(
+        &self,
+        images: &[(String, rudder_robot::ImageRgb8)],
+        state: &[f64],
+        prompt_text: &str,
+        seed: u64,
+        hooks: Option<&mut Hooks>,
+    ) -> Result<Vec<Vec<f32>>, FlowError> {
         let cfg = &self.model.cfg;
         let cams = self.settings.cameras.len();
         let size = self.image_size();
@@ -326,9 +341,10 @@ impl FlowPolicy {
         let state_t = Tensor::from_vec(st, (1, cfg.max_state_dim), &self.device)?;
         let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
         let noise_t = Tensor::from_vec(noise::gaussian(seed, h * a), (1, h, a), &self.device)?;
+        let cache = self.model.prefix_cache(&inputs, hooks)?;
         let out = self
             .model
-            .sample_actions(&inputs, &state_t, &noise_t, None)?;
+            .sample_actions_cached(&cache, &state_t, &noise_t, None)?;
         let rows: Vec<Vec<f32>> = out
             .squeeze(0)?
             .to_dtype(candle_core::DType::F32)?
@@ -353,13 +369,31 @@ impl FlowPolicy {
 
 impl Policy for FlowPolicy {
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        self.infer_chunk(obs, None)
+    }
+}
+
+impl FlowPolicy {
+    /// The `rudder_robot::Policy` chunk for `obs`, with optional hooks on the prefix pass
+    /// (see [`Self::infer_raw_hooked`]).
+    pub fn infer_chunk(
+        &self,
+        obs: &Observation,
+        hooks: Option<&mut Hooks>,
+    ) -> Result<ActionChunk, PolicyError> {
         let images: Vec<(String, rudder_robot::ImageRgb8)> = obs
             .images
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let rows = self
-            .infer_raw(&images, &obs.state, &obs.instruction, self.settings.seed)
+            .infer_raw_hooked(
+                &images,
+                &obs.state,
+                &obs.instruction,
+                self.settings.seed,
+                hooks,
+            )
             .map_err(|e| match e {
                 FlowError::Input { input, problem } if input == "state" => {
                     PolicyError::BadObservation {

@@ -30,6 +30,7 @@ use rudder_robot::{
 use rudder_sim::tabletop::{
     command_joints, load_suite, loop_observation, CameraConfig, Suite, TabletopEnv, CONTROL_HZ,
 };
+use rudder_steering::{Steerer, SteeringHandle};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -83,6 +84,9 @@ pub struct EvalOptions {
     pub lockstep: bool,
     pub camera_size: Option<u32>,
     pub max_steps: Option<usize>,
+    /// Steering clusters with their alphas, applied to the prefix language model's FFNs at
+    /// every inference (`rudder steer sweep`).
+    pub steering: Option<SteeringHandle>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +96,29 @@ pub struct EpisodeOutcome {
     pub instruction: String,
     pub success: bool,
     pub steps: usize,
+    /// Mean end-effector (TCP) speed over the episode's simulator steps, m/s.
+    pub mean_speed: f64,
+    /// Mean TCP velocity per base axis (x, y, z), m/s: the net displacement over the time.
+    pub mean_velocity: [f64; 3],
+}
+
+/// Mean speed and mean velocity (m/s) of a TCP path sampled at the simulator's rate.
+fn path_stats(path: &[[f64; 3]]) -> (f64, [f64; 3]) {
+    if path.len() < 2 {
+        return (0.0, [0.0; 3]);
+    }
+    let steps = (path.len() - 1) as f64;
+    let dist: f64 = path
+        .windows(2)
+        .map(|w| {
+            let d: f64 = (0..3).map(|i| (w[1][i] - w[0][i]).powi(2)).sum();
+            d.sqrt()
+        })
+        .sum();
+    let first = path[0];
+    let last = path[path.len() - 1];
+    let vel = std::array::from_fn(|i| (last[i] - first[i]) / steps * CONTROL_HZ);
+    (dist / steps * CONTROL_HZ, vel)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +232,8 @@ struct EvalTabletop {
     env: SharedEnv,
     done: Arc<AtomicBool>,
     max_steps: usize,
+    /// The TCP after every simulator step (the first entry: the initial pose).
+    tcp: Arc<Mutex<Vec<[f64; 3]>>>,
 }
 
 impl Embodiment for EvalTabletop {
@@ -251,6 +280,7 @@ impl Embodiment for EvalTabletop {
         if env.done() || env.steps() >= self.max_steps {
             self.done.store(true, Ordering::Release);
         }
+        lock(&self.tcp).push(env.tcp());
         r
     }
 }
@@ -260,6 +290,7 @@ impl Embodiment for EvalTabletop {
 struct TabletopFlow {
     inner: Arc<Mutex<FlowPolicy>>,
     latency_ms: Arc<Mutex<Vec<f64>>>,
+    steerer: Option<Steerer>,
 }
 
 impl Policy for TabletopFlow {
@@ -277,7 +308,8 @@ impl Policy for TabletopFlow {
             timestamp: obs.timestamp,
         };
         let t0 = Instant::now();
-        let out = lock(&self.inner).infer(&view);
+        let hooks = self.steerer.as_mut().and_then(|s| s.hooks());
+        let out = lock(&self.inner).infer_chunk(&view, hooks);
         lock(&self.latency_ms).push(t0.elapsed().as_secs_f64() * 1e3);
         out
     }
@@ -404,16 +436,19 @@ pub fn evaluate(
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let instruction = env.instruction().to_string();
+            let tcp = Arc::new(Mutex::new(vec![env.tcp()]));
             let shared: SharedEnv = Arc::new(Mutex::new(env));
             let done = Arc::new(AtomicBool::new(false));
             let mut emb = EvalTabletop {
                 env: Arc::clone(&shared),
                 done: Arc::clone(&done),
                 max_steps,
+                tcp: Arc::clone(&tcp),
             };
             let mut pol = TabletopFlow {
                 inner: Arc::clone(&policy),
                 latency_ms: Arc::clone(&latency),
+                steerer: o.steering.as_ref().map(SteeringHandle::steerer),
             };
             if o.lockstep {
                 lockstep(&mut emb, &mut pol)?;
@@ -428,12 +463,15 @@ pub fn evaluate(
                 lp.stop()?;
             }
             let env = lock(&shared);
+            let (mean_speed, mean_velocity) = path_stats(&lock(&tcp));
             let out = EpisodeOutcome {
                 task_index: ti,
                 episode,
                 instruction,
                 success: env.success(),
                 steps: env.steps(),
+                mean_speed,
+                mean_velocity,
             };
             successes += out.success as usize;
             progress(&out);
@@ -490,6 +528,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         lockstep: a.lockstep,
         camera_size: a.camera_size,
         max_steps: a.max_steps,
+        steering: None,
     };
     let quiet = a.json;
     let r = evaluate(&o, |e| {
@@ -616,6 +655,7 @@ mod tests {
                 env: Arc::clone(&shared),
                 done: Arc::new(AtomicBool::new(false)),
                 max_steps: task.max_steps,
+                tcp: Arc::new(Mutex::new(Vec::new())),
             };
             let actions: Vec<[f64; 7]> = (0..ep.steps)
                 .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
@@ -692,6 +732,7 @@ mod tests {
                 lockstep,
                 camera_size: None,
                 max_steps: Some(12),
+                steering: None,
             };
             let r = evaluate(&o, |_| {}).unwrap();
             let v = serde_json::to_value(&r).unwrap();

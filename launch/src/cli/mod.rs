@@ -7,6 +7,7 @@ pub mod model;
 pub mod serve;
 pub mod sim;
 pub mod steer;
+pub mod steer_sweep;
 pub mod train;
 
 use std::process::ExitCode;
@@ -96,10 +97,14 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if cli.recording.any() && !matches!(cli.command, Command::Launch(_)) {
+    let records = matches!(
+        cli.command,
+        Command::Launch(_) | Command::Steer(steer::SteerCommand::Sweep(_))
+    );
+    if cli.recording.any() && !records {
         anyhow::bail!(
             "--record / --connect / --no-viz apply to commands that record a Rerun stream: \
-             `rudder launch FILE --record out.rrd`"
+             `rudder launch FILE --record out.rrd`, `rudder steer sweep ... --record sweep.rrd`"
         );
     }
     match cli.command {
@@ -111,6 +116,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demos(d) => sim::demos(d),
         Command::Serve(s) => serve::run(s),
         Command::Eval(e) => eval::run(e),
-        Command::Steer(s) => steer::run(s),
+        Command::Steer(s) => steer::run(s, &cli.recording),
     }
 }

@@ -35,6 +35,14 @@ case-insensitively without ▁ / Ġ / ## markers; `<123>` means token id 123.")]
 rudder steer bench --model fixtures/hf-tiny/llama --iters 200\n  \
 rudder steer bench --model fixtures/hf-tiny/llama --clusters out/dict.toml --set fast=4,slow=off --json")]
     Bench(BenchArgs),
+    /// Run a VLA-flow policy in the tabletop simulator with a cluster set to each alpha (and a
+    /// random control cluster, and unsteered): speed, displacement per axis and success with
+    /// 95 % intervals, as a table / JSON, a PNG and (with --record or --connect) in Rerun.
+    #[command(after_help = "Examples:\n  \
+rudder steer clusters --model runs/vla/latest --size 10 --layers 1.. --out dict.toml\n  \
+rudder steer sweep --policy runs/vla --dict dict.toml --cluster fast_10 --alphas 0,2,4,8,16 --episodes 2 --json\n  \
+rudder steer sweep --policy runs/vla --dict dict.toml --cluster up_10 --tasks 0,1 --record sweep.rrd")]
+    Sweep(super::steer_sweep::SweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,11 +116,12 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-pub fn run(cmd: SteerCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: SteerCommand, rec: &super::RecordingFlags) -> anyhow::Result<ExitCode> {
     match cmd {
         SteerCommand::Inspect(a) => inspect(a),
         SteerCommand::Clusters(a) => clusters(a),
         SteerCommand::Bench(a) => bench(a),
+        SteerCommand::Sweep(a) => super::steer_sweep::run(a, rec),
     }
 }
 

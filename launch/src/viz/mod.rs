@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod driving;
 mod logger;
+pub mod plot;
 
 pub use logger::{blueprint, open_stream, spawn_logger, LoggerHandle, LoggerReport};
 
