@@ -153,14 +153,30 @@ fn unknown_policy_kind() {
 }
 
 #[test]
-fn steering_is_not_available_yet() {
-    let src = format!("{GOOD}\n[steering]\nenabled = true\nconcept = \"slow\"\n");
+fn steering_needs_a_checkpoint_a_dictionary_and_alphas() {
+    let src = format!("{GOOD}\n[steering]\nenabled = true\n");
+    check(&parse_err(&src), 12, "steering.enabled", "policy.kind");
+    let ckpt = GOOD.replace(
+        "kind = \"scripted\"",
+        "kind = \"checkpoint\"\ncheckpoint = \"runs/vla\"",
+    );
+    let src = format!("{ckpt}\n[steering]\nenabled = true\n");
     check(
         &parse_err(&src),
         12,
-        "steering.enabled",
-        "not available yet",
+        "steering.dictionary",
+        "rudder steer clusters",
     );
+    let src = format!("{ckpt}\n[steering]\nenabled = true\ndictionary = \"d.toml\"\n");
+    check(
+        &parse_err(&src),
+        12,
+        "steering.alphas",
+        "at least one cluster",
+    );
+    let src = format!("{ckpt}\n[steering]\nenabled = true\nconcept = \"slow\"\n");
+    let e = parse_err(&src);
+    assert!(e.message.contains("concept"), "{e}");
 }
 
 #[test]
@@ -204,7 +220,10 @@ fn run_time_rejections_say_what_is_missing() {
         "kind = \"checkpoint\"\ncheckpoint = \"ckpt/vla\"",
     );
     let e = run_err(&ckpt);
-    assert!(e.contains("VLA") && e.contains("ckpt/vla"), "{e}");
+    assert!(
+        e.contains("ckpt/vla") && e.contains("neither a checkpoint folder"),
+        "{e}"
+    );
     let driving = std::fs::read_to_string(root.join("launch/driving.toml")).expect("driving");
     let open_loop = driving.replace("closed_loop_nonreactive", "open_loop");
     let lf = LaunchFile::parse("open.toml", &open_loop).expect("valid");
@@ -319,4 +338,101 @@ fn scripted_expert_succeeds_through_the_loop_on_every_suite_task() {
         "{} of {total} failed through the loop: {failures:?}",
         failures.len()
     );
+}
+
+/// `policy.kind = "checkpoint"` runs a trained VLA through the tabletop loop, and `[steering]`
+/// sets its clusters: the steered run moves the arm differently from the unsteered one.
+#[test]
+fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
+    use rudder_policy::dataset::DemoDataset;
+    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    use rudder_sim::tabletop::{write_demos, CameraConfig, Suite};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cams = CameraConfig {
+        width: 32,
+        height: 32,
+    };
+    write_demos(Suite::Spatial, 1, &tmp.path().join("demos"), 0, cams).expect("demos");
+    let data = DemoDataset::load(&tmp.path().join("demos"), true).expect("data");
+    let cfg = TrainConfig {
+        model: ModelSpec {
+            hidden: 32,
+            layers: 2,
+            heads: 2,
+            head_dim: 16,
+            expert_hidden: 32,
+            vision_hidden: 32,
+            vision_layers: 1,
+            image_size: 32,
+            patch_size: 16,
+            chunk: 4,
+            max_prompt_tokens: 24,
+            inference_steps: 2,
+            ..ModelSpec::default()
+        },
+        steps: 2,
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut tr = FlowTrainer::new(cfg, &data).expect("trainer");
+    tr.step(&data).expect("step");
+    let ckpt = tr.save(&tmp.path().join("run"), 1, &data).expect("save");
+    // Every neuron of layer 0 in one cluster: a strong, certain intervention. (In pi0 the
+    // action expert reads the prefix's keys and values at each layer's input, so the last
+    // layer's FFN output reaches nothing: steering there is a no-op.)
+    let dict = tmp.path().join("dict.toml");
+    let ids: Vec<String> = (0..128).map(|i| i.to_string()).collect();
+    std::fs::write(
+        &dict,
+        format!(
+            "[meta]\nmodel = \"x\"\nd_ff = 128\nnum_layers = 2\n\n[clusters]\nall_l0 = [{}]\n",
+            ids.join(", ")
+        ),
+    )
+    .expect("dict");
+    let base = GOOD
+        .replace(
+            "kind = \"scripted\"",
+            &format!("kind = \"checkpoint\"\ncheckpoint = \"{}\"", ckpt.display()),
+        )
+        .replace("index = 2", "index = 2\ncamera_size = 32");
+    let opts = RunOptions {
+        viz: None,
+        episodes: 1,
+        lockstep: true,
+        progress: false,
+    };
+    let path_of = |src: &str| {
+        let lf = LaunchFile::parse("x.toml", src).expect("valid");
+        let r = run(&lf, &opts).expect("runs");
+        assert_eq!(r.episodes.len(), 1);
+        assert_eq!(r.episodes[0].ticks, 12);
+        r.episodes[0].measured.clone()
+    };
+    let plain = path_of(&format!("{base}\n[control]\nmax_ticks = 12\n"));
+    let steered = path_of(&format!(
+        "{base}\n[control]\nmax_ticks = 12\n\n[steering]\nenabled = true\ndictionary = \"{}\"\n\
+         alphas = {{ all_l0 = 50.0 }}\n",
+        dict.display()
+    ));
+    let diff = plain
+        .iter()
+        .zip(&steered)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f64::max);
+    assert!(diff > 1e-6, "steering changed nothing ({diff})");
+    // A dictionary that does not fit the model is named.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[meta]\nmodel = \"x\"\nd_ff = 128\nnum_layers = 2\n\n[clusters]\nfar = [9999]\n",
+    )
+    .expect("dict");
+    let src = format!(
+        "{base}\n[control]\nmax_ticks = 3\n\n[steering]\nenabled = true\ndictionary = \"{}\"\n\
+         alphas = {{ far = 1.0 }}\n",
+        bad.display()
+    );
+    let e = run_err(&src);
+    assert!(e.contains("bad.toml") && e.contains("9999"), "{e}");
 }

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod launchfile;
 pub mod serve;
 pub mod viz;
+pub mod vla;
 
 /// Keeps large tensor buffers in the heap between ops: glibc would otherwise return every
 /// buffer above 128 KiB to the kernel with munmap and fault it back in, page by page, on the

@@ -18,19 +18,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
 use clap::Args;
 use rudder_policy::train::TrainingInfo;
 use rudder_policy::FlowPolicy;
 use rudder_robot::control::{ControlCore, Health};
 use rudder_robot::{
-    ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
-    JointLimits, JointState, Observation, Policy, PolicyError, Ur5Model,
+    ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand, JointLimits, JointState,
+    Observation, Policy, Ur5Model,
 };
 use rudder_sim::tabletop::{
     command_joints, load_suite, loop_observation, CameraConfig, Suite, TabletopEnv, CONTROL_HZ,
 };
-use rudder_steering::{Steerer, SteeringHandle};
+use rudder_steering::SteeringHandle;
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -285,36 +286,6 @@ impl Embodiment for EvalTabletop {
     }
 }
 
-/// The trained policy behind the loop: passes the last 8 state values (LIBERO's state) and
-/// records the model's latency.
-struct TabletopFlow {
-    inner: Arc<Mutex<FlowPolicy>>,
-    latency_ms: Arc<Mutex<Vec<f64>>>,
-    steerer: Option<Steerer>,
-}
-
-impl Policy for TabletopFlow {
-    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
-        if obs.state.len() < 8 {
-            return Err(PolicyError::BadObservation {
-                field: "state",
-                reason: format!("{} values, LIBERO's state needs 8", obs.state.len()),
-            });
-        }
-        let view = Observation {
-            images: obs.images.clone(),
-            state: obs.state[obs.state.len() - 8..].to_vec(),
-            instruction: obs.instruction.clone(),
-            timestamp: obs.timestamp,
-        };
-        let t0 = Instant::now();
-        let hooks = self.steerer.as_mut().and_then(|s| s.hooks());
-        let out = lock(&self.inner).infer_chunk(&view, hooks);
-        lock(&self.latency_ms).push(t0.elapsed().as_secs_f64() * 1e3);
-        out
-    }
-}
-
 fn loop_config() -> ControlConfig {
     let mut cfg = ControlConfig::ur5(Ur5Model::ur5(), CONTROL_HZ);
     cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
@@ -323,11 +294,7 @@ fn loop_config() -> ControlConfig {
 
 /// The loop's tick logic on this thread with simulated time (as `rudder launch --lockstep`):
 /// tick `k` observes, follows the chunk inferred at tick `k - 1`, commands, then infers.
-fn lockstep(emb: &mut EvalTabletop, policy: &mut TabletopFlow) -> anyhow::Result<()> {
-    lockstep_with(emb, policy)
-}
-
-fn lockstep_with(emb: &mut EvalTabletop, policy: &mut impl Policy) -> anyhow::Result<()> {
+fn lockstep(emb: &mut EvalTabletop, policy: &mut impl Policy) -> anyhow::Result<()> {
     let cfg = loop_config();
     let mut safety = cfg.safety.clone();
     safety.dt = 1.0 / cfg.rate_hz;
@@ -445,9 +412,9 @@ pub fn evaluate(
                 max_steps,
                 tcp: Arc::clone(&tcp),
             };
-            let mut pol = TabletopFlow {
+            let mut pol = TabletopVla {
                 inner: Arc::clone(&policy),
-                latency_ms: Arc::clone(&latency),
+                latency_ms: Some(Arc::clone(&latency)),
                 steerer: o.steering.as_ref().map(SteeringHandle::steerer),
             };
             if o.lockstep {
@@ -589,7 +556,7 @@ mod tests {
     use super::*;
     use rudder_policy::dataset::DemoDataset;
     use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
-    use rudder_robot::{Action, ActionSpace};
+    use rudder_robot::{Action, ActionChunk, ActionSpace, PolicyError};
 
     #[test]
     fn wilson_interval() {
@@ -671,7 +638,7 @@ mod tests {
                 direct.step(a);
             }
             assert!(direct.success(), "{}: direct replay failed", task.id);
-            lockstep_with(&mut emb, &mut replay).unwrap();
+            lockstep(&mut emb, &mut replay).unwrap();
             let env = lock(&shared);
             ok += env.success() as usize;
             report.push(format!(

@@ -12,6 +12,7 @@ use rudder_steering::intervene::parse_alphas;
 use rudder_steering::projection::{layer_markdown, project_model};
 use rudder_steering::{Dictionary, SteerModel, SteeringHandle};
 use rudder_tune::candle_core::{DType, Tensor};
+use rudder_tune::load::AnyModel;
 
 #[derive(Debug, Subcommand)]
 pub enum SteerCommand {
@@ -222,7 +223,18 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
 
 fn clusters(a: ClustersArgs) -> anyhow::Result<ExitCode> {
     let m = open(&a.model, &a.device)?;
-    let layers = m.layers(a.layers.as_deref())?;
+    let mut layers = m.layers(a.layers.as_deref())?;
+    // pi0's action expert reads the prefix's keys and values at each layer's input, so the
+    // last prefix layer's FFN output reaches nothing: leave it out unless asked for.
+    let n = m.decoder().layers.len();
+    if a.layers.is_none() && matches!(m.loaded.model, AnyModel::Pi0(_)) && n > 1 {
+        layers = 0..n - 1;
+        eprintln!(
+            "pi0: clusters from layers 0..{} (the last prefix layer's FFN does not reach the \
+             action expert); pass --layers to override",
+            n - 1
+        );
+    }
     let concepts = match &a.concepts {
         Some(p) => load_concepts(p)?,
         None => default_concepts(),

@@ -190,6 +190,20 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // In pi0 the last prefix layer's FFN output reaches nothing (the action expert reads each
+    // layer's input keys and values), so neurons there cannot steer.
+    let last = geo.num_layers.saturating_sub(1) * geo.d_ff;
+    let inert = dict
+        .clusters
+        .get(&a.cluster)
+        .map_or(0, |v| v.iter().filter(|&&f| f >= last).count());
+    if inert > 0 && matches!(model.loaded.model, rudder_tune::load::AnyModel::Pi0(_)) {
+        eprintln!(
+            "warning: {inert} of the {size} neurons of `{}` are in the last prefix layer, which \
+             the action expert never reads: they cannot change the actions",
+            a.cluster
+        );
+    }
     let mut names = vec![a.cluster.clone()];
     names.extend(control.clone());
     let handle = SteeringHandle::from_dictionary(&dict, Some(&names), geo)?;

@@ -193,18 +193,20 @@ impl Default for ControlSection {
     }
 }
 
-/// Activation steering (the steering issue); the schema is accepted, enabling it is not yet.
+/// Activation steering of a checkpoint policy (REFERENCE §1): clusters of a dictionary
+/// (`rudder steer clusters --model CKPT --out dict.toml`) set to their alphas at every
+/// inference.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SteeringSection {
     #[serde(default)]
     pub enabled: bool,
+    /// The steering dictionary (TOML).
     #[serde(default)]
-    pub concept: Option<String>,
+    pub dictionary: Option<PathBuf>,
+    /// Cluster name -> alpha, e.g. `alphas = { fast_10 = 4.0 }`.
     #[serde(default)]
-    pub coefficient: Option<f64>,
-    #[serde(default)]
-    pub layers: Vec<usize>,
+    pub alphas: std::collections::BTreeMap<String, f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -492,13 +494,37 @@ impl LaunchFile {
             ));
         }
         if self.steering.enabled {
-            return Err(err(
-                "steering",
-                "enabled",
-                "activation steering is not available yet (it lands with the steering issue); \
-                 set enabled = false"
-                    .into(),
-            ));
+            if self.policy.kind != PolicyKind::Checkpoint {
+                return Err(err(
+                    "steering",
+                    "enabled",
+                    "steering needs a model: policy.kind = \"checkpoint\"".into(),
+                ));
+            }
+            if self.steering.dictionary.is_none() {
+                return Err(err(
+                    "steering",
+                    "dictionary",
+                    "enabled = true needs `dictionary = \"dict.toml\"` (from `rudder steer \
+                     clusters --model CKPT --out dict.toml`)"
+                        .into(),
+                ));
+            }
+            if self.steering.alphas.is_empty() {
+                return Err(err(
+                    "steering",
+                    "alphas",
+                    "enabled = true needs at least one cluster, e.g. `alphas = { fast = 4.0 }`"
+                        .into(),
+                ));
+            }
+            if let Some((n, a)) = self.steering.alphas.iter().find(|(_, a)| !a.is_finite()) {
+                return Err(err(
+                    "steering",
+                    "alphas",
+                    format!("`{n}` = {a} is not finite"),
+                ));
+            }
         }
         if self.recording.queue == 0 || self.recording.queue > 1 << 20 {
             return Err(err(

@@ -7,7 +7,9 @@ use crate::viz::{
     self, chunk_tcp_path, EpisodeSetup, LoopSample, ObjectState, Record, Recorder, TickRecord,
     VizOptions, MAX_OBJECTS,
 };
+use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
+use rudder_policy::FlowPolicy;
 use rudder_robot::control::{ControlCore, Health, Histogram};
 use rudder_robot::{
     ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
@@ -19,6 +21,7 @@ use rudder_sim::tabletop::{
     command_joints, load_suite, loop_observation, CameraConfig, ShadowExpert, Suite, TabletopEnv,
     CONTROL_HZ,
 };
+use rudder_steering::SteeringHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -82,18 +85,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs what `lf` describes.
 pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
-    match lf.policy.kind {
-        PolicyKind::Scripted => {}
-        PolicyKind::Checkpoint => bail!(
-            "policy kind \"checkpoint\" ({}) is accepted in launch files but cannot run yet: \
-             trained VLA checkpoints load once the VLA policy issue lands; use kind = \"scripted\"",
-            lf.policy
-                .checkpoint
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
-    }
     match lf.embodiment.kind {
         EmbodimentKind::SimTabletop => run_tabletop(lf, opts),
         EmbodimentKind::SimDriving => bail!(
@@ -107,6 +98,37 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
              `launchfile::ros2::run_ur5`"
         ),
     }
+}
+
+/// `policy.kind = "checkpoint"`: the VLA (loaded once) and the launch file's steering.
+#[allow(clippy::type_complexity)]
+fn checkpoint_policy(
+    lf: &LaunchFile,
+    cameras: bool,
+) -> anyhow::Result<Option<(Arc<Mutex<FlowPolicy>>, Option<SteeringHandle>)>> {
+    if lf.policy.kind != PolicyKind::Checkpoint {
+        return Ok(None);
+    }
+    let Some(path) = &lf.policy.checkpoint else {
+        bail!("policy.checkpoint: kind = \"checkpoint\" needs `checkpoint = \"DIR\"`");
+    };
+    if !cameras {
+        bail!("task.camera_size: a VLA checkpoint needs camera images; set camera_size = 64 (or the model's image size)");
+    }
+    let dir = crate::cli::eval::resolve_checkpoint(path)
+        .with_context(|| format!("policy.checkpoint = {}", path.display()))?;
+    let model = TabletopVla::load(&dir)?.inner;
+    let steering = if lf.steering.enabled {
+        let dict = lf
+            .steering
+            .dictionary
+            .as_ref()
+            .context("steering.dictionary is missing")?;
+        Some(crate::vla::steering(&dir, dict, &lf.steering.alphas).context("[steering]")?)
+    } else {
+        None
+    };
+    Ok(Some((model, steering)))
 }
 
 /// The tabletop env shared by the embodiment (control thread) and the scripted expert
@@ -344,6 +366,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
     } else {
         None
     };
+    let vla = checkpoint_policy(lf, cameras.is_some())?;
     for k in 0..opts.episodes {
         let episode = t.episode + k;
         let env =
@@ -357,10 +380,19 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             scene: Some(env.world().scene.clone()),
             rate_hz: rate,
         })));
-        // The expert sees the arm only through the loop's observations (see ShadowExpert).
-        let expert = ShadowExpert::new(task, t.seed, episode, lf.policy.chunk_len.max(1))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_period(1.0 / rate);
+        let inner: Box<dyn Policy> = match &vla {
+            // The expert sees the arm only through the loop's observations (see ShadowExpert).
+            None => Box::new(
+                ShadowExpert::new(task, t.seed, episode, lf.policy.chunk_len.max(1))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .with_period(1.0 / rate),
+            ),
+            Some((model, steering)) => Box::new(TabletopVla {
+                inner: Arc::clone(model),
+                latency_ms: None,
+                steerer: steering.as_ref().map(SteeringHandle::steerer),
+            }),
+        };
         let max_steps = task.max_steps;
         let shared: SharedEnv = Arc::new(Mutex::new(env));
         let done = Arc::new(AtomicBool::new(false));
@@ -380,7 +412,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             max_ticks: lf.control.max_ticks,
         };
         let policy = LoggedPolicy {
-            inner: expert,
+            inner,
             model: Ur5Model::ur5(),
             rec: rec.clone(),
             images: lf.recording.images,

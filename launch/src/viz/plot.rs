@@ -401,7 +401,8 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 16.0), vec![0.0, 4.0, 8.0, 12.0, 16.0]);
+        assert_eq!(ticks(0.0, 16.0), vec![0.0, 5.0, 10.0, 15.0]);
+        assert_eq!(ticks(0.0, 8.0), vec![0.0, 2.0, 4.0, 6.0, 8.0]);
         let t = ticks(-0.13, 0.27);
         assert!(t.first().unwrap() >= &-0.13 && t.last().unwrap() <= &0.27);
         assert!(t.len() >= 4, "{t:?}");
