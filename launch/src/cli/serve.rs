@@ -40,8 +40,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_frame_mib == 0 {
         anyhow::bail!("--max-frame-mib must be > 0");
     }
-    let policy = rudder_policy::FlowPolicy::load(&args.policy)
-        .with_context(|| format!("loading policy {}", args.policy.display()))?;
+    let dir = super::eval::resolve_checkpoint(&args.policy)?;
+    let policy = rudder_policy::FlowPolicy::load(&dir)
+        .with_context(|| format!("loading policy {}", dir.display()))?;
     let cfg = ServeConfig {
         max_frame_bytes: args
             .max_frame_mib
