@@ -345,7 +345,7 @@ fn scripted_expert_succeeds_through_the_loop_on_every_suite_task() {
 #[test]
 fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
     use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
     use rudder_sim::tabletop::{write_demos, CameraConfig, Suite};
     let tmp = tempfile::tempdir().expect("tempdir");
     let cams = CameraConfig {
@@ -374,7 +374,7 @@ fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
         batch_size: 4,
         ..TrainConfig::default()
     };
-    let mut tr = FlowTrainer::new(cfg, &data).expect("trainer");
+    let mut tr = VlaTrainer::new(cfg, &data).expect("trainer");
     tr.step(&data).expect("step");
     let ckpt = tr.save(&tmp.path().join("run"), 1, &data).expect("save");
     // Every neuron of layer 0 in one cluster: a strong, certain intervention. (In pi0 the

@@ -1,4 +1,4 @@
-//! A trained VLA-flow checkpoint behind the tabletop loop (`rudder eval`, `rudder steer sweep`,
+//! A trained VLA checkpoint (flow or tokens head) behind the tabletop loop (`rudder eval`, `rudder steer sweep`,
 //! launch files with `policy.kind = "checkpoint"`), optionally steered.
 //!
 //! The loop's tabletop observation state is the UR5 layout (6 joint positions, 6 velocities,
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::Context;
-use rudder_policy::FlowPolicy;
+use rudder_policy::VlaPolicy;
 use rudder_robot::{ActionChunk, Observation, Policy, PolicyError};
 use rudder_steering::{Dictionary, Geometry, SteerModel, Steerer, SteeringHandle};
 use rudder_tune::candle_core::Device;
@@ -24,7 +24,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 const LIBERO_STATE: usize = 8;
 
 pub struct TabletopVla {
-    pub inner: Arc<Mutex<FlowPolicy>>,
+    pub inner: Arc<Mutex<VlaPolicy>>,
     /// Model-call latency of every inference, ms (when someone wants it).
     pub latency_ms: Option<Arc<Mutex<Vec<f64>>>>,
     pub steerer: Option<Steerer>,
@@ -32,7 +32,7 @@ pub struct TabletopVla {
 
 impl TabletopVla {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let p = FlowPolicy::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+        let p = VlaPolicy::load(dir).with_context(|| format!("loading {}", dir.display()))?;
         Ok(Self {
             inner: Arc::new(Mutex::new(p)),
             latency_ms: None,

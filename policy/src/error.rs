@@ -14,7 +14,7 @@ pub enum FlowError {
         field: String,
         problem: String,
     },
-    /// Bad input to [`crate::FlowPolicy::infer_raw`]; `input` names it (camera, `state`, ...).
+    /// Bad input to [`crate::VlaPolicy::infer_raw`]; `input` names it (camera, `state`, ...).
     #[error("input `{input}`: {problem}")]
     Input { input: String, problem: String },
     #[error("inference: {0}")]

@@ -1,8 +1,8 @@
-//! FlowPolicy on the tiny pi0 fixture: shapes, determinism, masking, errors, robot::Policy.
+//! VlaPolicy on the tiny pi0 fixture: shapes, determinism, masking, errors, robot::Policy.
 
 use std::path::PathBuf;
 
-use rudder_policy::FlowPolicy;
+use rudder_policy::VlaPolicy;
 use rudder_robot::{ActionSpace, ImageRgb8, Observation, Policy};
 
 fn fixture() -> PathBuf {
@@ -18,7 +18,7 @@ fn image(h: u32, w: u32, seed: u8) -> ImageRgb8 {
 
 #[test]
 fn chunk_shape_determinism_and_inputs_matter() {
-    let p = FlowPolicy::load(&fixture()).unwrap();
+    let p = VlaPolicy::load(&fixture()).unwrap();
     assert_eq!(
         (p.action_horizon(), p.action_dim(), p.state_dim()),
         (4, 6, 8)
@@ -61,7 +61,7 @@ fn chunk_shape_determinism_and_inputs_matter() {
 
 #[test]
 fn bad_inputs_name_the_input() {
-    let p = FlowPolicy::load(&fixture()).unwrap();
+    let p = VlaPolicy::load(&fixture()).unwrap();
     let cams = p.cameras().to_vec();
     let e = p
         .infer_raw(&[("nope".into(), image(8, 8, 0))], &[0.0; 8], "x", 0)
@@ -93,15 +93,15 @@ fn normalization_and_robot_policy() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
     }
-    let imgs = |p: &FlowPolicy| vec![(p.cameras()[0].clone(), image(32, 32, 3))];
-    let plain = FlowPolicy::load(&dir).unwrap();
+    let imgs = |p: &VlaPolicy| vec![(p.cameras()[0].clone(), image(32, 32, 3))];
+    let plain = VlaPolicy::load(&dir).unwrap();
     let base = plain.infer_raw(&imgs(&plain), &[0.0; 8], "go", 0).unwrap();
     std::fs::write(
         dir.join("normalization.json"),
         r#"{"actions": {"mean": [10, 0, 0, 0, 0, 0], "std": [1, 2, 1, 1, 1, 1]}}"#,
     )
     .unwrap();
-    let norm = FlowPolicy::load(&dir).unwrap();
+    let norm = VlaPolicy::load(&dir).unwrap();
     let scaled = norm.infer_raw(&imgs(&norm), &[0.0; 8], "go", 0).unwrap();
     for (b, s) in base.iter().zip(&scaled) {
         assert!((s[0] - (b[0] + 10.0)).abs() < 1e-4 && (s[1] - 2.0 * b[1]).abs() < 1e-4);
@@ -112,7 +112,7 @@ fn normalization_and_robot_policy() {
         r#"{"cameras": ["agentview", "wrist"], "dt": 0.1}"#,
     )
     .unwrap();
-    let mut p = FlowPolicy::load(&dir).unwrap();
+    let mut p = VlaPolicy::load(&dir).unwrap();
     let mut obs = Observation {
         state: vec![0.0; 8],
         instruction: "go".into(),
@@ -127,14 +127,14 @@ fn normalization_and_robot_policy() {
         (4, 0.1, 2.0)
     );
     std::fs::write(dir.join("policy.json"), r#"{"action_space": "eef_delta7"}"#).unwrap();
-    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    let e = VlaPolicy::load(&dir).unwrap_err().to_string();
     assert!(
         e.contains("action_space") && e.contains("eef_delta7"),
         "{e}"
     );
     std::fs::remove_file(dir.join("policy.json")).unwrap();
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    let e = VlaPolicy::load(&dir).unwrap_err().to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
     // A tokenizer whose ids reach the image token is refused; one below it is used.
     let bpe = rudder_policy::tokenizer::train_bpe(["pick up the bowl slowly"], 400).unwrap();
@@ -144,13 +144,13 @@ fn normalization_and_robot_policy() {
     let low = config.replace("\"image_token_index\": 511", "\"image_token_index\": 100");
     assert_ne!(low, config);
     std::fs::write(dir.join("config.json"), low).unwrap();
-    let e = FlowPolicy::load(&dir).unwrap_err().to_string();
+    let e = VlaPolicy::load(&dir).unwrap_err().to_string();
     assert!(
         e.contains("tokenizer.json") && e.contains("image token 100"),
         "{e}"
     );
     std::fs::write(dir.join("config.json"), config).unwrap();
-    let p = FlowPolicy::load(&dir).unwrap();
+    let p = VlaPolicy::load(&dir).unwrap();
     assert!(p.tokenizer().is_bpe());
     assert!(p.tokenizer().single_token("slowly"));
     std::fs::remove_dir_all(&dir).ok();

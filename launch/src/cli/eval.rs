@@ -1,4 +1,4 @@
-//! `rudder eval`: a trained VLA-flow checkpoint in the tabletop simulator, driven through
+//! `rudder eval`: a trained VLA checkpoint (flow or tokens head) in the tabletop simulator, driven through
 //! robot's real-time `ControlLoop` (or its tick logic stepped in lockstep), on init states the
 //! policy was not trained on.
 //!
@@ -22,7 +22,7 @@ use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
 use clap::Args;
 use rudder_policy::train::TrainingInfo;
-use rudder_policy::FlowPolicy;
+use rudder_policy::VlaPolicy;
 use rudder_robot::control::{ControlCore, Health};
 use rudder_robot::{
     ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand, JointLimits, JointState,
@@ -371,7 +371,7 @@ pub fn evaluate(
             );
         }
     }
-    let policy = FlowPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let policy = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let size = o.camera_size.unwrap_or(policy.image_size() as u32);
     let policy = Arc::new(Mutex::new(policy));
     let latency = Arc::new(Mutex::new(Vec::new()));
@@ -417,6 +417,9 @@ pub fn evaluate(
                 latency_ms: Some(Arc::clone(&latency)),
                 steerer: o.steering.as_ref().map(SteeringHandle::steerer),
             };
+            // Every episode replays the same noise draws, whatever ran before it (and a sweep's
+            // conditions compare on equal noise).
+            lock(&policy).reset_noise();
             if o.lockstep {
                 lockstep(&mut emb, &mut pol)?;
             } else {
@@ -555,7 +558,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
     use rudder_robot::{Action, ActionChunk, ActionSpace, PolicyError};
 
     #[test]
@@ -684,7 +687,7 @@ mod tests {
             batch_size: 4,
             ..TrainConfig::default()
         };
-        let mut tr = FlowTrainer::new(cfg, &data).unwrap();
+        let mut tr = VlaTrainer::new(cfg, &data).unwrap();
         tr.step(&data).unwrap();
         let out = tempfile::tempdir().unwrap();
         tr.save(out.path(), 1, &data).unwrap();

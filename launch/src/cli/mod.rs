@@ -74,7 +74,7 @@ pub enum Command {
     Demos(sim::DemosArgs),
     /// Serve a policy over openpi's websocket protocol (for openpi / LIBERO clients).
     Serve(serve::ServeArgs),
-    /// Evaluate a trained VLA-flow policy in the tabletop simulator (held-out init states).
+    /// Evaluate a trained VLA policy (flow or tokens head) in the tabletop simulator (held-out init states).
     Eval(eval::EvalArgs),
     /// Activation steering: vocabulary projection of FFN neurons, concept clusters, benchmark.
     #[command(subcommand)]

@@ -41,7 +41,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-frame-mib must be > 0");
     }
     let dir = super::eval::resolve_checkpoint(&args.policy)?;
-    let policy = rudder_policy::FlowPolicy::load(&dir)
+    let policy = rudder_policy::VlaPolicy::load(&dir)
         .with_context(|| format!("loading policy {}", dir.display()))?;
     let cfg = ServeConfig {
         max_frame_bytes: args

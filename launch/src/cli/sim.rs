@@ -86,6 +86,11 @@ pub struct DemosArgs {
     /// Camera width and height in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: u32,
+    /// DART noise: standard deviation (action units, 1 = 5 cm per step) added to the
+    /// translation the arm executes while the expert moves; the expert's clean action is
+    /// recorded, so the data teach recovering from small position errors. 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub action_noise: f64,
 }
 
 fn suites(name: &str) -> anyhow::Result<Vec<Suite>> {
@@ -157,12 +162,22 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
         } else {
             a.out.clone()
         };
-        let summary = tabletop::write_demos(s, a.episodes, &out, a.seed, cams)?;
+        let summary = tabletop::write_demos_with(
+            s,
+            a.episodes,
+            &out,
+            a.seed,
+            cams,
+            tabletop::DemoOptions {
+                action_noise: a.action_noise,
+            },
+        )?;
         println!(
-            "{}: {} episodes ({} tasks) -> {}",
+            "{}: {} episodes ({} tasks, expert success {:.1}%) -> {}",
             summary.suite,
             summary.episodes.len(),
             summary.tasks.len(),
+            summary.success_rate * 100.0,
             out.display()
         );
     }

@@ -36,7 +36,7 @@ case-insensitively without ▁ / Ġ / ## markers; `<123>` means token id 123.")]
 rudder steer bench --model fixtures/hf-tiny/llama --iters 200\n  \
 rudder steer bench --model fixtures/hf-tiny/llama --clusters out/dict.toml --set fast=4,slow=off --json")]
     Bench(BenchArgs),
-    /// Run a VLA-flow policy in the tabletop simulator with a cluster set to each alpha (and a
+    /// Run a VLA policy (flow or tokens head) in the tabletop simulator with a cluster set to each alpha (and a
     /// random control cluster, and unsteered): speed, displacement per axis and success with
     /// 95 % intervals, as a table / JSON, a PNG and (with --record or --connect) in Rerun.
     #[command(after_help = "Examples:\n  \

@@ -1,7 +1,7 @@
 //! `rudder steer sweep`: how a steering cluster changes a running VLA's motion, measured.
 //!
 //! For the cluster and a random control of the same size and layers (from the dictionary's
-//! `[controls]`), at every alpha, the VLA-flow policy runs the same tabletop episodes through
+//! `[controls]`), at every alpha, the VLA policy runs the same tabletop episodes through
 //! the loop (lockstep, as `rudder eval --lockstep`) with the cluster's neurons set to alpha in
 //! the prefix language model (REFERENCE §1, Eq. 2), next to one unsteered run of the same
 //! episodes. Per condition: mean TCP speed, mean TCP velocity per axis (net displacement over
@@ -26,7 +26,7 @@ use rudder_sim::tabletop::Suite;
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// VLA-flow checkpoint (config.json, model.safetensors, tokenizer.json...) or a run folder.
+    /// VLA checkpoint (config.json, model.safetensors, tokenizer.json...) or a run folder.
     #[arg(long)]
     pub policy: PathBuf,
     /// Steering dictionary (`rudder steer clusters --model CKPT --out dict.toml`).
@@ -419,7 +419,7 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
 mod tests {
     use super::*;
     use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{FlowTrainer, ModelSpec, TrainConfig};
+    use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
     use rudder_sim::tabletop::CameraConfig;
     use rudder_steering::{build_dictionary, default_concepts, project_model};
 
@@ -455,7 +455,7 @@ mod tests {
             batch_size: 4,
             ..TrainConfig::default()
         };
-        let mut tr = FlowTrainer::new(cfg, &data).unwrap();
+        let mut tr = VlaTrainer::new(cfg, &data).unwrap();
         tr.step(&data).unwrap();
         let out = tempfile::tempdir().unwrap();
         let ckpt = tr.save(out.path(), 1, &data).unwrap();

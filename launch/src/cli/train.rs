@@ -29,7 +29,7 @@ A killed run resumes from OUT/latest when started again with the same arguments.
 rudder train vla --data data/spatial --variant flow --out runs/vla --steps 2000\n  \
 rudder eval --suite spatial --policy runs/vla --episodes 10\n\n\
 OUT/checkpoint-N/ holds config.json, model.safetensors, normalization.json, policy.json (a\n\
-FlowPolicy checkpoint for `rudder serve` / `rudder eval`), training.json (data and split) and the\n\
+VlaPolicy checkpoint for `rudder serve` / `rudder eval`), training.json (data and split) and the\n\
 optimizer and trainer state. A killed run resumes from OUT/latest with --resume."
     )]
     Vla(VlaArgs),
@@ -39,8 +39,16 @@ optimizer and trainer state. A killed run resumes from OUT/latest with --resume.
 pub enum VlaVariant {
     /// pi0-style flow matching with an action expert.
     Flow,
-    /// OpenVLA-style action tokens (not built yet).
+    /// OpenVLA-style action tokens: 256 bins per dimension, the last ids of the vocabulary.
     Tokens,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodingArg {
+    /// One token at a time (OpenVLA).
+    Autoregressive,
+    /// The whole chunk in one pass (OpenVLA-OFT style).
+    Parallel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,9 +110,12 @@ pub struct VlaArgs {
     pub image_size: usize,
     #[arg(long, default_value_t = 16)]
     pub patch: usize,
-    /// Actions per chunk.
-    #[arg(long, default_value_t = 8)]
-    pub chunk: usize,
+    /// Actions per chunk (default: 8; 1 for autoregressive tokens, as OpenVLA).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// How the tokens variant decodes its action tokens.
+    #[arg(long, value_enum, default_value = "autoregressive")]
+    pub decoding: DecodingArg,
     /// Prompt length limit in tokens (BOS included).
     #[arg(long, default_value_t = 48)]
     pub max_prompt_tokens: usize,
@@ -210,11 +221,21 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
 
 fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
     use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{FlowTrainer, ModelSpec, TokenizerKind, TrainConfig};
-    if a.variant == VlaVariant::Tokens {
-        anyhow::bail!(
-            "--variant tokens (OpenVLA-style action tokens) is not built yet; use --variant flow"
-        );
+    use rudder_policy::tokens::Decoding;
+    use rudder_policy::train::{HeadKind, ModelSpec, TokenizerKind, TrainConfig, VlaTrainer};
+    let decoding = match a.decoding {
+        DecodingArg::Autoregressive => Decoding::Autoregressive,
+        DecodingArg::Parallel => Decoding::Parallel,
+    };
+    let chunk = a.chunk.unwrap_or(
+        if a.variant == VlaVariant::Tokens && decoding == Decoding::Autoregressive {
+            1
+        } else {
+            8
+        },
+    );
+    if chunk == 0 {
+        anyhow::bail!("--chunk must be at least 1");
     }
     let data = DemoDataset::load(&a.data, !a.include_failed)?;
     let cfg = TrainConfig {
@@ -228,7 +249,7 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
             vision_layers: a.vision_layers,
             image_size: a.image_size,
             patch_size: a.patch,
-            chunk: a.chunk,
+            chunk,
             max_prompt_tokens: a.max_prompt_tokens,
             inference_steps: a.inference_steps,
             tokenizer: match a.tokenizer {
@@ -236,6 +257,11 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
                 TokenizerArg::Bytes => TokenizerKind::Bytes,
             },
             bpe_vocab: a.vocab_size,
+            head: match a.variant {
+                VlaVariant::Flow => HeadKind::Flow,
+                VlaVariant::Tokens => HeadKind::Tokens,
+            },
+            decoding,
         },
         steps: a.steps,
         batch_size: a.batch,
@@ -245,7 +271,7 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         seed: a.seed,
     };
-    let mut trainer = FlowTrainer::new(cfg, &data)?;
+    let mut trainer = VlaTrainer::new(cfg, &data)?;
     if a.resume {
         match trainer.resume(&a.out)? {
             Some(dir) => eprintln!(
@@ -266,8 +292,12 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
     }
     let (h, w) = data.image_size();
     eprintln!(
-        "training VLA-flow ({} parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
+        "training VLA-{} ({} parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
          {} episodes per task) for {} steps",
+        match a.variant {
+            VlaVariant::Flow => "flow".to_string(),
+            VlaVariant::Tokens => format!("tokens, {decoding:?} decoding, chunk {chunk}"),
+        },
         trainer.num_parameters(),
         data.samples.len(),
         data.episodes.len(),

@@ -9,7 +9,7 @@ use crate::viz::{
 };
 use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
-use rudder_policy::FlowPolicy;
+use rudder_policy::VlaPolicy;
 use rudder_robot::control::{ControlCore, Health, Histogram};
 use rudder_robot::{
     ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
@@ -105,7 +105,7 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
 fn checkpoint_policy(
     lf: &LaunchFile,
     cameras: bool,
-) -> anyhow::Result<Option<(Arc<Mutex<FlowPolicy>>, Option<SteeringHandle>)>> {
+) -> anyhow::Result<Option<(Arc<Mutex<VlaPolicy>>, Option<SteeringHandle>)>> {
     if lf.policy.kind != PolicyKind::Checkpoint {
         return Ok(None);
     }

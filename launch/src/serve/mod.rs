@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rmpv::Value;
-use rudder_policy::FlowPolicy;
+use rudder_policy::VlaPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -48,19 +48,26 @@ impl Default for ServeConfig {
 }
 
 struct Shared {
-    policy: Mutex<FlowPolicy>,
+    policy: Mutex<VlaPolicy>,
     cfg: ServeConfig,
     metadata: Vec<u8>,
     action_dims: usize,
 }
 
 /// The metadata map sent on connect.
-pub fn metadata(policy: &FlowPolicy, cfg: &ServeConfig) -> Value {
+pub fn metadata(policy: &VlaPolicy, cfg: &ServeConfig) -> Value {
     let s = |v: &str| Value::String(v.into());
     let n = |v: usize| Value::from(v as u64);
     Value::Map(vec![
         (s("server"), s("rudder")),
-        (s("model_type"), s("pi0")),
+        (
+            s("model_type"),
+            s(if policy.head() == "tokens" {
+                "vla_tokens"
+            } else {
+                "pi0"
+            }),
+        ),
         (s("policy_dir"), s(&policy.dir().display().to_string())),
         (s("action_horizon"), n(policy.action_horizon())),
         (s("action_dim"), n(reply_dims(policy))),
@@ -77,12 +84,12 @@ pub fn metadata(policy: &FlowPolicy, cfg: &ServeConfig) -> Value {
 }
 
 /// Action values per reply row: the LIBERO 7 when the model has them, else all.
-fn reply_dims(policy: &FlowPolicy) -> usize {
+fn reply_dims(policy: &VlaPolicy) -> usize {
     policy.action_dim().min(7)
 }
 
 /// Serves `listener` until the process ends.
-pub async fn serve(listener: TcpListener, policy: FlowPolicy, cfg: ServeConfig) {
+pub async fn serve(listener: TcpListener, policy: VlaPolicy, cfg: ServeConfig) {
     let shared = Arc::new(Shared {
         metadata: protocol::encode(&metadata(&policy, &cfg)),
         action_dims: reply_dims(&policy),

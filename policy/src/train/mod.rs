@@ -1,5 +1,12 @@
-//! Training a small pi0-architecture VLA-flow policy from scratch on tabletop demos
-//! ([`crate::dataset`]), with checkpoints that [`crate::FlowPolicy::load`] and `rudder serve`
+//! Training a small VLA from scratch on tabletop demos, with either head: pi0-style flow
+//! matching, or OpenVLA-style action tokens ([`crate::tokens`]: a PaliGemma-style VLM, 256 bins
+//! per dimension from the demos' q01 / q99, cross-entropy over the action tokens, autoregressive
+//! or parallel). What follows describes the flow head; the tokens head shares the tower, the
+//! prompts, the optimiser and the checkpoint layout (with `action_tokens.json` in place of
+//! `normalization.json`).
+//!
+//! Flow head: a small pi0-architecture policy
+//! ([`crate::dataset`]), with checkpoints that [`crate::VlaPolicy::load`] and `rudder serve`
 //! read and that resume bit-exactly.
 //!
 //! - Model: `PI0ForConditionalGeneration` built from [`ModelSpec`] (SigLIP tower on two
@@ -33,7 +40,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rudder_tune::candle_nn::{VarBuilder, VarMap};
 use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic, TensorStore};
 use rudder_tune::config::JsonConfig;
-use rudder_tune::models::pi0;
+use rudder_tune::models::{paligemma, pi0};
 use rudder_tune::train::adamw::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use rudder_tune::train::checkpoint::{latest, prune, save_dir_atomic};
 use rudder_tune::train::{CosineSchedule, Rng};
@@ -42,6 +49,7 @@ use serde_json::json;
 
 use crate::dataset::{DemoDataset, Stats, ACTION_DIM, STATE_DIM};
 use crate::tokenizer::{train_bpe, PromptTokenizer};
+use crate::tokens::{self, ActionTokens, Decoding};
 use crate::{preprocess, prompt, FlowError};
 
 /// How prompts become ids.
@@ -61,6 +69,17 @@ fn bytes_kind() -> TokenizerKind {
 
 fn default_bpe_vocab() -> usize {
     512
+}
+
+/// Which action head the model carries (REFERENCE §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// pi0-style flow matching in an action expert.
+    #[default]
+    Flow,
+    /// OpenVLA-style action tokens (256 bins, the last ids of the vocabulary).
+    Tokens,
 }
 
 /// Byte-level prompts: text ids 0..=258 (pad, eos, bos, bytes), image token 259.
@@ -95,6 +114,12 @@ pub struct ModelSpec {
     /// Upper bound of the BPE's size (specials included).
     #[serde(default = "default_bpe_vocab")]
     pub bpe_vocab: usize,
+    /// Absent in checkpoints from before the tokens head, which were all flow.
+    #[serde(default)]
+    pub head: HeadKind,
+    /// Token decoding of the tokens head.
+    #[serde(default)]
+    pub decoding: Decoding,
 }
 
 impl Default for ModelSpec {
@@ -114,6 +139,8 @@ impl Default for ModelSpec {
             inference_steps: 10,
             tokenizer: TokenizerKind::Bpe,
             bpe_vocab: default_bpe_vocab(),
+            head: HeadKind::Flow,
+            decoding: Decoding::Autoregressive,
         }
     }
 }
@@ -201,6 +228,30 @@ impl ModelSpec {
         })
     }
 
+    /// `config.json` of the tokens head: `PaliGemmaForConditionalGeneration` with `text_ids`
+    /// text ids, the image token, then the 256 action ids.
+    pub fn tokens_config_json(&self, text_ids: usize) -> serde_json::Value {
+        let flow = self.config_json(text_ids);
+        let vocab = text_ids + 1 + tokens::N_BINS;
+        let mut vlm = flow["vlm_config"].clone();
+        vlm["architectures"] = json!(["PaliGemmaForConditionalGeneration"]);
+        vlm["vocab_size"] = json!(vocab);
+        vlm["text_config"]["vocab_size"] = json!(vocab);
+        // The prefix-LM mask comes from the image / prompt / action layout, not from a
+        // config switch.
+        vlm["text_config"]["use_bidirectional_attention"] = json!(false);
+        vlm["dtype"] = json!("float32");
+        vlm
+    }
+
+    pub fn paligemma_config(&self, text_ids: usize) -> Result<paligemma::Config, FlowError> {
+        let jc = JsonConfig::from_value(
+            Path::new("<generated config.json>"),
+            self.tokens_config_json(text_ids),
+        );
+        Ok(paligemma::Config::from_json(&jc)?)
+    }
+
     pub fn pi0_config(&self, text_ids: usize) -> Result<pi0::Config, FlowError> {
         let jc = JsonConfig::from_value(
             Path::new("<generated config.json>"),
@@ -209,7 +260,7 @@ impl ModelSpec {
         Ok(pi0::Config::from_json(&jc)?)
     }
 
-    /// `policy.json` for [`crate::FlowPolicy`].
+    /// `policy.json` for [`crate::VlaPolicy`].
     pub fn policy_json(&self, seed: u64) -> serde_json::Value {
         json!({
             "cameras": CAMERAS,
@@ -286,13 +337,49 @@ struct TrainerState {
     last_loss: Option<f64>,
 }
 
-pub struct FlowTrainer {
+/// The model a trainer builds, by head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Flow(Box<pi0::Config>),
+    Tokens(Box<paligemma::Config>),
+}
+
+/// A model over the trainer's current variables.
+pub enum TrainModel {
+    Flow(Box<pi0::Model>),
+    Tokens(Box<paligemma::Model>),
+}
+
+impl ModelConfig {
+    fn vision(&self) -> &rudder_tune::models::siglip::Config {
+        match self {
+            Self::Flow(c) => &c.vlm.vision,
+            Self::Tokens(c) => &c.vision,
+        }
+    }
+    fn image_token_id(&self) -> u32 {
+        match self {
+            Self::Flow(c) => c.vlm.image_token_id,
+            Self::Tokens(c) => c.image_token_id,
+        }
+    }
+    fn build(&self, vb: VarBuilder) -> Result<TrainModel, FlowError> {
+        Ok(match self {
+            Self::Flow(c) => TrainModel::Flow(Box::new(pi0::Model::new(c, vb)?)),
+            Self::Tokens(c) => TrainModel::Tokens(Box::new(paligemma::Model::new(c, vb)?)),
+        })
+    }
+}
+
+pub struct VlaTrainer {
     pub cfg: TrainConfig,
-    pub model_cfg: pi0::Config,
+    pub model_cfg: ModelConfig,
     pub varmap: VarMap,
     pub opt: AdamW,
     pub sched: CosineSchedule,
     pub stats: Stats,
+    /// Bins of the tokens head (None for flow).
+    pub action_tokens: Option<ActionTokens>,
     pub tokenizer: PromptTokenizer,
     rng: Rng,
     order: Vec<u32>,
@@ -325,11 +412,42 @@ fn is_layer_norm(name: &str) -> bool {
             || name.ends_with("post_layernorm.weight"))
 }
 
+/// The tokens head's bins: q01 / q99 from the demos' `meta.json` (computed from the frames
+/// when absent), every dimension but the gripper normalised.
+fn action_tokens(spec: &ModelSpec, data: &DemoDataset) -> Result<ActionTokens, FlowError> {
+    let (mut q01, mut q99) = (data.meta.action_q01.clone(), data.meta.action_q99.clone());
+    if q01.len() != ACTION_DIM || q99.len() != ACTION_DIM {
+        q01.clear();
+        q99.clear();
+        for d in 0..ACTION_DIM {
+            let mut v: Vec<f64> = data
+                .episodes
+                .iter()
+                .flat_map(|e| e.actions.chunks_exact(ACTION_DIM).map(move |a| a[d] as f64))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            q01.push(q(0.01));
+            q99.push(q(0.99));
+        }
+    }
+    let mut mask = vec![true; ACTION_DIM];
+    mask[ACTION_DIM - 1] = false;
+    Ok(ActionTokens {
+        n_bins: tokens::N_BINS,
+        q01,
+        q99,
+        mask,
+        chunk: spec.chunk,
+        decoding: spec.decoding,
+    })
+}
+
 fn tune_err(e: rudder_tune::TuneError) -> FlowError {
     FlowError::from(e)
 }
 
-impl FlowTrainer {
+impl VlaTrainer {
     /// A freshly initialised model (seeded) and optimiser for `data`.
     pub fn new(cfg: TrainConfig, data: &DemoDataset) -> Result<Self, FlowError> {
         if cfg.batch_size == 0 {
@@ -338,14 +456,18 @@ impl FlowTrainer {
         let tokenizer = cfg
             .model
             .tokenizer(data.episodes.iter().map(|e| e.instruction.as_str()))?;
-        let model_cfg = cfg.model.pi0_config(tokenizer.vocab_size())?;
+        let model_cfg = match cfg.model.head {
+            HeadKind::Flow => {
+                ModelConfig::Flow(Box::new(cfg.model.pi0_config(tokenizer.vocab_size())?))
+            }
+            HeadKind::Tokens => ModelConfig::Tokens(Box::new(
+                cfg.model.paligemma_config(tokenizer.vocab_size())?,
+            )),
+        };
         let device = Device::Cpu;
         let varmap = VarMap::new();
         // Creates every variable (zeros) under its Hub name.
-        pi0::Model::new(
-            &model_cfg,
-            VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        )?;
+        model_cfg.build(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
         let mut params: Vec<(String, Var)> = varmap
             .data()
             .lock()
@@ -378,6 +500,10 @@ impl FlowTrainer {
             };
             var.set(&Tensor::from_vec(vals, shape, &device)?)?;
         }
+        let action_tokens = match cfg.model.head {
+            HeadKind::Flow => None,
+            HeadKind::Tokens => Some(action_tokens(&cfg.model, data)?),
+        };
         let mut rng = Rng::new(cfg.seed);
         let mut order: Vec<u32> = (0..data.samples.len() as u32).collect();
         rng.shuffle(&mut order);
@@ -394,6 +520,7 @@ impl FlowTrainer {
             },
             opt: AdamW::new(params, optim)?,
             stats: data.stats(),
+            action_tokens,
             tokenizer,
             model_cfg,
             varmap,
@@ -416,11 +543,12 @@ impl FlowTrainer {
     }
 
     /// The model over the current variables.
-    pub fn model(&self) -> Result<pi0::Model, FlowError> {
-        Ok(pi0::Model::new(
-            &self.model_cfg,
-            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
-        )?)
+    pub fn model(&self) -> Result<TrainModel, FlowError> {
+        self.model_cfg.build(VarBuilder::from_varmap(
+            &self.varmap,
+            DType::F32,
+            &self.device,
+        ))
     }
 
     fn next_indices(&mut self) -> Vec<u32> {
@@ -447,7 +575,7 @@ impl FlowTrainer {
         let b = idx.len();
         let size = spec.image_size;
         let plane = 3 * size * size;
-        let per_image = self.model_cfg.vlm.vision.num_patches();
+        let per_image = self.model_cfg.vision().num_patches();
         let h = spec.chunk;
         let mut pixels = Vec::with_capacity(b * 2 * plane);
         let mut states = Vec::with_capacity(b * STATE_DIM);
@@ -476,14 +604,14 @@ impl FlowTrainer {
                 an.normalize(&mut a);
                 actions.extend(a.iter().map(|&v| v as f32));
             }
-            // Same ids as FlowPolicy::infer_raw.
+            // Same ids as VlaPolicy::infer_raw.
             prompts.push(
                 self.tokenizer
                     .encode(&ep.instruction, spec.max_prompt_tokens)?,
             );
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-        let image_token = self.model_cfg.vlm.image_token_id;
+        let image_token = self.model_cfg.image_token_id();
         let seq = 2 * per_image + longest;
         let mut ids = Vec::with_capacity(b * seq);
         let mut mask = Vec::with_capacity(b);
@@ -513,11 +641,15 @@ impl FlowTrainer {
     /// noise and times from `rng`.
     pub fn batch_loss(
         &self,
-        model: &pi0::Model,
+        model: &TrainModel,
         data: &DemoDataset,
         idx: &[u32],
         rng: &mut Rng,
     ) -> Result<Tensor, FlowError> {
+        let model = match model {
+            TrainModel::Flow(m) => m,
+            TrainModel::Tokens(m) => return self.tokens_loss(m, data, idx),
+        };
         let (inputs, state, actions) = self.batch(data, idx)?;
         let b = idx.len();
         let n = b * self.cfg.model.chunk * ACTION_DIM;
@@ -529,6 +661,58 @@ impl FlowTrainer {
         let out = model.loss(&inputs, &state, &noise, &actions, &t, None)?;
         out.loss
             .ok_or_else(|| FlowError::input("loss", "the model returned no loss"))
+    }
+
+    /// Cross-entropy of the action tokens of the frames `idx` (no randomness: the tokens
+    /// head has no noise or times to draw).
+    fn tokens_loss(
+        &self,
+        model: &paligemma::Model,
+        data: &DemoDataset,
+        idx: &[u32],
+    ) -> Result<Tensor, FlowError> {
+        let spec = self
+            .action_tokens
+            .as_ref()
+            .ok_or_else(|| FlowError::input("action_tokens", "the tokens head has no bins"))?;
+        let (inputs, _, _) = self.batch(data, idx)?;
+        let vocab = match &self.model_cfg {
+            ModelConfig::Tokens(c) => c.text.0.vocab_size,
+            ModelConfig::Flow(_) => {
+                return Err(FlowError::input(
+                    "head",
+                    "a flow model has no action tokens",
+                ))
+            }
+        };
+        let ids: Vec<Vec<u32>> = inputs.input_ids.to_vec2()?;
+        let valid = inputs.attention_mask.clone().unwrap_or_default();
+        let rows: Vec<tokens::Row> = idx
+            .iter()
+            .zip(ids.iter().zip(&valid))
+            .map(|(&i, (row, v))| {
+                let (e, t) = data.samples[i as usize];
+                let ep = &data.episodes[e as usize];
+                let n = v.iter().filter(|&&x| x).count();
+                let actions = (0..spec.chunk)
+                    .flat_map(|k| {
+                        let a = ep.action_at(t as usize + k);
+                        (0..ACTION_DIM).map(move |d| spec.token(vocab, d, a[d] as f64))
+                    })
+                    .collect();
+                tokens::Row {
+                    prefix: row[..n].to_vec(),
+                    actions,
+                }
+            })
+            .collect();
+        Ok(tokens::loss(
+            model,
+            &inputs.pixel_values,
+            &rows,
+            spec.decoding,
+            spec.len(),
+        )?)
     }
 
     /// One optimiser step on the next batch.
@@ -573,10 +757,18 @@ impl FlowTrainer {
                 serde_json::to_vec_pretty(v).map_err(|e| FlowError::input(name, e.to_string()))?;
             write_atomic(&dir.join(name), &bytes).map_err(tune_err)
         };
-        write_json(
-            "config.json",
-            &spec.config_json(self.tokenizer.vocab_size()),
-        )?;
+        let config = match spec.head {
+            HeadKind::Flow => spec.config_json(self.tokenizer.vocab_size()),
+            HeadKind::Tokens => spec.tokens_config_json(self.tokenizer.vocab_size()),
+        };
+        write_json("config.json", &config)?;
+        if let Some(t) = &self.action_tokens {
+            write_json(
+                "action_tokens.json",
+                &serde_json::to_value(t)
+                    .map_err(|e| FlowError::input("action_tokens.json", e.to_string()))?,
+            )?;
+        }
         self.tokenizer.save(&dir.join("tokenizer.json"))?;
         let w: HashMap<String, Tensor> = self
             .opt
@@ -589,13 +781,16 @@ impl FlowTrainer {
         save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))
             .map_err(tune_err)?;
         let s = &self.stats;
-        write_json(
-            "normalization.json",
-            &json!({
-                "state": {"mean": s.state.mean, "std": s.state.std},
-                "actions": {"mean": s.actions.mean, "std": s.actions.std}
-            }),
-        )?;
+        // The tokens head reads no state and carries its own q01 / q99 bins.
+        if spec.head == HeadKind::Flow {
+            write_json(
+                "normalization.json",
+                &json!({
+                    "state": {"mean": s.state.mean, "std": s.state.std},
+                    "actions": {"mean": s.actions.mean, "std": s.actions.std}
+                }),
+            )?;
+        }
         write_json("policy.json", &spec.policy_json(self.cfg.seed))?;
         let info = TrainingInfo {
             data: data.dir.clone(),

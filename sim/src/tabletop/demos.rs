@@ -4,6 +4,8 @@
 use super::env::{CameraConfig, TabletopEnv, CONTROL_HZ};
 use super::expert::Expert;
 use super::suites::{load_suite, Suite, SuiteError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -20,6 +22,8 @@ pub enum DemoError {
     Io { path: PathBuf, reason: String },
     #[error("safetensors: {0}")]
     Encode(String),
+    #[error("{0}")]
+    Options(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,6 +60,9 @@ pub struct DemoSummary {
     pub action_q01: Vec<f64>,
     pub action_q99: Vec<f64>,
     pub action_mean: Vec<f64>,
+    /// Standard deviation of the noise added to the executed translation (action units; 0:
+    /// none). The recorded actions are always the expert's own.
+    pub action_noise: f64,
     pub action_std: Vec<f64>,
     pub success_rate: f64,
 }
@@ -80,6 +87,17 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// How demos are recorded beyond suite, count, seed and cameras.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DemoOptions {
+    /// DART-style noise injection (Laskey et al. 2017): while the expert moves, Gaussian
+    /// noise of this standard deviation (action units, 1 = 5 cm; scaled down with the expert's
+    /// speed below cruise) is added to the translation the arm executes, and the expert's clean action is recorded. The data then show how the
+    /// expert corrects the small position errors a learned policy makes, which pure expert
+    /// rollouts never visit.
+    pub action_noise: f64,
+}
+
 /// Writes `episodes` expert episodes of every task of `suite` to `out_dir` (created), with
 /// both cameras at `cameras`, init states from `seed`. Every episode is kept, failed ones
 /// flagged `success = 0`.
@@ -90,6 +108,41 @@ pub fn write_demos(
     seed: u64,
     cameras: CameraConfig,
 ) -> Result<DemoSummary, DemoError> {
+    write_demos_with(
+        suite,
+        episodes,
+        out_dir,
+        seed,
+        cameras,
+        DemoOptions::default(),
+    )
+}
+
+/// The expert's translation action at its base cruise speed (0.3 m/s at 20 Hz = 1.5 cm).
+const CRUISE_ACTION: f64 = 0.3;
+
+/// Standard normal draw (Box-Muller).
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(1e-300);
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// [`write_demos`] with [`DemoOptions`].
+pub fn write_demos_with(
+    suite: Suite,
+    episodes: usize,
+    out_dir: &Path,
+    seed: u64,
+    cameras: CameraConfig,
+    opts: DemoOptions,
+) -> Result<DemoSummary, DemoError> {
+    if !(opts.action_noise.is_finite() && (0.0..=1.0).contains(&opts.action_noise)) {
+        return Err(DemoError::Options(format!(
+            "action noise {} must be in 0..=1 (action units)",
+            opts.action_noise
+        )));
+    }
     if episodes == 0 {
         return Err(SuiteError::NoEpisodes.into());
     }
@@ -103,6 +156,9 @@ pub fn write_demos(
             let mut env =
                 TabletopEnv::new(task, seed, k, Some(cameras)).map_err(SuiteError::from)?;
             let mut expert = Expert::new(&env);
+            let mut noise_rng = StdRng::seed_from_u64(
+                seed ^ ((ti as u64) << 32 | k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             let (mut agent, mut wrist) = (Vec::new(), Vec::new());
             let (mut states, mut actions) = (Vec::<f32>::new(), Vec::<f32>::new());
             let mut t = 0usize;
@@ -116,7 +172,18 @@ pub fn write_demos(
                 let act = expert.act(&env);
                 actions.extend(act.iter().map(|x| *x as f32));
                 all_actions.push(act);
-                env.step(&act);
+                let mut executed = act;
+                // Scaled by how fast the expert translates (full at cruise speed): fine
+                // approaches, grasps and releases converge instead of being knocked off their
+                // few-millimetre tolerances.
+                let speed = act[..3].iter().map(|v| v * v).sum::<f64>().sqrt();
+                let sigma = opts.action_noise * (speed / CRUISE_ACTION).min(1.0);
+                if sigma > 0.0 {
+                    for v in &mut executed[..3] {
+                        *v += sigma * normal(&mut noise_rng);
+                    }
+                }
+                env.step(&executed);
                 t += 1;
             }
             let success = env.success();
@@ -205,6 +272,7 @@ pub fn write_demos(
         action_q99: q99,
         action_mean: mean,
         action_std: std,
+        action_noise: opts.action_noise,
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| DemoError::Encode(e.to_string()))?;
     write_atomic(&out_dir.join("meta.json"), &json)?;

@@ -17,7 +17,7 @@ pub mod shadow;
 pub mod suites;
 pub mod tasks;
 
-pub use demos::{write_demos, DemoSummary, DEMO_FORMAT_VERSION};
+pub use demos::{write_demos, write_demos_with, DemoOptions, DemoSummary, DEMO_FORMAT_VERSION};
 pub use embodiment::{command_joints, loop_observation, TabletopSim};
 pub use env::{CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs, CONTROL_HZ};
 pub use expert::{Expert, Manner};

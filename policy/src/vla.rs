@@ -1,7 +1,10 @@
-//! [`FlowPolicy`]: a pi0-style VLA-flow policy around `rudder_tune::models::pi0`.
+//! [`VlaPolicy`]: a trained VLA behind `rudder_robot::Policy`, with one of two heads:
+//! pi0-style flow matching (`rudder_tune::models::pi0`) or OpenVLA-style action tokens from a
+//! PaliGemma-style VLM ([`crate::tokens`]).
 //!
 //! A checkpoint folder holds:
-//! - `config.json` + `*.safetensors`: a `PI0ForConditionalGeneration` (loaded by
+//! - `config.json` + `*.safetensors`: a `PI0ForConditionalGeneration`, or a
+//!   `PaliGemmaForConditionalGeneration` with `action_tokens.json` (loaded by
 //!   `rudder_tune::load::load_model`);
 //! - `normalization.json` (optional): pi0 mean/std of state and actions ([`crate::normalize`]);
 //! - `policy.json` (optional): [`PolicySettings`] (camera slots, prompt length, chunk timing);
@@ -9,7 +12,7 @@
 //!   writes a BPE); without it prompts use the byte-level mapping of [`crate::prompt`]. Its ids
 //!   must stay below the model's image token.
 //!
-//! One inference: every camera slot's image is resized to the vision tower's input and scaled to
+//! One flow inference: every camera slot's image is resized to the vision tower's input and scaled to
 //! [-1, 1] (absent slots are -1 and masked); the sequence is `image tokens x slots + [BOS] +
 //! prompt tokens` with the absent slots' image tokens masked out; the state is normalised, then
 //! zero-padded or truncated to `max_state_dim`; `num_inference_steps` Euler steps (from
@@ -17,16 +20,18 @@
 //! actions at t = 0, which are un-normalised and returned as `chunk_size x max_action_dim`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use rudder_robot::{Action, ActionChunk, ActionSpace, Observation, Policy, PolicyError};
 use rudder_tune::hooks::Hooks;
 use rudder_tune::load::{load_model, AnyModel};
-use rudder_tune::models::pi0;
+use rudder_tune::models::{paligemma, pi0};
 use serde::Deserialize;
 
 use crate::normalize::Normalization;
 use crate::tokenizer::PromptTokenizer;
+use crate::tokens::{self, ActionTokens};
 use crate::{noise, preprocess, FlowError};
 
 /// How the policy's action vectors map onto rudder-robot's action spaces.
@@ -55,8 +60,15 @@ pub struct PolicySettings {
     /// Action space of the chunk as a `rudder_robot::Policy`. Default: `eef_delta7` when the
     /// model has >= 7 action dims, else `joint_positions` over all of them.
     pub action_space: Option<ChunkSpace>,
-    /// Noise seed used by the `rudder_robot::Policy` implementation.
+    /// Noise seed used by the `rudder_robot::Policy` implementation: call `n` of a loaded
+    /// policy draws its noise from `(seed, n)`, so a run is reproducible while successive
+    /// chunks differ.
     pub seed: u64,
+    /// Reuse `seed`'s noise on every call instead. A deterministic sampler maps a static
+    /// observation to the same chunk forever, so a policy blocked by contact never tries
+    /// anything else: measured on a spatial checkpoint, 0/20 training init states solved with
+    /// fixed noise against 7/20 with per-call noise.
+    pub fixed_noise: bool,
 }
 
 impl Default for PolicySettings {
@@ -67,45 +79,95 @@ impl Default for PolicySettings {
             dt: 0.05,
             action_space: None,
             seed: 0,
+            fixed_noise: false,
         }
     }
 }
 
-pub struct FlowPolicy {
+/// The action head a checkpoint carries.
+enum Head {
+    /// pi0: flow matching in an action expert.
+    Flow(Box<pi0::Model>),
+    /// OpenVLA-style action tokens from a PaliGemma-style VLM.
+    Tokens {
+        model: Box<paligemma::Model>,
+        spec: ActionTokens,
+    },
+}
+
+pub struct VlaPolicy {
     dir: PathBuf,
-    model: pi0::Model,
+    model: Head,
     norm: Normalization,
     settings: PolicySettings,
     tokenizer: PromptTokenizer,
     device: Device,
+    /// Chunks inferred through `rudder_robot::Policy` since loading (or `reset_noise`).
+    calls: AtomicU64,
 }
 
-impl std::fmt::Debug for FlowPolicy {
+impl std::fmt::Debug for VlaPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowPolicy")
+        f.debug_struct("VlaPolicy")
             .field("dir", &self.dir)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
-impl FlowPolicy {
+impl VlaPolicy {
     /// Loads a pi0 checkpoint folder (see the module doc) on the CPU.
     pub fn load(dir: &Path) -> Result<Self, FlowError> {
         let device = Device::Cpu;
         let loaded = load_model(dir, &device)?;
         let model = match loaded.model {
-            AnyModel::Pi0(m) => *m,
+            AnyModel::Pi0(m) => Head::Flow(m),
+            AnyModel::PaliGemma(m) => {
+                let path = dir.join("action_tokens.json");
+                if !path.exists() {
+                    return Err(FlowError::File {
+                        path,
+                        problem: "a PaliGemma checkpoint needs action_tokens.json (bins, chunk,                                   decoding) to act as a VLA-tokens policy"
+                            .into(),
+                    });
+                }
+                let spec = ActionTokens::load(&path, m.cfg.text.0.vocab_size)?;
+                let first = ActionTokens::first_id(m.cfg.text.0.vocab_size);
+                if m.cfg.image_token_id >= first {
+                    return Err(FlowError::File {
+                        path,
+                        problem: format!(
+                            "the image token {} falls inside the action ids {first}..",
+                            m.cfg.image_token_id
+                        ),
+                    });
+                }
+                Head::Tokens { model: m, spec }
+            }
             _ => {
                 return Err(FlowError::Field {
                     path: dir.join("config.json"),
                     field: "architectures".into(),
                     problem: format!(
-                        "{} is not a flow policy (expected PI0ForConditionalGeneration)",
+                        "{} is not a VLA policy (expected PI0ForConditionalGeneration, or                          PaliGemmaForConditionalGeneration with action_tokens.json)",
                         loaded.arch.name()
                     ),
                 })
             }
+        };
+        let (action_dim, state_dim, image_id, text_vocab) = match &model {
+            Head::Flow(m) => (
+                m.cfg.max_action_dim,
+                m.cfg.max_state_dim,
+                m.cfg.vlm.image_token_id as usize,
+                m.cfg.vlm.text.0.vocab_size,
+            ),
+            Head::Tokens { model, spec } => (
+                spec.action_dim(),
+                0,
+                model.cfg.image_token_id as usize,
+                model.cfg.text.0.vocab_size,
+            ),
         };
         let settings_path = dir.join("policy.json");
         let settings = if settings_path.exists() {
@@ -151,23 +213,16 @@ impl FlowPolicy {
                 format!("must be finite and > 0, got {}", settings.dt),
             ));
         }
-        if settings.action_space == Some(ChunkSpace::EefDelta7) && model.cfg.max_action_dim < 7 {
+        if settings.action_space == Some(ChunkSpace::EefDelta7) && action_dim < 7 {
             return Err(field_err(
                 "action_space",
-                format!(
-                    "eef_delta7 needs >= 7 action dims, the model has {}",
-                    model.cfg.max_action_dim
-                ),
+                format!("eef_delta7 needs >= 7 action dims, the model has {action_dim}"),
             ));
         }
-        let norm = Normalization::load_optional(
-            &dir.join("normalization.json"),
-            model.cfg.max_state_dim,
-            model.cfg.max_action_dim,
-        )?;
+        let norm =
+            Normalization::load_optional(&dir.join("normalization.json"), state_dim, action_dim)?;
         // Text ids stop below the image token (and inside the embedding table).
-        let image_id = model.cfg.vlm.image_token_id as usize;
-        let byte_limit = model.cfg.vlm.text.0.vocab_size.min(image_id).max(4);
+        let byte_limit = text_vocab.min(image_id).max(4);
         let tokenizer = PromptTokenizer::load(dir, byte_limit)?;
         if tokenizer.is_bpe() && tokenizer.vocab_size() > byte_limit {
             return Err(FlowError::File {
@@ -176,7 +231,7 @@ impl FlowPolicy {
                     "{} tokens, but the model's text ids stop at {byte_limit} (image token \
                      {image_id}, vocab_size {})",
                     tokenizer.vocab_size(),
-                    model.cfg.vlm.text.0.vocab_size
+                    text_vocab
                 ),
             });
         }
@@ -187,7 +242,32 @@ impl FlowPolicy {
             norm,
             settings,
             device,
+            calls: AtomicU64::new(0),
         })
+    }
+
+    /// Restarts the per-call noise sequence (a new episode replays the same draws).
+    pub fn reset_noise(&self) {
+        self.calls.store(0, Ordering::Relaxed);
+    }
+
+    /// The noise seed of the next `rudder_robot::Policy` call.
+    fn next_seed(&self) -> u64 {
+        if self.settings.fixed_noise {
+            return self.settings.seed;
+        }
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        // Call 0 uses `seed` itself; later calls a SplitMix64-style mix of (seed, n).
+        if n == 0 {
+            return self.settings.seed;
+        }
+        let mut z = self
+            .settings
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     pub fn dir(&self) -> &Path {
@@ -204,24 +284,55 @@ impl FlowPolicy {
     pub fn cameras(&self) -> &[String] {
         &self.settings.cameras
     }
+    /// `"flow"` (pi0) or `"tokens"` (OpenVLA-style).
+    pub fn head(&self) -> &'static str {
+        match &self.model {
+            Head::Flow(_) => "flow",
+            Head::Tokens { .. } => "tokens",
+        }
+    }
     /// Points per chunk (`chunk_size`).
     pub fn action_horizon(&self) -> usize {
-        self.model.cfg.chunk_size
+        match &self.model {
+            Head::Flow(m) => m.cfg.chunk_size,
+            Head::Tokens { spec, .. } => spec.chunk,
+        }
     }
     /// Values per action point (`max_action_dim`).
     pub fn action_dim(&self) -> usize {
-        self.model.cfg.max_action_dim
+        match &self.model {
+            Head::Flow(m) => m.cfg.max_action_dim,
+            Head::Tokens { spec, .. } => spec.action_dim(),
+        }
     }
-    /// The model's state width (`max_state_dim`); shorter states are zero-padded.
+    /// The model's state width (`max_state_dim`); shorter states are zero-padded. 0 for
+    /// VLA-tokens, which (as OpenVLA) reads no state.
     pub fn state_dim(&self) -> usize {
-        self.model.cfg.max_state_dim
+        match &self.model {
+            Head::Flow(m) => m.cfg.max_state_dim,
+            Head::Tokens { .. } => 0,
+        }
     }
     /// Side of the square images the vision tower takes.
     pub fn image_size(&self) -> usize {
-        self.model.cfg.vlm.vision.image_size
+        self.vision().image_size
     }
+    fn vision(&self) -> &rudder_tune::models::siglip::Config {
+        match &self.model {
+            Head::Flow(m) => &m.cfg.vlm.vision,
+            Head::Tokens { model, .. } => &model.cfg.vision,
+        }
+    }
+    /// Model passes per chunk after the prefix: Euler steps (flow), tokens decoded one at a
+    /// time (autoregressive tokens) or 1 (parallel tokens).
     pub fn num_inference_steps(&self) -> usize {
-        self.model.cfg.num_inference_steps
+        match &self.model {
+            Head::Flow(m) => m.cfg.num_inference_steps,
+            Head::Tokens { spec, .. } => match spec.decoding {
+                tokens::Decoding::Autoregressive => spec.len(),
+                tokens::Decoding::Parallel => 1,
+            },
+        }
     }
 
     /// The space [`Policy::infer`] declares its chunks in.
@@ -262,10 +373,9 @@ impl FlowPolicy {
         seed: u64,
         hooks: Option<&mut Hooks>,
     ) -> Result<Vec<Vec<f32>>, FlowError> {
-        let cfg = &self.model.cfg;
         let cams = self.settings.cameras.len();
         let size = self.image_size();
-        let per_image = cfg.vlm.vision.num_patches();
+        let per_image = self.vision().num_patches();
         let plane = 3 * size * size;
 
         let mut pixels = vec![-1f32; cams * plane];
@@ -311,14 +421,10 @@ impl FlowPolicy {
                 format!("entry {i} is not finite"),
             ));
         }
-        let mut st = state.to_vec();
-        if let Some(ms) = &self.norm.state {
-            ms.normalize(&mut st);
-        }
-        st.resize(cfg.max_state_dim, 0.0);
-        let st: Vec<f32> = st.iter().map(|&v| v as f32).collect();
-
-        let image_id = cfg.vlm.image_token_id;
+        let image_id = match &self.model {
+            Head::Flow(m) => m.cfg.vlm.image_token_id,
+            Head::Tokens { model, .. } => model.cfg.image_token_id,
+        };
         let text = self
             .tokenizer
             .encode(prompt_text, self.settings.max_prompt_tokens)?;
@@ -331,6 +437,31 @@ impl FlowPolicy {
         ids.extend(&text);
         mask.extend(std::iter::repeat_n(true, text.len()));
 
+        let model = match &self.model {
+            Head::Flow(m) => m,
+            Head::Tokens { model, spec } => {
+                let vocab = model.cfg.text.0.vocab_size;
+                let px = Tensor::from_vec(pixels, (1, cams, 3, size, size), &self.device)?;
+                let toks = tokens::decode(model, &px, &ids, &mask, spec, vocab, hooks)?;
+                let d = spec.action_dim();
+                return Ok(toks
+                    .chunks(d)
+                    .map(|row| {
+                        row.iter()
+                            .enumerate()
+                            .map(|(i, &t)| spec.value(vocab, i, t) as f32)
+                            .collect()
+                    })
+                    .collect());
+            }
+        };
+        let cfg = &model.cfg;
+        let mut st = state.to_vec();
+        if let Some(ms) = &self.norm.state {
+            ms.normalize(&mut st);
+        }
+        st.resize(cfg.max_state_dim, 0.0);
+        let st: Vec<f32> = st.iter().map(|&v| v as f32).collect();
         let seq = ids.len();
         let inputs = pi0::Inputs {
             input_ids: Tensor::from_vec(ids, (1, seq), &self.device)?,
@@ -341,10 +472,8 @@ impl FlowPolicy {
         let state_t = Tensor::from_vec(st, (1, cfg.max_state_dim), &self.device)?;
         let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
         let noise_t = Tensor::from_vec(noise::gaussian(seed, h * a), (1, h, a), &self.device)?;
-        let cache = self.model.prefix_cache(&inputs, hooks)?;
-        let out = self
-            .model
-            .sample_actions_cached(&cache, &state_t, &noise_t, None)?;
+        let cache = model.prefix_cache(&inputs, hooks)?;
+        let out = model.sample_actions_cached(&cache, &state_t, &noise_t, None)?;
         let rows: Vec<Vec<f32>> = out
             .squeeze(0)?
             .to_dtype(candle_core::DType::F32)?
@@ -367,13 +496,13 @@ impl FlowPolicy {
     }
 }
 
-impl Policy for FlowPolicy {
+impl Policy for VlaPolicy {
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
         self.infer_chunk(obs, None)
     }
 }
 
-impl FlowPolicy {
+impl VlaPolicy {
     /// The `rudder_robot::Policy` chunk for `obs`, with optional hooks on the prefix pass
     /// (see [`Self::infer_raw_hooked`]).
     pub fn infer_chunk(
@@ -391,7 +520,7 @@ impl FlowPolicy {
                 &images,
                 &obs.state,
                 &obs.instruction,
-                self.settings.seed,
+                self.next_seed(),
                 hooks,
             )
             .map_err(|e| match e {
