@@ -465,6 +465,76 @@ mod tabletop {
         );
     }
 
+    #[test]
+    fn dart_demos_perturb_the_arm_but_record_the_expert() {
+        let cams = CameraConfig {
+            width: 16,
+            height: 16,
+        };
+        let clean_dir = tempfile::tempdir().expect("tmp");
+        let noisy_dir = tempfile::tempdir().expect("tmp");
+        let clean = write_demos(Suite::Spatial, 1, clean_dir.path(), 0, cams).expect("demos");
+        let noisy = write_demos_with(
+            Suite::Spatial,
+            1,
+            noisy_dir.path(),
+            0,
+            cams,
+            DemoOptions { action_noise: 0.15 },
+        )
+        .expect("demos");
+        assert_eq!(noisy.action_noise, 0.15);
+        assert_eq!(clean.action_noise, 0.0);
+        assert!(noisy.success_rate >= 0.7, "{}", noisy.success_rate);
+        let f32s = |dir: &std::path::Path, file: &str, name: &str| -> Vec<f32> {
+            let bytes = std::fs::read(dir.join(file)).expect("shard");
+            let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+            st.tensor(name)
+                .expect(name)
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let mut largest_gap = 0f32;
+        for (c, n) in clean.episodes.iter().zip(&noisy.episodes) {
+            let (sc, sn) = (
+                f32s(clean_dir.path(), &c.file, "state"),
+                f32s(noisy_dir.path(), &n.file, "state"),
+            );
+            // The executed (noisy) path leaves the clean one.
+            for (a, b) in sc.chunks_exact(8).zip(sn.chunks_exact(8)) {
+                let d = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+                largest_gap = largest_gap.max(d);
+            }
+            // The recorded actions are the expert's: within its top speed (0.3 m/s x 1.7 for
+            // "quickly", at 20 Hz, in 5 cm units = 0.51 per axis), which the noise would break.
+            for a in f32s(noisy_dir.path(), &n.file, "actions").chunks_exact(7) {
+                let norm = (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sqrt();
+                assert!(
+                    norm <= 0.52,
+                    "recorded action {a:?} is faster than the expert"
+                );
+            }
+        }
+        assert!(
+            largest_gap > 0.003,
+            "noise moved the arm at most {largest_gap} m sideways"
+        );
+        for bad in [-0.1, f64::NAN, 2.0] {
+            let e = write_demos_with(
+                Suite::Spatial,
+                1,
+                noisy_dir.path(),
+                0,
+                cams,
+                DemoOptions { action_noise: bad },
+            )
+            .expect_err("bad noise");
+            assert!(e.to_string().contains("action noise"), "{e}");
+        }
+    }
+
     struct Descend;
 
     impl Policy for Descend {
