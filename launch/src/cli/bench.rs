@@ -28,6 +28,33 @@ rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json
     /// Rerun logging cost on the control thread per tick, as a fraction of the tick budget.
     #[command(after_help = "Example:\n  rudder bench viz --rates 125,500 --seconds 5")]
     Viz(VizArgs),
+    /// Inference latency of one action chunk of a VLA checkpoint (either head; a pi0 checkpoint
+    /// in the transformers layout too): every camera slot filled, a fixed prompt, batch 1.
+    #[command(
+        after_help = "Example (the PyTorch baseline side by side: benches/pi0_vs_torch.sh):\n  \
+rudder bench vla --policy runs/vla/latest --runs 20 --json"
+    )]
+    Vla(VlaBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VlaBenchArgs {
+    /// Checkpoint folder (config.json, model.safetensors, ...) or a training run's folder.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Prompt (tokenised with the checkpoint's tokenizer, bytes without one).
+    #[arg(
+        long,
+        default_value = "pick up the black bowl and place it on the plate"
+    )]
+    pub prompt: String,
+    /// Timed runs (p50 / p99 / max are reported).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +124,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Llama(a) => llama(a),
         BenchCommand::Loop(a) => control_loop(a),
         BenchCommand::Viz(a) => viz(a),
+        BenchCommand::Vla(a) => vla(a),
     }
 }
 
@@ -231,6 +259,79 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::Value::Object(out))?
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vla(a: VlaBenchArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let dir = crate::cli::eval::resolve_checkpoint(&a.policy)?;
+    let policy = rudder_policy::VlaPolicy::load(&dir)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let size = policy.image_size() as u32;
+    // Deterministic pseudo-random pixels: the cost does not depend on the values.
+    let mut x: u32 = 0x1234_5678;
+    let mut image = || {
+        let data = (0..size * size * 3)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        rudder_robot::ImageRgb8 {
+            width: size,
+            height: size,
+            data,
+        }
+    };
+    let images: Vec<(String, rudder_robot::ImageRgb8)> = policy
+        .cameras()
+        .iter()
+        .map(|c| (c.clone(), image()))
+        .collect();
+    let state = vec![0.1; policy.state_dim()];
+    let mut ts = Vec::with_capacity(a.runs);
+    for i in 0..a.warmup + a.runs.max(1) {
+        let t = Instant::now();
+        let chunk = policy.infer_raw(&images, &state, &a.prompt, i as u64)?;
+        std::hint::black_box(&chunk);
+        if i >= a.warmup {
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ts.sort_by(f64::total_cmp);
+    let q = |p: f64| ts[((ts.len() - 1) as f64 * p).round() as usize];
+    let params: usize = {
+        let loaded = load_model(&dir, &Device::Cpu)?;
+        loaded
+            .weights
+            .names()
+            .filter_map(|n| loaded.weights.opt(n))
+            .map(|t| t.elem_count())
+            .sum()
+    };
+    let out = serde_json::json!({
+        "policy": dir,
+        "head": policy.head(),
+        "params_M": params as f64 / 1e6,
+        "threads": rudder_tune::candle_core::utils::get_num_threads(),
+        "cameras": policy.cameras().len(),
+        "image_size": size,
+        "prompt_tokens": policy.tokenizer().encode(&a.prompt, policy.settings().max_prompt_tokens)?.len(),
+        "action_horizon": policy.action_horizon(),
+        "passes_after_prefix": policy.num_inference_steps(),
+        "runs": ts.len(),
+        "p50_ms": q(0.5),
+        "p99_ms": q(0.99),
+        "min_ms": ts[0],
+        "max_ms": ts[ts.len() - 1],
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
 }
