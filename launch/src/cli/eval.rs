@@ -141,6 +141,21 @@ pub struct Latency {
     pub mean_ms: f64,
 }
 
+/// The control loop's timing over all episodes of a real-time evaluation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoopTiming {
+    pub rate_hz: f64,
+    pub ticks: u64,
+    /// The worst episode's p99 of |actual period - nominal period|, microseconds.
+    pub worst_period_error_p99_us: f64,
+    /// The median episode's p50 of the same, microseconds.
+    pub median_period_error_p50_us: f64,
+    pub missed_ticks: u64,
+    pub deadline_overruns: u64,
+    pub hold_ticks: u64,
+    pub inference_errors: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub suite: String,
@@ -158,6 +173,8 @@ pub struct EvalReport {
     pub per_task: Vec<TaskOutcome>,
     /// Policy inference latency (model call only).
     pub latency: Latency,
+    /// The real-time loop's timing while the policy ran (None in lockstep mode).
+    pub loop_timing: Option<LoopTiming>,
     pub wall_s: f64,
     pub runs: Vec<EpisodeOutcome>,
 }
@@ -383,6 +400,7 @@ pub fn evaluate(
     };
     let mut runs = Vec::new();
     let mut per_task = Vec::new();
+    let mut timing: Vec<rudder_robot::LoopMetrics> = Vec::new();
     for &ti in &indices {
         let task = tasks
             .get(ti)
@@ -430,7 +448,8 @@ pub fn evaluate(
                 while !done.load(Ordering::Acquire) && t0.elapsed() < limit {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                lp.stop()?;
+                let (_, m) = lp.stop()?;
+                timing.push(m);
             }
             let env = lock(&shared);
             let (mean_speed, mean_velocity) = path_stats(&lock(&tcp));
@@ -479,8 +498,28 @@ pub fn evaluate(
             p99_ms: percentile(&lat, 0.99),
             mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
         },
+        loop_timing: loop_timing(&timing),
         wall_s: started.elapsed().as_secs_f64(),
         runs,
+    })
+}
+
+fn loop_timing(episodes: &[rudder_robot::LoopMetrics]) -> Option<LoopTiming> {
+    let first = episodes.first()?;
+    let mut p50: Vec<f64> = episodes.iter().map(|m| m.period_error_us.p50).collect();
+    p50.sort_by(f64::total_cmp);
+    Some(LoopTiming {
+        rate_hz: first.rate_hz,
+        ticks: episodes.iter().map(|m| m.ticks).sum(),
+        worst_period_error_p99_us: episodes
+            .iter()
+            .map(|m| m.period_error_us.p99)
+            .fold(0.0, f64::max),
+        median_period_error_p50_us: p50[p50.len() / 2],
+        missed_ticks: episodes.iter().map(|m| m.missed_ticks).sum(),
+        deadline_overruns: episodes.iter().map(|m| m.deadline_overruns).sum(),
+        hold_ticks: episodes.iter().map(|m| m.hold_ticks).sum(),
+        inference_errors: episodes.iter().map(|m| m.inference_errors).sum(),
     })
 }
 
@@ -551,6 +590,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         r.latency.count,
         r.wall_s
     );
+    if let Some(t) = &r.loop_timing {
+        println!(
+            "loop at {:.0} Hz: period error p50 {:.0} us (median episode), p99 {:.0} us (worst \
+             episode); {} missed ticks, {} overruns, {} hold ticks in {} ticks",
+            t.rate_hz,
+            t.median_period_error_p50_us,
+            t.worst_period_error_p99_us,
+            t.missed_ticks,
+            t.deadline_overruns,
+            t.hold_ticks,
+            t.ticks
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -728,6 +780,13 @@ mod tests {
             if lockstep {
                 // 12 steps, one inference per tick before the last.
                 assert!(r.runs.iter().all(|e| e.steps == 12), "{:?}", r.runs);
+                assert!(r.loop_timing.is_none());
+            } else {
+                let t = r.loop_timing.as_ref().expect("real-time loop timing");
+                assert!(t.ticks > 0 && t.rate_hz > 0.0, "{t:?}");
+                assert!(
+                    t.worst_period_error_p99_us >= 0.0 && t.worst_period_error_p99_us.is_finite()
+                );
             }
         }
     }
