@@ -129,7 +129,8 @@ impl AnyModel {
 }
 
 impl AnyModel {
-    /// Every linear layer of the language model with its module name, as PEFT names them.
+    /// Every linear layer of the language model (for pi0, of the action expert too) with its
+    /// module name, as PEFT names them.
     pub fn linears_mut(
         &mut self,
         f: &mut dyn FnMut(&str, &mut crate::blocks::Linear) -> Result<()>,
@@ -143,9 +144,21 @@ impl AnyModel {
             Self::Siglip(_) => Err(TuneError::Invalid(
                 "LoRA on a SigLIP vision tower alone is not supported; adapt a model with a language model".into(),
             )),
-            Self::Pi0(_) => Err(TuneError::Invalid(
-                "LoRA on pi0 (PaliGemma + action expert) is not supported yet".into(),
-            )),
+            // The prefix language model and the action expert, under the names
+            // `named_tensors` writes (the loadable Hub layout).
+            Self::Pi0(m) => {
+                state::decoder_linears_mut(
+                    &mut m.vlm.language_model,
+                    "paligemma_with_expert.paligemma.model.language_model",
+                    None,
+                    f,
+                )?;
+                state::layers_linears_mut(
+                    &mut m.expert.layers,
+                    "paligemma_with_expert.gemma_expert.model",
+                    f,
+                )
+            }
         }
     }
 }

@@ -173,15 +173,14 @@ pub fn pi0(out: &mut NamedTensors, m: &pi0::Model) -> Result<()> {
     linear(out, "action_out_proj", &m.action_out_proj)
 }
 
-/// Calls `f` with every linear layer of a decoder and its module name (PEFT's naming:
-/// `model.layers.0.self_attn.q_proj`).
-pub fn decoder_linears_mut(
-    d: &mut Decoder,
+/// Calls `f` with every linear layer of `layers` and its module name
+/// (`{model_prefix}.layers.{i}.self_attn.q_proj`, ...).
+pub fn layers_linears_mut(
+    layers: &mut [DecoderLayer],
     model_prefix: &str,
-    head_prefix: Option<&str>,
     f: &mut dyn FnMut(&str, &mut Linear) -> crate::Result<()>,
 ) -> crate::Result<()> {
-    for (i, l) in d.layers.iter_mut().enumerate() {
+    for (i, l) in layers.iter_mut().enumerate() {
         let lp = p(model_prefix, &format!("layers.{i}"));
         let a = &mut l.self_attn;
         let out_name = a.cfg.out_name;
@@ -202,6 +201,18 @@ pub fn decoder_linears_mut(
             }
         }
     }
+    Ok(())
+}
+
+/// Calls `f` with every linear layer of a decoder and its module name (PEFT's naming:
+/// `model.layers.0.self_attn.q_proj`).
+pub fn decoder_linears_mut(
+    d: &mut Decoder,
+    model_prefix: &str,
+    head_prefix: Option<&str>,
+    f: &mut dyn FnMut(&str, &mut Linear) -> crate::Result<()>,
+) -> crate::Result<()> {
+    layers_linears_mut(&mut d.layers, model_prefix, f)?;
     if let Some(hp) = head_prefix {
         if !d.cfg.tie_word_embeddings {
             f(&p(hp, "lm_head"), &mut d.lm_head)?;

@@ -132,6 +132,27 @@ pub struct VlaArgs {
     /// Train on failed expert episodes too.
     #[arg(long)]
     pub include_failed: bool,
+    /// Fine-tune this checkpoint (or run folder) with LoRA instead of training from scratch:
+    /// its architecture, tokenizer and normalisation are kept (the architecture flags are
+    /// ignored). Needs --lora.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Train PEFT-style LoRA adapters on the language model's (and pi0's action expert's)
+    /// linears of --init; checkpoints hold the adapter (adapter_config.json +
+    /// adapter_model.safetensors) and the merged weights.
+    #[arg(long, requires = "init")]
+    pub lora: bool,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Module names (suffix match) to adapt, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lora_targets: Vec<String>,
     /// Checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 200)]
     pub save_every: u64,
@@ -271,7 +292,20 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         seed: a.seed,
     };
-    let mut trainer = VlaTrainer::new(cfg, &data)?;
+    let mut trainer = match (&a.init, a.lora) {
+        (Some(init), true) => {
+            let base = crate::cli::eval::resolve_checkpoint(init)?;
+            let targets: Vec<&str> = a.lora_targets.iter().map(String::as_str).collect();
+            let lc = rudder_tune::peft::LoraConfig::new(a.lora_r, a.lora_alpha, &targets);
+            VlaTrainer::new_lora(cfg, &data, &base, lc)
+                .with_context(|| format!("LoRA on {}", base.display()))?
+        }
+        (Some(_), false) => anyhow::bail!(
+            "--init fine-tunes a checkpoint with LoRA: add --lora (full fine-tuning of a \
+             checkpoint is not built; train from scratch without --init)"
+        ),
+        (None, _) => VlaTrainer::new(cfg, &data)?,
+    };
     if a.resume {
         match trainer.resume(&a.out)? {
             Some(dir) => eprintln!(
@@ -292,12 +326,19 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
     }
     let (h, w) = data.image_size();
     eprintln!(
-        "training VLA-{} ({} parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
+        "training VLA-{} ({} trainable parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
          {} episodes per task) for {} steps",
-        match a.variant {
-            VlaVariant::Flow => "flow".to_string(),
-            VlaVariant::Tokens => format!("tokens, {decoding:?} decoding, chunk {chunk}"),
-        },
+        {
+            let m = &trainer.cfg.model;
+            match m.head {
+                HeadKind::Flow => format!("flow, chunk {}", m.chunk),
+                HeadKind::Tokens => format!("tokens, {:?} decoding, chunk {}", m.decoding, m.chunk),
+            }
+        } + &trainer
+            .lora
+            .as_ref()
+            .map(|l| format!(", LoRA r {} on {}", l.config.r, l.base.display()))
+            .unwrap_or_default(),
         trainer.num_parameters(),
         data.samples.len(),
         data.episodes.len(),

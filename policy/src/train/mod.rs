@@ -40,7 +40,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use rudder_tune::candle_nn::{VarBuilder, VarMap};
 use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic, TensorStore};
 use rudder_tune::config::JsonConfig;
+use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::models::{paligemma, pi0};
+use rudder_tune::peft::{self, LoraConfig};
 use rudder_tune::train::adamw::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use rudder_tune::train::checkpoint::{latest, prune, save_dir_atomic};
 use rudder_tune::train::{CosineSchedule, Rng};
@@ -314,6 +316,18 @@ pub struct TrainingInfo {
     pub config: TrainConfig,
     pub step: u64,
     pub loss: Option<f64>,
+    /// For a LoRA fine-tune: the checkpoint the adapters sit on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_base: Option<PathBuf>,
+}
+
+/// LoRA fine-tuning of a trained checkpoint: its weights stay fixed, PEFT-style adapters on the
+/// language model's (and, for pi0, the action expert's) linears train.
+pub struct LoraRun {
+    pub base: PathBuf,
+    pub config: LoraConfig,
+    /// The base model with the adapters attached (their A / B are the optimiser's variables).
+    model: AnyModel,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -381,6 +395,8 @@ pub struct VlaTrainer {
     /// Bins of the tokens head (None for flow).
     pub action_tokens: Option<ActionTokens>,
     pub tokenizer: PromptTokenizer,
+    /// Set for a LoRA fine-tune ([`VlaTrainer::new_lora`]).
+    pub lora: Option<LoraRun>,
     rng: Rng,
     order: Vec<u32>,
     cursor: usize,
@@ -522,8 +538,109 @@ impl VlaTrainer {
             stats: data.stats(),
             action_tokens,
             tokenizer,
+            lora: None,
             model_cfg,
             varmap,
+            cfg,
+            rng,
+            order,
+            cursor: 0,
+            epoch: 0,
+            last_loss: None,
+            device,
+        })
+    }
+
+    /// LoRA fine-tuning of the checkpoint `base` (trained by `rudder train vla`: its
+    /// `training.json` gives the architecture, which `cfg.model` is replaced by). The base's
+    /// tokenizer, normalisation and action bins are kept.
+    pub fn new_lora(
+        mut cfg: TrainConfig,
+        data: &DemoDataset,
+        base: &Path,
+        lora: LoraConfig,
+    ) -> Result<Self, FlowError> {
+        if cfg.batch_size == 0 {
+            return Err(FlowError::input("batch_size", "must be > 0"));
+        }
+        let file_err = |path: PathBuf, problem: String| FlowError::File { path, problem };
+        let ip = base.join("training.json");
+        let text = std::fs::read_to_string(&ip).map_err(|e| {
+            file_err(
+                ip.clone(),
+                format!("{e} (LoRA needs a checkpoint written by `rudder train vla`)"),
+            )
+        })?;
+        let info: TrainingInfo = serde_json::from_str(&text)
+            .map_err(|e| file_err(ip.clone(), format!("not a training.json: {e}")))?;
+        cfg.model = info.config.model;
+        let device = Device::Cpu;
+        let mut model = load_model(base, &device)?.model;
+        let (model_cfg, image_id) = match &model {
+            AnyModel::Pi0(m) => (
+                ModelConfig::Flow(Box::new(m.cfg.clone())),
+                m.cfg.vlm.image_token_id,
+            ),
+            AnyModel::PaliGemma(m) => (
+                ModelConfig::Tokens(Box::new(m.cfg.clone())),
+                m.cfg.image_token_id,
+            ),
+            _ => {
+                return Err(file_err(
+                    base.join("config.json"),
+                    "not a VLA checkpoint (pi0 or PaliGemma)".into(),
+                ))
+            }
+        };
+        let tokenizer = PromptTokenizer::load(base, image_id as usize)?;
+        let stats = match cfg.model.head {
+            HeadKind::Flow => {
+                let np = base.join("normalization.json");
+                let text = std::fs::read_to_string(&np)
+                    .map_err(|e| file_err(np.clone(), e.to_string()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| file_err(np.clone(), format!("not a normalization.json: {e}")))?
+            }
+            HeadKind::Tokens => data.stats(),
+        };
+        let action_tokens = match cfg.model.head {
+            HeadKind::Flow => None,
+            HeadKind::Tokens => Some(ActionTokens::load(
+                &base.join("action_tokens.json"),
+                match &model_cfg {
+                    ModelConfig::Tokens(c) => c.text.0.vocab_size,
+                    ModelConfig::Flow(c) => c.vlm.text.0.vocab_size,
+                },
+            )?),
+        };
+        let mut rng = Rng::new(cfg.seed);
+        let mut lora = lora;
+        lora.base_model_name_or_path = Some(base.display().to_string());
+        let params = peft::attach_new(&mut model, &lora, "default", &mut rng, None)?;
+        let mut order: Vec<u32> = (0..data.samples.len() as u32).collect();
+        rng.shuffle(&mut order);
+        let optim = AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        };
+        Ok(Self {
+            sched: CosineSchedule {
+                base_lr: cfg.lr,
+                warmup_steps: cfg.warmup_steps,
+                total_steps: cfg.steps,
+            },
+            opt: AdamW::new(params, optim)?,
+            stats,
+            action_tokens,
+            tokenizer,
+            lora: Some(LoraRun {
+                base: base.to_path_buf(),
+                config: lora,
+                model,
+            }),
+            model_cfg,
+            varmap: VarMap::new(),
             cfg,
             rng,
             order,
@@ -544,6 +661,14 @@ impl VlaTrainer {
 
     /// The model over the current variables.
     pub fn model(&self) -> Result<TrainModel, FlowError> {
+        if let Some(l) = &self.lora {
+            // A clone shares every tensor (the adapters' variables included).
+            return match &l.model {
+                AnyModel::Pi0(m) => Ok(TrainModel::Flow(m.clone())),
+                AnyModel::PaliGemma(m) => Ok(TrainModel::Tokens(m.clone())),
+                _ => Err(FlowError::input("lora", "not a VLA model")),
+            };
+        }
         self.model_cfg.build(VarBuilder::from_varmap(
             &self.varmap,
             DType::F32,
@@ -770,12 +895,27 @@ impl VlaTrainer {
             )?;
         }
         self.tokenizer.save(&dir.join("tokenizer.json"))?;
-        let w: HashMap<String, Tensor> = self
-            .opt
-            .params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
-            .collect();
+        let w: HashMap<String, Tensor> = match &self.lora {
+            None => self
+                .opt
+                .params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+                .collect(),
+            // The adapter in PEFT's format, and the merged weights for everything that loads
+            // plain checkpoints (eval, serve, steering).
+            Some(l) => {
+                peft::save_adapter(&mut l.model.clone(), &l.config, "default", dir)
+                    .map_err(tune_err)?;
+                let mut merged = l.model.clone();
+                peft::merge(&mut merged).map_err(tune_err)?;
+                merged
+                    .named_tensors()?
+                    .into_iter()
+                    .map(|(n, t)| (n, t.detach()))
+                    .collect()
+            }
+        };
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))
@@ -801,6 +941,7 @@ impl VlaTrainer {
             config: self.cfg.clone(),
             step: self.opt.step,
             loss: self.last_loss,
+            lora_base: self.lora.as_ref().map(|l| l.base.clone()),
         };
         write_json(
             "training.json",
@@ -884,7 +1025,12 @@ impl VlaTrainer {
             });
         }
         let dev = self.device.clone();
-        let w = TensorStore::load_file(&dir.join("model.safetensors"), &dev).map_err(tune_err)?;
+        let weights = if self.lora.is_some() {
+            "adapter_model.safetensors"
+        } else {
+            "model.safetensors"
+        };
+        let w = TensorStore::load_file(&dir.join(weights), &dev).map_err(tune_err)?;
         let o =
             TensorStore::load_file(&dir.join("optimizer.safetensors"), &dev).map_err(tune_err)?;
         for (i, (n, v)) in self.opt.params.iter().enumerate() {
