@@ -1,12 +1,6 @@
 #!/usr/bin/env bash
-# Rudder vs PyTorch 2.15 on the same Llama weights, in one run. Installs the baseline's venv
-# (PyTorch from PyPI is the CUDA build: ~5 GB) on first use.
+# Rudder vs PyTorch 2.15 on the same Llama weights, in one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${RUDDER_BENCH_VENV:-.venv-bench}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q 'torch==2.15.*' 'transformers==5.24.0' 'peft==0.21.2' safetensors numpy
-fi
-cargo build --release --quiet
+source benches/torch-venv.sh
 "$VENV/bin/python" benches/llama_vs_torch.py --rudder target/release/rudder "$@"

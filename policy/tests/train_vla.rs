@@ -343,7 +343,10 @@ fn lora_fine_tune_trains_adapters_only_and_saves_peft_and_merged_weights() {
     // B starts at zero: the adapted model is the base model (reloaded from disk, so only
     // summation order may differ).
     let start = eval_loss(&tr, &data);
-    assert!((start - base_loss).abs() <= 1e-5 * base_loss, "{start} vs {base_loss}");
+    assert!(
+        (start - base_loss).abs() <= 1e-5 * base_loss,
+        "{start} vs {base_loss}"
+    );
     for _ in 0..100 {
         tr.step(&data).unwrap();
     }

@@ -321,6 +321,17 @@ pub struct TrainingInfo {
     pub lora_base: Option<PathBuf>,
 }
 
+/// What a trainer is made of beyond its configuration.
+struct Parts {
+    params: Vec<(String, Var)>,
+    stats: Stats,
+    action_tokens: Option<ActionTokens>,
+    tokenizer: PromptTokenizer,
+    lora: Option<LoraRun>,
+    model_cfg: ModelConfig,
+    varmap: VarMap,
+}
+
 /// LoRA fine-tuning of a trained checkpoint: its weights stay fixed, PEFT-style adapters on the
 /// language model's (and, for pi0, the action expert's) linears train.
 pub struct LoraRun {
@@ -520,8 +531,32 @@ impl VlaTrainer {
             HeadKind::Flow => None,
             HeadKind::Tokens => Some(action_tokens(&cfg.model, data)?),
         };
-        let mut rng = Rng::new(cfg.seed);
-        let mut order: Vec<u32> = (0..data.samples.len() as u32).collect();
+        let stats = data.stats();
+        let rng = Rng::new(cfg.seed);
+        Self::assemble(
+            cfg,
+            Parts {
+                params,
+                stats,
+                action_tokens,
+                tokenizer,
+                lora: None,
+                model_cfg,
+                varmap,
+            },
+            rng,
+            data.samples.len(),
+        )
+    }
+
+    /// The trainer over `parts`, its data order shuffled by `rng`.
+    fn assemble(
+        cfg: TrainConfig,
+        parts: Parts,
+        mut rng: Rng,
+        frames: usize,
+    ) -> Result<Self, FlowError> {
+        let mut order: Vec<u32> = (0..frames as u32).collect();
         rng.shuffle(&mut order);
         let optim = AdamWConfig {
             lr: cfg.lr,
@@ -534,20 +569,20 @@ impl VlaTrainer {
                 warmup_steps: cfg.warmup_steps,
                 total_steps: cfg.steps,
             },
-            opt: AdamW::new(params, optim)?,
-            stats: data.stats(),
-            action_tokens,
-            tokenizer,
-            lora: None,
-            model_cfg,
-            varmap,
+            opt: AdamW::new(parts.params, optim)?,
+            stats: parts.stats,
+            action_tokens: parts.action_tokens,
+            tokenizer: parts.tokenizer,
+            lora: parts.lora,
+            model_cfg: parts.model_cfg,
+            varmap: parts.varmap,
             cfg,
             rng,
             order,
             cursor: 0,
             epoch: 0,
             last_loss: None,
-            device,
+            device: Device::Cpu,
         })
     }
 
@@ -617,38 +652,24 @@ impl VlaTrainer {
         let mut lora = lora;
         lora.base_model_name_or_path = Some(base.display().to_string());
         let params = peft::attach_new(&mut model, &lora, "default", &mut rng, None)?;
-        let mut order: Vec<u32> = (0..data.samples.len() as u32).collect();
-        rng.shuffle(&mut order);
-        let optim = AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        };
-        Ok(Self {
-            sched: CosineSchedule {
-                base_lr: cfg.lr,
-                warmup_steps: cfg.warmup_steps,
-                total_steps: cfg.steps,
-            },
-            opt: AdamW::new(params, optim)?,
-            stats,
-            action_tokens,
-            tokenizer,
-            lora: Some(LoraRun {
-                base: base.to_path_buf(),
-                config: lora,
-                model,
-            }),
-            model_cfg,
-            varmap: VarMap::new(),
+        Self::assemble(
             cfg,
+            Parts {
+                params,
+                stats,
+                action_tokens,
+                tokenizer,
+                lora: Some(LoraRun {
+                    base: base.to_path_buf(),
+                    config: lora,
+                    model,
+                }),
+                model_cfg,
+                varmap: VarMap::new(),
+            },
             rng,
-            order,
-            cursor: 0,
-            epoch: 0,
-            last_loss: None,
-            device,
-        })
+            data.samples.len(),
+        )
     }
 
     pub fn step_count(&self) -> u64 {
