@@ -57,6 +57,9 @@ pub struct SweepArgs {
     /// Cap on simulator steps per episode.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Chunk points the arm follows before the policy is asked again.
+    #[arg(long, default_value_t = crate::cli::eval::DEFAULT_REPLAN_STEPS)]
+    pub replan_steps: usize,
     /// Write the report here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -217,6 +220,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         lockstep: true,
         camera_size: None,
         max_steps: a.max_steps,
+        replan_steps: a.replan_steps.max(1),
         steering: None,
     };
     let total = (1 + names.len() * a.alphas.len()) as u64;
@@ -476,6 +480,7 @@ mod tests {
             tasks: vec![2],
             first_episode: None,
             max_steps: Some(6),
+            replan_steps: crate::cli::eval::DEFAULT_REPLAN_STEPS,
             out: Some(out.path().join("sweep.json")),
             plot: out.path().join("sweep.png"),
             json: true,

@@ -426,6 +426,12 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
         cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
         // The expert re-plans every tick from the observed state: follow each new chunk at once.
         cfg.blend_window = 0.0;
+        if vla.is_some() {
+            // A sampled VLA follows several points of each chunk (see `rudder eval`).
+            cfg.replan_interval = std::time::Duration::from_secs_f64(
+                crate::cli::eval::DEFAULT_REPLAN_STEPS as f64 / rudder_sim::tabletop::CONTROL_HZ,
+            );
+        }
         let tick0 = tick.load(Ordering::Acquire);
         let (emb, metrics, clamped, held, interventions) = if opts.lockstep {
             let (emb, s) = lockstep(emb, policy, &cfg, &rec, bar.as_ref())?;
@@ -558,6 +564,7 @@ fn lockstep<P: Policy>(
     };
     let mut pending = None;
     let mut k: u64 = 0;
+    let mut last_infer: Option<f64> = None;
     let base = emb.tick.load(Ordering::Acquire);
     while !emb.done.load(Ordering::Acquire) {
         let t = k as f64 / cfg.rate_hz;
@@ -582,6 +589,16 @@ fn lockstep<P: Policy>(
             hold_ticks: core.hold_ticks(),
             ..LoopSample::default()
         }));
+        // As the threaded loop: no new inference before `replan_interval` has passed.
+        let due = last_infer.is_none_or(|l| t - l + 1e-9 >= cfg.replan_interval.as_secs_f64());
+        if !due {
+            k += 1;
+            if let Some(b) = bar {
+                b.inc(1);
+            }
+            continue;
+        }
+        last_infer = Some(t);
         match policy.infer(&obs) {
             Ok(chunk) => {
                 let (traj, _) = cfg

@@ -50,6 +50,11 @@ pub struct ControlConfig {
     pub instruction: Option<String>,
     /// Longest time `stop` brakes before it gives up waiting for rest.
     pub stop_timeout: Duration,
+    /// Least time between the starts of two inferences: with `n / chunk rate` the arm follows
+    /// `n` points of a chunk before the next one replaces it (openpi's `replan_steps`,
+    /// LeRobot's `n_action_steps`). Zero asks again as soon as a chunk is out. Sampled policies
+    /// need it: a fresh sample every tick mixes the first steps of unrelated chunks.
+    pub replan_interval: Duration,
 }
 
 impl ControlConfig {
@@ -72,6 +77,7 @@ impl ControlConfig {
             timing: TimingRequest::default(),
             instruction: None,
             stop_timeout: Duration::from_secs(2),
+            replan_interval: Duration::ZERO,
         }
     }
 }
@@ -173,9 +179,10 @@ impl<E: Embodiment + 'static> ControlLoop<E> {
         let inference = {
             let shared = Arc::clone(&shared);
             let converter = cfg.converter.clone();
+            let replan = cfg.replan_interval;
             std::thread::Builder::new()
                 .name("rudder-inference".into())
-                .spawn(move || inference_thread(policy, converter, &shared))
+                .spawn(move || inference_thread(policy, converter, replan, &shared))
         };
         let inference = match inference {
             Ok(h) => h,
@@ -248,9 +255,23 @@ fn merge_inference(m: &mut LoopMetrics, shared: &Shared) {
     m.unreachable_points = s.unreachable_points;
 }
 
-fn inference_thread<P: Policy>(mut policy: P, converter: ChunkConverter, shared: &Shared) {
+fn inference_thread<P: Policy>(
+    mut policy: P,
+    converter: ChunkConverter,
+    replan_interval: Duration,
+    shared: &Shared,
+) {
     let mut seen = 0;
+    let mut last_start: Option<Instant> = None;
     while !shared.stop.load(Ordering::Acquire) {
+        if let Some(t) = last_start {
+            while t.elapsed() < replan_interval {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
         shared.obs_wanted.store(true, Ordering::Release);
         let obs = loop {
             if shared.stop.load(Ordering::Acquire) {
@@ -263,6 +284,7 @@ fn inference_thread<P: Policy>(mut policy: P, converter: ChunkConverter, shared:
             std::thread::sleep(Duration::from_micros(250));
         };
         let started = Instant::now();
+        last_start = Some(started);
         let since = started.saturating_duration_since(shared.epoch).as_nanos() as u64 + 1;
         shared.inference_busy_since.store(since, Ordering::Release);
         let result = policy.infer(&obs);
