@@ -320,9 +320,18 @@ fn threaded(
     policy: impl Policy + 'static,
     run_for: Duration,
 ) -> (LoopState, rudder_robot::LoopMetrics) {
+    threaded_with(policy, run_for, Duration::ZERO)
+}
+
+fn threaded_with(
+    policy: impl Policy + 'static,
+    run_for: Duration,
+    replan_interval: Duration,
+) -> (LoopState, rudder_robot::LoopMetrics) {
     let model = Ur5Model::ur5();
     let mut cfg = ControlConfig::ur5(model, RATE);
     cfg.safety.workspace = Some((model, bench_workspace()));
+    cfg.replan_interval = replan_interval;
     let arm = KinematicUr5::new(model, HOME)
         .expect("valid")
         .with_rate(RATE);
@@ -354,6 +363,31 @@ fn threaded_loop_follows_policy_safely() {
         state,
         LoopState::Running | LoopState::Holding { .. }
     ));
+}
+
+/// With a replan interval the loop asks for a chunk at most once per interval (and follows
+/// the current one meanwhile, without holding); without one, as soon as a chunk is out.
+#[test]
+fn replan_interval_spaces_inferences() {
+    let run_for = Duration::from_millis(1200);
+    let (_, free) = threaded(SinusoidPolicy::new(3), run_for);
+    let (_, spaced) = threaded_with(SinusoidPolicy::new(3), run_for, Duration::from_millis(300));
+    // 1.2 s / 0.3 s: at most 5 starts (the first at once), at least 3 even on a loaded machine.
+    assert!(
+        (3..=5).contains(&spaced.inferences),
+        "{} inferences with a 0.3 s interval",
+        spaced.inferences
+    );
+    assert!(
+        free.inferences > 3 * spaced.inferences,
+        "{} vs {}",
+        free.inferences,
+        spaced.inferences
+    );
+    assert_eq!(spaced.violations.total(), 0);
+    // Only the stop at the end holds: the chunk lasts past the interval.
+    assert_eq!(spaced.holds.chunk_exhausted, 0, "{:?}", spaced.holds);
+    assert_eq!(spaced.holds.inference_timeout, 0, "{:?}", spaced.holds);
 }
 
 #[test]
