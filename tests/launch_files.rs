@@ -355,21 +355,7 @@ fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
     write_demos(Suite::Spatial, 1, &tmp.path().join("demos"), 0, cams).expect("demos");
     let data = DemoDataset::load(&tmp.path().join("demos"), true).expect("data");
     let cfg = TrainConfig {
-        model: ModelSpec {
-            hidden: 32,
-            layers: 2,
-            heads: 2,
-            head_dim: 16,
-            expert_hidden: 32,
-            vision_hidden: 32,
-            vision_layers: 1,
-            image_size: 32,
-            patch_size: 16,
-            chunk: 4,
-            max_prompt_tokens: 24,
-            inference_steps: 2,
-            ..ModelSpec::default()
-        },
+        model: ModelSpec::tiny(),
         steps: 2,
         batch_size: 4,
         ..TrainConfig::default()

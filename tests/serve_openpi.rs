@@ -38,9 +38,13 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str]) -> Server {
+    start_with(&root().join("fixtures/hf-tiny/pi0"), extra)
+}
+
+fn start_with(policy: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rudder"))
         .args(["serve", "--policy"])
-        .arg(root().join("fixtures/hf-tiny/pi0"))
+        .arg(policy)
         .args(["--bind", "127.0.0.1", "--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -101,6 +105,43 @@ fn openpi_client_gets_deterministic_actions_and_acks() {
         "client_infer.py",
         &["127.0.0.1".into(), server.port.to_string()],
     );
+}
+
+/// Both heads serve: a (barely trained) VLA-tokens checkpoint answers the real client with
+/// LIBERO-shaped actions.
+#[test]
+fn openpi_client_gets_actions_from_a_tokens_checkpoint() {
+    use rudder_policy::dataset::DemoDataset;
+    use rudder_policy::tokens::Decoding;
+    use rudder_policy::train::{HeadKind, ModelSpec, TrainConfig, VlaTrainer};
+    use rudder_sim::tabletop::{write_demos, CameraConfig, Suite};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cams = CameraConfig {
+        width: 32,
+        height: 32,
+    };
+    write_demos(Suite::Spatial, 1, &tmp.path().join("demos"), 0, cams).expect("demos");
+    let data = DemoDataset::load(&tmp.path().join("demos"), true).expect("data");
+    let cfg = TrainConfig {
+        model: ModelSpec {
+            head: HeadKind::Tokens,
+            decoding: Decoding::Parallel,
+            chunk: 3,
+            ..ModelSpec::tiny()
+        },
+        steps: 2,
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut tr = VlaTrainer::new(cfg, &data).expect("trainer");
+    tr.step(&data).expect("step");
+    let ckpt = tr.save(&tmp.path().join("run"), 1, &data).expect("save");
+    let server = start_with(&ckpt, &[]);
+    let out = run_py(
+        "client_tokens.py",
+        &["127.0.0.1".into(), server.port.to_string(), "3".into()],
+    );
+    assert!(out.contains("OK (3, 7) float64"), "{out}");
 }
 
 #[test]

@@ -33,21 +33,7 @@ fn demos() -> &'static Path {
 
 fn tiny(steps: u64) -> TrainConfig {
     TrainConfig {
-        model: ModelSpec {
-            hidden: 32,
-            layers: 2,
-            heads: 2,
-            head_dim: 16,
-            expert_hidden: 32,
-            vision_hidden: 32,
-            vision_layers: 1,
-            image_size: 32,
-            patch_size: 16,
-            chunk: 4,
-            max_prompt_tokens: 24,
-            inference_steps: 4,
-            ..ModelSpec::default()
-        },
+        model: ModelSpec::tiny(),
         steps,
         batch_size: 8,
         lr: 3e-3,

@@ -440,21 +440,7 @@ mod tests {
         rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
         let data = DemoDataset::load(data_dir.path(), true).unwrap();
         let cfg = TrainConfig {
-            model: ModelSpec {
-                hidden: 32,
-                layers: 2,
-                heads: 2,
-                head_dim: 16,
-                expert_hidden: 32,
-                vision_hidden: 32,
-                vision_layers: 1,
-                image_size: 32,
-                patch_size: 16,
-                chunk: 4,
-                max_prompt_tokens: 24,
-                inference_steps: 2,
-                ..ModelSpec::default()
-            },
+            model: ModelSpec::tiny(),
             steps: 2,
             batch_size: 4,
             ..TrainConfig::default()

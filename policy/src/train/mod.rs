@@ -148,6 +148,26 @@ impl Default for ModelSpec {
 }
 
 impl ModelSpec {
+    /// A model of ~0.1M parameters on 32 px images for tests and smoke runs: it trains in
+    /// milliseconds per step, and its layer-0 FFN has 128 neurons.
+    pub fn tiny() -> Self {
+        Self {
+            hidden: 32,
+            layers: 2,
+            heads: 2,
+            head_dim: 16,
+            expert_hidden: 32,
+            vision_hidden: 32,
+            vision_layers: 1,
+            image_size: 32,
+            patch_size: 16,
+            chunk: 4,
+            max_prompt_tokens: 24,
+            inference_steps: 2,
+            ..Self::default()
+        }
+    }
+
     /// The tokenizer this spec trains on `instructions`.
     pub fn tokenizer<'a>(
         &self,
