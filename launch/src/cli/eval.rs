@@ -411,6 +411,8 @@ pub fn evaluate(
     }
     let policy = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let size = o.camera_size.unwrap_or(policy.image_size() as u32);
+    // A chunk cannot be followed for longer than it lasts (OpenVLA-style chunks of 1).
+    let replan_steps = o.replan_steps.clamp(1, policy.action_horizon().max(1));
     let policy = Arc::new(Mutex::new(policy));
     let latency = Arc::new(Mutex::new(Vec::new()));
     let tasks = load_suite(o.suite).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -460,9 +462,9 @@ pub fn evaluate(
             // conditions compare on equal noise).
             lock(&policy).reset_noise();
             if o.lockstep {
-                lockstep(&mut emb, &mut pol, o.replan_steps)?;
+                lockstep(&mut emb, &mut pol, replan_steps)?;
             } else {
-                let lp = ControlLoop::start(emb, pol, loop_config(o.replan_steps))?;
+                let lp = ControlLoop::start(emb, pol, loop_config(replan_steps))?;
                 // Simulated steps run at the control rate; allow for a slow start.
                 let limit = Duration::from_secs_f64(max_steps as f64 / CONTROL_HZ * 2.0 + 30.0);
                 let t0 = Instant::now();

@@ -426,11 +426,13 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
         cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
         // The expert re-plans every tick from the observed state: follow each new chunk at once.
         cfg.blend_window = 0.0;
-        if vla.is_some() {
-            // A sampled VLA follows several points of each chunk (see `rudder eval`).
-            cfg.replan_interval = std::time::Duration::from_secs_f64(
-                crate::cli::eval::DEFAULT_REPLAN_STEPS as f64 / rudder_sim::tabletop::CONTROL_HZ,
-            );
+        if let Some((model, _)) = &vla {
+            // A sampled VLA follows several points of each chunk (see `rudder eval`), never
+            // more than a chunk holds.
+            let horizon = lock(model).action_horizon().max(1);
+            let steps = crate::cli::eval::DEFAULT_REPLAN_STEPS.min(horizon);
+            cfg.replan_interval =
+                std::time::Duration::from_secs_f64(steps as f64 / rudder_sim::tabletop::CONTROL_HZ);
         }
         let tick0 = tick.load(Ordering::Acquire);
         let (emb, metrics, clamped, held, interventions) = if opts.lockstep {
