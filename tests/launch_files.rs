@@ -5,6 +5,8 @@ use rudder::launchfile::run::{run, RunOptions};
 use rudder::launchfile::{LaunchError, LaunchFile};
 use std::path::Path;
 
+mod common;
+
 const GOOD: &str = r#"[embodiment]
 kind = "sim.tabletop"
 
@@ -344,25 +346,8 @@ fn scripted_expert_succeeds_through_the_loop_on_every_suite_task() {
 /// sets its clusters: the steered run moves the arm differently from the unsteered one.
 #[test]
 fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
-    use rudder_policy::dataset::DemoDataset;
-    use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
-    use rudder_sim::tabletop::{write_demos, CameraConfig, Suite};
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cams = CameraConfig {
-        width: 32,
-        height: 32,
-    };
-    write_demos(Suite::Spatial, 1, &tmp.path().join("demos"), 0, cams).expect("demos");
-    let data = DemoDataset::load(&tmp.path().join("demos"), true).expect("data");
-    let cfg = TrainConfig {
-        model: ModelSpec::tiny(),
-        steps: 2,
-        batch_size: 4,
-        ..TrainConfig::default()
-    };
-    let mut tr = VlaTrainer::new(cfg, &data).expect("trainer");
-    tr.step(&data).expect("step");
-    let ckpt = tr.save(&tmp.path().join("run"), 1, &data).expect("save");
+    let ckpt = common::tiny_checkpoint(tmp.path(), rudder_policy::train::ModelSpec::tiny());
     // Every neuron of layer 0 in one cluster: a strong, certain intervention. (In pi0 the
     // action expert reads the prefix's keys and values at each layer's input, so the last
     // layer's FFN output reaches nothing: steering there is a no-op.)

@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -111,31 +113,16 @@ fn openpi_client_gets_deterministic_actions_and_acks() {
 /// LIBERO-shaped actions.
 #[test]
 fn openpi_client_gets_actions_from_a_tokens_checkpoint() {
-    use rudder_policy::dataset::DemoDataset;
     use rudder_policy::tokens::Decoding;
-    use rudder_policy::train::{HeadKind, ModelSpec, TrainConfig, VlaTrainer};
-    use rudder_sim::tabletop::{write_demos, CameraConfig, Suite};
+    use rudder_policy::train::{HeadKind, ModelSpec};
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cams = CameraConfig {
-        width: 32,
-        height: 32,
+    let spec = ModelSpec {
+        head: HeadKind::Tokens,
+        decoding: Decoding::Parallel,
+        chunk: 3,
+        ..ModelSpec::tiny()
     };
-    write_demos(Suite::Spatial, 1, &tmp.path().join("demos"), 0, cams).expect("demos");
-    let data = DemoDataset::load(&tmp.path().join("demos"), true).expect("data");
-    let cfg = TrainConfig {
-        model: ModelSpec {
-            head: HeadKind::Tokens,
-            decoding: Decoding::Parallel,
-            chunk: 3,
-            ..ModelSpec::tiny()
-        },
-        steps: 2,
-        batch_size: 4,
-        ..TrainConfig::default()
-    };
-    let mut tr = VlaTrainer::new(cfg, &data).expect("trainer");
-    tr.step(&data).expect("step");
-    let ckpt = tr.save(&tmp.path().join("run"), 1, &data).expect("save");
+    let ckpt = common::tiny_checkpoint(tmp.path(), spec);
     let server = start_with(&ckpt, &[]);
     let out = run_py(
         "client_tokens.py",
