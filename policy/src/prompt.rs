@@ -1,8 +1,7 @@
 //! Prompt text to token ids.
 //!
-//! No subword tokenizer is built into this crate yet (the `tokenizers` crate is heavy to build on
-//! these machines), so prompts use a documented byte-level mapping that any small model trained
-//! here can learn: the prompt (trimmed, with `\n` appended as pi0's tokenizer input has it) is
+//! The byte-level mapping used by checkpoints without a `tokenizer.json` (older ones, and
+//! `rudder train vla --tokenizer bytes`; the default is the BPE of [`crate::tokenizer`]): the prompt (trimmed, with `\n` appended as pi0's tokenizer input has it) is
 //! UTF-8 encoded and byte `b` becomes token `3 + b mod (limit - 3)`, where `limit` is the
 //! vocabulary size, or the image token id when that is smaller (so text never collides with the
 //! image token), leaving ids 0 (pad), 1 (eos) and 2 (bos) free. The sequence is

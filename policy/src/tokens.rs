@@ -12,7 +12,7 @@
 //! - Autoregressive decoding (OpenVLA): `7 x chunk` greedy tokens, argmax over the 256 action
 //!   ids, teacher forcing in training (cross-entropy of each token given those before).
 //! - Parallel decoding (OpenVLA-OFT style, with OpenVLA's bins instead of OFT's L1 regression):
-//!   the suffix is `7 x chunk` placeholder tokens ([`PLACEHOLDER`]) that see everything,
+//!   the suffix is `7 x chunk` query slots ([`ACTION_QUERY`]) that see everything,
 //!   and every action token is read from its own position in one pass.
 //!
 //! `action_tokens.json` beside the checkpoint holds the bins, decoding and chunk.
@@ -30,9 +30,9 @@ use crate::FlowError;
 
 /// Bins per action dimension.
 pub const N_BINS: usize = 256;
-/// The input id at every action slot in parallel decoding: the pad id, which never appears
+/// The input id of every action query slot in parallel decoding: the pad id, which never appears
 /// inside a real sequence.
-pub const PLACEHOLDER: u32 = crate::prompt::PAD;
+pub const ACTION_QUERY: u32 = crate::prompt::PAD;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -273,7 +273,7 @@ pub fn layout(rows: &[Row], decoding: Decoding, n_actions: usize) -> Layout {
                 out.prefix.push(f);
             }
             Decoding::Parallel => {
-                out.ids.extend(std::iter::repeat_n(PLACEHOLDER, n_actions));
+                out.ids.extend(std::iter::repeat_n(ACTION_QUERY, n_actions));
                 out.reads.push((0..n_actions).map(|j| p + j).collect());
                 let mut f = vec![true; n];
                 f.resize(t, false);
@@ -352,7 +352,7 @@ pub fn decode(
     match spec.decoding {
         Decoding::Parallel => {
             let mut ids = prefix_ids.to_vec();
-            ids.extend(std::iter::repeat_n(PLACEHOLDER, n));
+            ids.extend(std::iter::repeat_n(ACTION_QUERY, n));
             let mut valid = valid_prefix.to_vec();
             valid.resize(p + n, true);
             let all = vec![vec![true; p + n]];
@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(l.valid[1], vec![true, true, true, true, false]);
         assert_eq!(l.prefix[0], vec![true, true, true, false, false]);
         let l = layout(&rows, Decoding::Parallel, 2);
-        assert_eq!(&l.ids[..5], &[5, 6, 7, PLACEHOLDER, PLACEHOLDER]);
+        assert_eq!(&l.ids[..5], &[5, 6, 7, ACTION_QUERY, ACTION_QUERY]);
         assert_eq!(l.reads, vec![vec![3, 4], vec![2, 3]]);
         assert_eq!(l.prefix[1], vec![true, true, true, true, false]);
     }

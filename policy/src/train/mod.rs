@@ -402,6 +402,13 @@ impl ModelConfig {
             Self::Tokens(c) => &c.vision,
         }
     }
+    /// The language model's vocabulary (text ids, image token and, for tokens, action ids).
+    fn vocab_size(&self) -> usize {
+        match self {
+            Self::Flow(c) => c.vlm.text.0.vocab_size,
+            Self::Tokens(c) => c.text.0.vocab_size,
+        }
+    }
     fn image_token_id(&self) -> u32 {
         match self {
             Self::Flow(c) => c.vlm.image_token_id,
@@ -662,10 +669,7 @@ impl VlaTrainer {
             HeadKind::Flow => None,
             HeadKind::Tokens => Some(ActionTokens::load(
                 &base.join("action_tokens.json"),
-                match &model_cfg {
-                    ModelConfig::Tokens(c) => c.text.0.vocab_size,
-                    ModelConfig::Flow(c) => c.vlm.text.0.vocab_size,
-                },
+                model_cfg.vocab_size(),
             )?),
         };
         let mut rng = Rng::new(cfg.seed);
