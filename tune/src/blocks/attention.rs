@@ -1,9 +1,11 @@
 //! Multi-head attention with MHA / GQA / MQA, head_dim independent of hidden/heads, optional
 //! rotary embeddings, an additive mask (causal, prefix-LM, padding) and a KV cache.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::rotary_emb::rope_thd;
 use candle_nn::VarBuilder;
 
+use super::fused_attention::{FusedAttention, MaskRows};
 use super::rope::apply_rope;
 use super::{softmax_last, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
@@ -85,35 +87,49 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.cfg;
+        // [b, t, heads, d]: the projections' own layout; the unfused path transposes it.
         let q = self
             .q_proj
             .forward(x)?
-            .reshape((b, t, c.heads, c.head_dim))?
-            .transpose(1, 2)?;
+            .reshape((b, t, c.heads, c.head_dim))?;
         let k = self
             .k_proj
             .forward(x)?
-            .reshape((b, t, c.kv_heads, c.head_dim))?
-            .transpose(1, 2)?;
+            .reshape((b, t, c.kv_heads, c.head_dim))?;
         let v = self
             .v_proj
             .forward(x)?
-            .reshape((b, t, c.kv_heads, c.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let (q, k) = match rope {
-            Some((cos, sin)) => (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?),
-            None => (q.contiguous()?, k.contiguous()?),
+            .reshape((b, t, c.kv_heads, c.head_dim))?;
+        let fused = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && !(q.track_op() || k.track_op() || v.track_op())
+            && mask.is_none_or(|m| fused_mask_fits(m, b, t));
+        let (q, k, v) = if fused {
+            match rope {
+                Some((cos, sin)) => (
+                    rope_thd(&q, cos, sin)?.transpose(1, 2)?,
+                    rope_thd(&k, cos, sin)?.transpose(1, 2)?,
+                    v.transpose(1, 2)?,
+                ),
+                None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),
+            }
+        } else {
+            let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
+            let v = v.transpose(1, 2)?.contiguous()?;
+            match rope {
+                Some((cos, sin)) => (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?, v),
+                None => (q.contiguous()?, k.contiguous()?, v),
+            }
         };
         let (k, v) = match cache {
             Some(cache) => {
                 let k = match &cache.k {
                     Some(prev) => Tensor::cat(&[prev, &k], 2)?,
-                    None => k,
+                    None => k.contiguous()?,
                 };
                 let v = match &cache.v {
                     Some(prev) => Tensor::cat(&[prev, &v], 2)?,
-                    None => v,
+                    None => v.contiguous()?,
                 };
                 cache.k = Some(k.clone());
                 cache.v = Some(v.clone());
@@ -122,27 +138,69 @@ impl Attention {
             None => (k, v),
         };
         let s = k.dim(2)?;
-        let rep = c.heads / c.kv_heads;
-        // Grouped heads share K/V: fold the group into the query length instead of copying K/V.
-        let q = (q * c.scale)?.reshape((b, c.kv_heads, rep * t, c.head_dim))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, c.heads, t, s))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let out = if fused {
+            let mask = match mask {
+                Some(m) => {
+                    let mb = m.dim(0)?;
+                    Some(MaskRows::new(m.flatten_all()?.to_vec1::<f32>()?, mb, t, s))
+                }
+                None => None,
+            };
+            let op = FusedAttention {
+                scale: c.scale as f32,
+                mask,
+            };
+            // [b, t, heads * d], ready for the output projection.
+            let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+            match hooks {
+                Some(hooks) => {
+                    let heads = out.reshape((b, t, c.heads, c.head_dim))?.transpose(1, 2)?;
+                    let heads = hooks.apply(
+                        HookPoint {
+                            site: Site::AttnHeadOut,
+                            ..point
+                        },
+                        heads,
+                    )?;
+                    heads
+                        .transpose(1, 2)?
+                        .reshape((b, t, c.heads * c.head_dim))?
+                }
+                None => out,
+            }
+        } else {
+            let rep = c.heads / c.kv_heads;
+            // Grouped heads share K/V: fold the group into the query length instead of copying
+            // K/V.
+            let q = (q * c.scale)?.reshape((b, c.kv_heads, rep * t, c.head_dim))?;
+            let scores = q.matmul(&k.t()?)?.reshape((b, c.heads, t, s))?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            let probs = softmax_last(&scores)?.reshape((b, c.kv_heads, rep * t, s))?;
+            let mut out = probs.matmul(&v)?.reshape((b, c.heads, t, c.head_dim))?;
+            if let Some(hooks) = hooks {
+                out = hooks.apply(
+                    HookPoint {
+                        site: Site::AttnHeadOut,
+                        ..point
+                    },
+                    out,
+                )?;
+            }
+            out.transpose(1, 2)?.reshape((b, t, c.heads * c.head_dim))?
         };
-        let probs = softmax_last(&scores)?.reshape((b, c.kv_heads, rep * t, s))?;
-        let mut out = probs.matmul(&v)?.reshape((b, c.heads, t, c.head_dim))?;
-        if let Some(hooks) = hooks {
-            out = hooks.apply(
-                HookPoint {
-                    site: Site::AttnHeadOut,
-                    ..point
-                },
-                out,
-            )?;
-        }
-        let out = out.transpose(1, 2)?.reshape((b, t, c.heads * c.head_dim))?;
         self.o_proj.forward(&out)
+    }
+}
+
+/// The fused kernel takes f32 masks shaped `[1 or batch, 1, q_len, k_len]`, the shape
+/// [`mask::build`] makes; anything else goes through the unfused path.
+fn fused_mask_fits(m: &Tensor, b: usize, t: usize) -> bool {
+    match m.dims() {
+        &[mb, 1, mq, _] => m.dtype() == DType::F32 && (mb == 1 || mb == b) && mq == t,
+        _ => false,
     }
 }
 
@@ -190,5 +248,159 @@ pub mod mask {
             let bidi = bidirectional.map(|v| v[b][k]).unwrap_or(false);
             valid && (causal_ok || bidi)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::collections::HashMap;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+    }
+
+    fn attention(heads: usize, kv_heads: usize, head_dim: usize, hidden: usize) -> Attention {
+        let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+        let mut ws = HashMap::new();
+        for (i, (name, shape)) in [
+            ("q_proj.weight", [q, hidden]),
+            ("k_proj.weight", [kv, hidden]),
+            ("v_proj.weight", [kv, hidden]),
+            ("o_proj.weight", [hidden, q]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            ws.insert(name.to_string(), random(&shape, 11 + i as u64));
+        }
+        let vb = VarBuilder::from_tensors(ws, DType::F32, &Device::Cpu);
+        let cfg = AttentionConfig {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            qkv_bias: false,
+            out_bias: false,
+            out_name: "o_proj",
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        };
+        Attention::new(cfg, vb).expect("weights have the configured shapes")
+    }
+
+    /// The fused CPU kernel (taken for untracked inputs) against the composition of candle ops
+    /// (taken for a tracked input), over several query blocks, GQA, a KV cache and masks.
+    #[test]
+    fn fused_kernel_matches_the_unfused_path() {
+        let dev = Device::Cpu;
+        let (b, t, past, hidden, d) = (2, 150, 37, 48, 16);
+        let rope = super::super::RotaryEmbedding::new(
+            &super::super::RopeConfig {
+                theta: 10_000.0,
+                head_dim: d,
+                scaling: super::super::rope::RopeScaling::None,
+            },
+            &dev,
+        );
+        let (cos, sin) = rope.cos_sin_range(past, t).expect("cos/sin");
+        let valid: Vec<Vec<bool>> = (0..b)
+            .map(|bi| (0..past + t).map(|k| !(bi == 1 && k < 5)).collect())
+            .collect();
+        let bidi: Vec<Vec<bool>> = (0..b)
+            .map(|_| (0..past + t).map(|k| k < past + 20).collect())
+            .collect();
+        for (heads, kv_heads) in [(4, 4), (4, 2), (4, 1)] {
+            let attn = attention(heads, kv_heads, d, hidden);
+            let x = random(&[b, t, hidden], 3);
+            let kv_shape = [b, kv_heads, past, d];
+            let cache = KvCache {
+                k: Some(random(&kv_shape, 5)),
+                v: Some(random(&kv_shape, 6)),
+            };
+            let masks = [
+                mask::causal(b, t, past, &dev, None, None).expect("mask"),
+                mask::causal(b, t, past, &dev, Some(&valid), Some(&bidi)).expect("mask"),
+            ];
+            for m in &masks {
+                let mut c1 = cache.clone();
+                let fused = attn
+                    .forward(
+                        &x,
+                        Some((&cos, &sin)),
+                        Some(m),
+                        Some(&mut c1),
+                        None,
+                        HookPoint::new(0, Site::AttnHeadOut),
+                    )
+                    .expect("fused forward");
+                let xv = Var::from_tensor(&x).expect("var");
+                let mut c2 = cache.clone();
+                let plain = attn
+                    .forward(
+                        xv.as_tensor(),
+                        Some((&cos, &sin)),
+                        Some(m),
+                        Some(&mut c2),
+                        None,
+                        HookPoint::new(0, Site::AttnHeadOut),
+                    )
+                    .expect("unfused forward");
+                let diff = (fused - plain.detach())
+                    .expect("same shape")
+                    .abs()
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.max(0))
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("max diff");
+                assert!(diff < 1e-5, "heads {heads}/{kv_heads}: max diff {diff}");
+                let kd = (c1.k.as_ref().expect("k") - c2.k.as_ref().expect("k").detach())
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.max(0))
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("cache diff");
+                assert!(kd < 1e-6, "cached keys differ by {kd}");
+            }
+            // No mask, no rope, no cache (SigLIP's case).
+            let fused = attn
+                .forward(
+                    &x,
+                    None,
+                    None,
+                    None,
+                    None,
+                    HookPoint::new(0, Site::AttnHeadOut),
+                )
+                .expect("fused");
+            let xv = Var::from_tensor(&x).expect("var");
+            let plain = attn
+                .forward(
+                    xv.as_tensor(),
+                    None,
+                    None,
+                    None,
+                    None,
+                    HookPoint::new(0, Site::AttnHeadOut),
+                )
+                .expect("unfused");
+            let diff = (fused - plain.detach())
+                .and_then(|d| d.abs())
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("max diff");
+            assert!(diff < 1e-5, "no mask: max diff {diff}");
+        }
     }
 }

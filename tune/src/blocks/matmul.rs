@@ -38,7 +38,11 @@ impl candle_core::CustomOp2 for ColumnSplitGemm {
         };
         let x = &x[xs..xe];
         let w = &w[ws..we];
-        let mut out = vec![0f32; m * n];
+        if k == 0 || m == 0 || n == 0 {
+            return Ok((CpuStorage::F32(vec![0f32; m * n]), Shape::from((m, n))));
+        }
+        // gemm overwrites every element (read_dst is false), so the buffer need not be zeroed.
+        let mut out = super::fastmath::uninit_buffer(m * n);
         let threads = rayon::current_num_threads().max(1);
         let blocks = threads.min(n / ALIGN).max(1);
         let per = n.div_ceil(blocks).div_ceil(ALIGN) * ALIGN;
@@ -90,6 +94,8 @@ impl candle_core::CustomOp2 for ColumnSplitGemm {
                 run(starts[0]);
             });
         }
+        // SAFETY: the column blocks cover all n columns of all m rows, each written by gemm.
+        let out = unsafe { super::fastmath::assume_init(out) };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

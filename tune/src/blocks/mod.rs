@@ -3,6 +3,8 @@
 //! or its weights are tracked by autograd (training), because the fused kernels have no backward.
 
 pub mod attention;
+pub mod fastmath;
+pub mod fused_attention;
 pub mod linear;
 pub mod matmul;
 pub mod mlp;
