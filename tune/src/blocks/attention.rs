@@ -85,6 +85,41 @@ impl Attention {
         hooks: Option<&mut Hooks>,
         point: HookPoint,
     ) -> Result<Tensor> {
+        self.forward_with(x, rope, mask, cache, hooks, point, true)
+    }
+
+    /// The composition of candle ops the fused CPU kernel replaces: the reference its tests
+    /// compare against, and the path on other devices.
+    #[doc(hidden)]
+    pub fn forward_unfused(
+        &self,
+        x: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_with(
+            x,
+            rope,
+            mask,
+            cache,
+            None,
+            HookPoint::new(0, Site::AttnHeadOut),
+            false,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+        allow_fused: bool,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.cfg;
         // [b, t, heads, d]: the projections' own layout; the unfused path transposes it.
@@ -100,11 +135,12 @@ impl Attention {
             .v_proj
             .forward(x)?
             .reshape((b, t, c.kv_heads, c.head_dim))?;
-        let fused = x.device().is_cpu()
+        let fused = allow_fused
+            && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && !(q.track_op() || k.track_op() || v.track_op())
             && mask.is_none_or(|m| fused_mask_fits(m, b, t));
-        let (q, k, v) = if fused {
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        let (q, k, v) = if fused && !tracked {
             match rope {
                 Some((cos, sin)) => (
                     rope_thd(&q, cos, sin)?.transpose(1, 2)?,
@@ -114,8 +150,10 @@ impl Attention {
                 None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),
             }
         } else {
+            // Training (tracked) and the unfused path: candle's rope kernel has no backward.
             let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
-            let v = v.transpose(1, 2)?.contiguous()?;
+            let v = v.transpose(1, 2)?;
+            let v = if fused { v } else { v.contiguous()? };
             match rope {
                 Some((cos, sin)) => (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?, v),
                 None => (q.contiguous()?, k.contiguous()?, v),
@@ -151,7 +189,11 @@ impl Attention {
                 mask,
             };
             // [b, t, heads * d], ready for the output projection.
-            let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+            let out = if tracked {
+                q.apply_op3(&k, &v, op)?
+            } else {
+                q.apply_op3_no_bwd(&k, &v, &op)?
+            };
             match hooks {
                 Some(hooks) => {
                     let heads = out.reshape((b, t, c.heads, c.head_dim))?.transpose(1, 2)?;
@@ -299,8 +341,8 @@ mod tests {
         Attention::new(cfg, vb).expect("weights have the configured shapes")
     }
 
-    /// The fused CPU kernel (taken for untracked inputs) against the composition of candle ops
-    /// (taken for a tracked input), over several query blocks, GQA, a KV cache and masks.
+    /// The fused CPU kernel against the composition of candle ops, over several query blocks,
+    /// GQA, a KV cache and masks.
     #[test]
     fn fused_kernel_matches_the_unfused_path() {
         let dev = Device::Cpu;
@@ -401,6 +443,89 @@ mod tests {
                 .and_then(|d| d.to_scalar::<f32>())
                 .expect("max diff");
             assert!(diff < 1e-5, "no mask: max diff {diff}");
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("same shapes")
+    }
+
+    /// Training through the fused kernel: the input's and the cached keys' gradients match
+    /// candle's autograd through the unfused ops.
+    #[test]
+    fn fused_kernel_gradients_match_autograd() {
+        let dev = Device::Cpu;
+        let (b, t, past, hidden, d) = (2, 90, 11, 32, 8);
+        let rope = super::super::RotaryEmbedding::new(
+            &super::super::RopeConfig {
+                theta: 10_000.0,
+                head_dim: d,
+                scaling: super::super::rope::RopeScaling::None,
+            },
+            &dev,
+        );
+        let (cos, sin) = rope.cos_sin_range(past, t).expect("cos/sin");
+        let valid: Vec<Vec<bool>> = (0..b)
+            .map(|bi| (0..past + t).map(|k| !(bi == 0 && k < 3)).collect())
+            .collect();
+        let bidi: Vec<Vec<bool>> = (0..b)
+            .map(|_| (0..past + t).map(|k| k < past + 7).collect())
+            .collect();
+        let m = mask::causal(b, t, past, &dev, Some(&valid), Some(&bidi)).expect("mask");
+        for (heads, kv_heads) in [(4, 4), (4, 2)] {
+            let attn = attention(heads, kv_heads, d, hidden);
+            let w = random(&[b, t, hidden], 9);
+            let grads = |fused: bool| {
+                let x = Var::from_tensor(&random(&[b, t, hidden], 3)).expect("var");
+                let kv_shape = [b, kv_heads, past, d];
+                let pk = Var::from_tensor(&random(&kv_shape, 5)).expect("var");
+                let mut cache = KvCache {
+                    k: Some(pk.as_tensor().clone()),
+                    v: Some(random(&kv_shape, 6)),
+                };
+                let out = if fused {
+                    attn.forward(
+                        x.as_tensor(),
+                        Some((&cos, &sin)),
+                        Some(&m),
+                        Some(&mut cache),
+                        None,
+                        HookPoint::new(0, Site::AttnHeadOut),
+                    )
+                } else {
+                    attn.forward_unfused(
+                        x.as_tensor(),
+                        Some((&cos, &sin)),
+                        Some(&m),
+                        Some(&mut cache),
+                    )
+                }
+                .expect("forward");
+                let loss = (out * &w).and_then(|l| l.sum_all()).expect("loss");
+                let g = loss.backward().expect("backward");
+                (
+                    loss.to_scalar::<f32>().expect("scalar"),
+                    g.get(x.as_tensor()).expect("x grad").clone(),
+                    g.get(pk.as_tensor()).expect("cache grad").clone(),
+                )
+            };
+            let (l1, gx1, gk1) = grads(true);
+            let (l2, gx2, gk2) = grads(false);
+            assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
+            let (dx, dk) = (max_diff(&gx1, &gx2), max_diff(&gk1, &gk2));
+            assert!(
+                dx < 1e-5,
+                "heads {heads}/{kv_heads}: x grad differs by {dx}"
+            );
+            assert!(
+                dk < 1e-5,
+                "heads {heads}/{kv_heads}: cached key grad differs by {dk}"
+            );
         }
     }
 }

@@ -109,8 +109,67 @@ fn gelu_tanh_mul_generic(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>])
     }
 }
 
+/// Gradients of `silu(g) * u`: `dg = dout * u * s * (1 + g * (1 - s))`, `du = dout * g * s`,
+/// with `s = sigmoid(g)`.
+#[inline(always)]
+fn silu_mul_bwd_generic(gate: &[f32], up: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    for i in 0..gate
+        .len()
+        .min(up.len())
+        .min(dout.len())
+        .min(dg.len())
+        .min(du.len())
+    {
+        let (g, u, d) = (gate[i], up[i], dout[i]);
+        let sg = 1.0 / (1.0 + exp_approx(-g));
+        dg[i] = d * u * sg * (1.0 + g * (1.0 - sg));
+        du[i] = d * g * sg;
+    }
+}
+
+/// Gradients of `gelu_tanh(g) * u`.
+#[inline(always)]
+fn gelu_tanh_mul_bwd_generic(
+    gate: &[f32],
+    up: &[f32],
+    dout: &[f32],
+    dg: &mut [f32],
+    du: &mut [f32],
+) {
+    const C: f32 = 0.797_884_6;
+    for i in 0..gate
+        .len()
+        .min(up.len())
+        .min(dout.len())
+        .min(dg.len())
+        .min(du.len())
+    {
+        let (g, u, d) = (gate[i], up[i], dout[i]);
+        let y = C * (g + 0.044_715 * g * g * g);
+        let t = 1.0 - 2.0 / (exp_approx(2.0 * y) + 1.0);
+        let act = 0.5 * g * (1.0 + t);
+        let dact = 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * g * g);
+        dg[i] = d * u * dact;
+        du[i] = d * act;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul_bwd(g: &[f32], u: &[f32], d: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        super::silu_mul_bwd_generic(g, u, d, dg, du)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_tanh_mul_bwd(
+        g: &[f32],
+        u: &[f32],
+        d: &[f32],
+        dg: &mut [f32],
+        du: &mut [f32],
+    ) {
+        super::gelu_tanh_mul_bwd_generic(g, u, d, dg, du)
+    }
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
         super::softmax_row_generic(row, mask)
@@ -159,6 +218,26 @@ pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
         return unsafe { avx2::gelu_tanh_mul(gate, up, out) };
     }
     gelu_tanh_mul_generic(gate, up, out)
+}
+
+/// Gradients of [`silu_mul`] with respect to both inputs.
+pub fn silu_mul_bwd(gate: &[f32], up: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `softmax_row`.
+        return unsafe { avx2::silu_mul_bwd(gate, up, dout, dg, du) };
+    }
+    silu_mul_bwd_generic(gate, up, dout, dg, du)
+}
+
+/// Gradients of [`gelu_tanh_mul`] with respect to both inputs.
+pub fn gelu_tanh_mul_bwd(gate: &[f32], up: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `softmax_row`.
+        return unsafe { avx2::gelu_tanh_mul_bwd(gate, up, dout, dg, du) };
+    }
+    gelu_tanh_mul_bwd_generic(gate, up, dout, dg, du)
 }
 
 /// A buffer for a kernel that writes every element before anyone reads it: skips the memset

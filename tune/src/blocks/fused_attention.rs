@@ -8,7 +8,7 @@
 //! queries cannot see (a causal mask leaves about 3/8 of the score matrix unused at 256
 //! tokens), and uses the vectorised softmax of [`super::fastmath`].
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::attention::mask::NEG;
 use super::fastmath::softmax_row;
@@ -91,23 +91,24 @@ impl View4 {
     }
 }
 
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
+impl FusedAttention {
+    /// Per batch row and query block, one past the last key any query of the block sees.
+    fn block_ends(&self, b: usize, t: usize, s: usize) -> Vec<usize> {
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        (0..b * blocks)
+            .map(|i| {
+                let (bi, blk) = (i / blocks, i % blocks);
+                let r0 = blk * QUERY_BLOCK;
+                let r1 = (r0 + QUERY_BLOCK).min(t);
+                match &self.mask {
+                    Some(m) => (r0..r1).map(|r| m.row_end(bi, r)).max().unwrap_or(s),
+                    None => s,
+                }
+            })
+            .collect()
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, qv) = view4(s1, l1, "q")?;
-        let (k, kv) = view4(s2, l2, "k")?;
-        let (v, vv) = view4(s3, l3, "v")?;
+    fn check(&self, qv: &View4, kv: &View4, vv: &View4) -> Result<()> {
         let [b, heads, t, d] = qv.dims;
         let [kb, kv_heads, s, kd] = kv.dims;
         if kb != b || kd != d || vv.dims != kv.dims {
@@ -131,6 +132,270 @@ impl CustomOp3 for FusedAttention {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Gradients of q, k and v. The scores are recomputed block by block (only the output was
+    /// kept from the forward pass), then `dV = P^T dO`, `dS = P * (dO V^T - rowsum(dO * O))`,
+    /// `dQ = scale dS K`, `dK = scale dS^T Q`. Each task owns one (batch, kv head), so the sums
+    /// over the heads of a group need no locking.
+    fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let o = o.contiguous()?;
+        let dout = dout.contiguous()?;
+        let (gq, lq) = q.storage_and_layout();
+        let (gk, lk) = k.storage_and_layout();
+        let (gv, lv) = v.storage_and_layout();
+        let (go, lo) = o.storage_and_layout();
+        let (gd, ld) = dout.storage_and_layout();
+        let (
+            Storage::Cpu(sq),
+            Storage::Cpu(sk),
+            Storage::Cpu(sv),
+            Storage::Cpu(CpuStorage::F32(od)),
+            Storage::Cpu(CpuStorage::F32(dd)),
+        ) = (&*gq, &*gk, &*gv, &*go, &*gd)
+        else {
+            candle_core::bail!("fused attention backward: f32 CPU tensors only");
+        };
+        let (qd, qv) = view4(sq, lq, "q")?;
+        let (kd, kv) = view4(sk, lk, "k")?;
+        let (vd, vv) = view4(sv, lv, "v")?;
+        self.check(&qv, &kv, &vv)?;
+        let [b, heads, t, d] = qv.dims;
+        let [_, kv_heads, s, _] = kv.dims;
+        let (Some((o0, o1)), Some((d0, d1))) = (lo.contiguous_offsets(), ld.contiguous_offsets())
+        else {
+            candle_core::bail!("fused attention backward: output not contiguous");
+        };
+        let (od, dd) = (&od[o0..o1], &dd[d0..d1]);
+        let out_row = heads * d;
+        if od.len() != b * t * out_row || dd.len() != od.len() {
+            candle_core::bail!("fused attention backward: output gradient has the wrong size");
+        }
+        let mut dq = vec![0f32; b * heads * t * d];
+        let mut dk = vec![0f32; b * kv_heads * s * d];
+        let mut dv = vec![0f32; b * kv_heads * s * d];
+        if s > 0 && d > 0 && t > 0 {
+            let rep = heads / kv_heads;
+            let blocks = t.div_ceil(QUERY_BLOCK);
+            let block_end = self.block_ends(b, t, s);
+            let (qp, kp, vp, op, dp) = (
+                qd.as_ptr() as usize,
+                kd.as_ptr() as usize,
+                vd.as_ptr() as usize,
+                od.as_ptr() as usize,
+                dd.as_ptr() as usize,
+            );
+            let (dqp, dkp, dvp) = (
+                dq.as_mut_ptr() as usize,
+                dk.as_mut_ptr() as usize,
+                dv.as_mut_ptr() as usize,
+            );
+            let work = |task: usize| {
+                let (bi, khi) = (task / kv_heads, task % kv_heads);
+                let rows_max = QUERY_BLOCK.min(t);
+                let mut p = vec![0f32; rows_max * s];
+                let mut ds = vec![0f32; rows_max * s];
+                let mut delta = vec![0f32; rows_max];
+                let kv_off = (bi * kv_heads + khi) * s * d;
+                for hi in khi * rep..(khi + 1) * rep {
+                    for blk in 0..blocks {
+                        let r0 = blk * QUERY_BLOCK;
+                        let rows = QUERY_BLOCK.min(t - r0);
+                        let kend = block_end[bi * blocks + blk];
+                        let (p, ds) = (&mut p[..rows * kend], &mut ds[..rows * kend]);
+                        let dout_blk = (bi * t + r0) * out_row + hi * d;
+                        // SAFETY (all gemm calls and raw slices here): the pointers address
+                        // elements inside q, k, v, o and dout, whose 4-D / [b, t, heads * d]
+                        // shapes were checked above, or this task's own rows of dq (heads of
+                        // kv head khi of batch bi) and of dk / dv (kv head khi of batch bi);
+                        // every buffer outlives the parallel loop.
+                        unsafe {
+                            gemm::gemm(
+                                rows,
+                                kend,
+                                d,
+                                p.as_mut_ptr(),
+                                1,
+                                kend as isize,
+                                false,
+                                (qp as *const f32).add(qv.at(bi, hi, r0)),
+                                qv.stride[3] as isize,
+                                qv.stride[2] as isize,
+                                (kp as *const f32).add(kv.at(bi, khi, 0)),
+                                kv.stride[2] as isize,
+                                kv.stride[3] as isize,
+                                0.0,
+                                self.scale,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        for (r, row) in p.chunks_exact_mut(kend).enumerate() {
+                            let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
+                            softmax_row(row, mask);
+                        }
+                        for (r, dl) in delta[..rows].iter_mut().enumerate() {
+                            let at = dout_blk + r * out_row;
+                            let (o_row, d_row) = unsafe {
+                                (
+                                    std::slice::from_raw_parts((op as *const f32).add(at), d),
+                                    std::slice::from_raw_parts((dp as *const f32).add(at), d),
+                                )
+                            };
+                            *dl = o_row.iter().zip(d_row).map(|(a, b)| a * b).sum();
+                        }
+                        unsafe {
+                            // dV[..kend] += P^T dO
+                            gemm::gemm(
+                                kend,
+                                d,
+                                rows,
+                                (dvp as *mut f32).add(kv_off),
+                                1,
+                                d as isize,
+                                true,
+                                p.as_ptr(),
+                                kend as isize,
+                                1,
+                                (dp as *const f32).add(dout_blk),
+                                1,
+                                out_row as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                            // dP = dO V^T
+                            gemm::gemm(
+                                rows,
+                                kend,
+                                d,
+                                ds.as_mut_ptr(),
+                                1,
+                                kend as isize,
+                                false,
+                                (dp as *const f32).add(dout_blk),
+                                1,
+                                out_row as isize,
+                                (vp as *const f32).add(vv.at(bi, khi, 0)),
+                                vv.stride[2] as isize,
+                                vv.stride[3] as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        for (r, (gr, pr)) in ds
+                            .chunks_exact_mut(kend)
+                            .zip(p.chunks_exact(kend))
+                            .enumerate()
+                        {
+                            let dl = delta[r];
+                            for (g, &pv) in gr.iter_mut().zip(pr) {
+                                *g = pv * (*g - dl);
+                            }
+                        }
+                        unsafe {
+                            // dQ = scale dS K
+                            gemm::gemm(
+                                rows,
+                                d,
+                                kend,
+                                (dqp as *mut f32).add(((bi * heads + hi) * t + r0) * d),
+                                1,
+                                d as isize,
+                                false,
+                                ds.as_ptr(),
+                                1,
+                                kend as isize,
+                                (kp as *const f32).add(kv.at(bi, khi, 0)),
+                                kv.stride[3] as isize,
+                                kv.stride[2] as isize,
+                                0.0,
+                                self.scale,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                            // dK[..kend] += scale dS^T Q
+                            gemm::gemm(
+                                kend,
+                                d,
+                                rows,
+                                (dkp as *mut f32).add(kv_off),
+                                1,
+                                d as isize,
+                                true,
+                                ds.as_ptr(),
+                                kend as isize,
+                                1,
+                                (qp as *const f32).add(qv.at(bi, hi, r0)),
+                                qv.stride[3] as isize,
+                                qv.stride[2] as isize,
+                                1.0,
+                                self.scale,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    }
+                }
+            };
+            let tasks = b * kv_heads;
+            if tasks <= 1 || rayon::current_num_threads() <= 1 {
+                (0..tasks).for_each(work);
+            } else {
+                use rayon::prelude::*;
+                (0..tasks).into_par_iter().for_each(work);
+            }
+        }
+        let dev = q.device();
+        Ok((
+            Tensor::from_vec(dq, (b, heads, t, d), dev)?,
+            Tensor::from_vec(dk, (b, kv_heads, s, d), dev)?,
+            Tensor::from_vec(dv, (b, kv_heads, s, d), dev)?,
+        ))
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, qv) = view4(s1, l1, "q")?;
+        let (k, kv) = view4(s2, l2, "k")?;
+        let (v, vv) = view4(s3, l3, "v")?;
+        self.check(&qv, &kv, &vv)?;
+        let [b, heads, t, d] = qv.dims;
+        let [_, kv_heads, s, _] = kv.dims;
         let rep = heads / kv_heads;
         if s == 0 || d == 0 {
             return Ok((
@@ -140,19 +405,8 @@ impl CustomOp3 for FusedAttention {
         }
         // Every (batch, head, query) row is written below: every block has at least one key.
         let mut out = super::fastmath::uninit_buffer(b * t * heads * d);
-        // Per batch row and query block, the last key any query of the block sees.
         let blocks = t.div_ceil(QUERY_BLOCK);
-        let block_end: Vec<usize> = (0..b * blocks)
-            .map(|i| {
-                let (bi, blk) = (i / blocks, i % blocks);
-                let r0 = blk * QUERY_BLOCK;
-                let r1 = (r0 + QUERY_BLOCK).min(t);
-                match &self.mask {
-                    Some(m) => (r0..r1).map(|r| m.row_end(bi, r)).max().unwrap_or(s),
-                    None => s,
-                }
-            })
-            .collect();
+        let block_end = self.block_ends(b, t, s);
         let (qp, kp, vp, op) = (
             q.as_ptr() as usize,
             k.as_ptr() as usize,
@@ -236,5 +490,17 @@ impl CustomOp3 for FusedAttention {
         // the tasks cover every batch, head and query.
         let out = unsafe { super::fastmath::assume_init(out) };
         Ok((CpuStorage::F32(out), Shape::from((b, t, heads * d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = self.backward(q, k, v, res, grad_res)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
