@@ -6,7 +6,7 @@ use candle_nn::rotary_emb::rope_thd;
 use candle_nn::VarBuilder;
 
 use super::fused_attention::{FusedAttention, MaskRows};
-use super::rope::apply_rope;
+use super::rope::{apply_rope, rope_thd_train};
 use super::{softmax_last, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
 
@@ -149,11 +149,19 @@ impl Attention {
                 ),
                 None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),
             }
+        } else if fused {
+            // Training: the same layout, through a rope with a backward pass.
+            match rope {
+                Some((cos, sin)) => (
+                    rope_thd_train(&q, cos, sin)?.transpose(1, 2)?,
+                    rope_thd_train(&k, cos, sin)?.transpose(1, 2)?,
+                    v.transpose(1, 2)?,
+                ),
+                None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),
+            }
         } else {
-            // Training (tracked) and the unfused path: candle's rope kernel has no backward.
             let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
-            let v = v.transpose(1, 2)?;
-            let v = if fused { v } else { v.contiguous()? };
+            let v = v.transpose(1, 2)?.contiguous()?;
             match rope {
                 Some((cos, sin)) => (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?, v),
                 None => (q.contiguous()?, k.contiguous()?, v),

@@ -216,3 +216,88 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         candle_nn::rotary_emb::rope(&x, &cos, &sin)
     }
 }
+
+/// Rotary embedding of `x: [batch, seq, heads, head_dim]` (the projections' own layout), with a
+/// backward pass: the rotation is orthogonal, so the input's gradient is the output's gradient
+/// rotated back (`sin` negated). candle's rope kernels have no backward.
+pub fn rope_thd_train(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, t, _, d) = x.dims4()?;
+    let table = |c: &Tensor| -> Result<Vec<f32>> {
+        let c = c.to_dtype(candle_core::DType::F32)?;
+        let c = if c.rank() == 2 {
+            c.narrow(0, 0, t)?.unsqueeze(0)?
+        } else {
+            c.narrow(1, 0, t)?
+        };
+        if c.dims() != [c.dim(0)?, t, d / 2] || (c.dim(0)? != 1 && c.dim(0)? != b) {
+            candle_core::bail!("rope: cos/sin {:?} for x {:?}", c.dims(), x.dims());
+        }
+        c.flatten_all()?.to_vec1::<f32>()
+    };
+    let op = RopeThd {
+        cos: std::sync::Arc::new(table(cos)?),
+        sin: std::sync::Arc::new(table(sin)?),
+        batched: cos.rank() == 3 && cos.dim(0)? == b && b > 1,
+        sign: 1.0,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+#[derive(Clone)]
+struct RopeThd {
+    /// `[1 or batch, seq, d/2]`, flattened.
+    cos: std::sync::Arc<Vec<f32>>,
+    sin: std::sync::Arc<Vec<f32>>,
+    batched: bool,
+    /// -1 rotates back (the backward pass).
+    sign: f32,
+}
+
+impl candle_core::CustomOp1 for RopeThd {
+    fn name(&self) -> &'static str {
+        "rope-thd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("rope: f32 only");
+        };
+        let Some((a, e)) = l.contiguous_offsets() else {
+            candle_core::bail!("rope: input must be contiguous");
+        };
+        let x = &v[a..e];
+        let (_, t, h, d) = l.shape().dims4()?;
+        let half = d / 2;
+        let mut out = vec![0f32; x.len()];
+        use rayon::prelude::*;
+        out.par_chunks_mut(h * d)
+            .zip(x.par_chunks(h * d))
+            .enumerate()
+            .for_each(|(row, (o, x))| {
+                let (bi, ti) = (row / t, row % t);
+                let base = (if self.batched { bi * t } else { 0 } + ti) * half;
+                let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    for i in 0..half {
+                        let (c, s) = (cos[i], self.sign * sin[i]);
+                        let (x1, x2) = (x[i], x[i + half]);
+                        o[i] = x1 * c - x2 * s;
+                        o[i + half] = x1 * s + x2 * c;
+                    }
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = RopeThd {
+            sign: -self.sign,
+            ..self.clone()
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
