@@ -178,14 +178,23 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         }
         let mut dx = vec![0f32; xv.len()];
         use rayon::prelude::*;
-        // Per row: dx = r (g w - x r^2 mean(g w x)); the weight's gradient sums g x r over rows,
-        // in per-thread partial sums.
-        let dw = dx
-            .par_chunks_mut(n)
-            .zip(xv.par_chunks(n).zip(gv.par_chunks(n)))
-            .fold(
-                || vec![0f32; n],
-                |mut dw, (dx, (x, g))| {
+        // Per row: dx = r (g w - x r^2 mean(g w x)). The weight's gradient sums g x r over rows:
+        // partial sums over fixed blocks of rows, added in order, so that the result does not
+        // depend on how rayon splits the work (resumed training must be bit-exact).
+        const ROWS_PER_BLOCK: usize = 32;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(n * ROWS_PER_BLOCK)
+            .zip(
+                xv.par_chunks(n * ROWS_PER_BLOCK)
+                    .zip(gv.par_chunks(n * ROWS_PER_BLOCK)),
+            )
+            .map(|(dx, (x, g))| {
+                let mut dw = vec![0f32; n];
+                for ((dx, x), g) in dx
+                    .chunks_exact_mut(n)
+                    .zip(x.chunks_exact(n))
+                    .zip(g.chunks_exact(n))
+                {
                     let ms = x.iter().map(|v| v * v).sum::<f32>() / n as f32;
                     let r = 1.0 / (ms + self.eps).sqrt();
                     let c = x
@@ -199,18 +208,16 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
                         dx[i] = r * (g[i] * wv[i] - x[i] * r * r * c);
                         dw[i] += g[i] * x[i] * r;
                     }
-                    dw
-                },
-            )
-            .reduce(
-                || vec![0f32; n],
-                |mut a, b| {
-                    for (a, b) in a.iter_mut().zip(b) {
-                        *a += b;
-                    }
-                    a
-                },
-            );
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; n];
+        for p in &partials {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape().clone(), dev)?),
