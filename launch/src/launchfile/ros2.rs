@@ -2,21 +2,27 @@
 //! simulation, with the arm behind the Universal Robots ROS 2 driver's topics (REFERENCE §8) —
 //! a real UR5 / UR5e or `rudder sim ur5-driver`.
 //!
-//! The scripted expert needs the task's scene, which it keeps as a private copy (see
-//! `ShadowExpert`); on a real arm that copy stands for perception. The run ends when the
-//! expert's copy reports the task done (plus a second to settle), after `control.max_ticks`
-//! ticks, or after `control.timeout_s`.
+//! Two policies: the scripted expert, which needs the task's scene and keeps a private copy of
+//! it (see `ShadowExpert`; on a real arm that copy stands for perception), and a VLA checkpoint
+//! (`policy.kind = "checkpoint"`), which sees the driver's camera topics and LIBERO's state
+//! computed from the joint states. A checkpoint policy can be steered live: each
+//! `std_msgs/Float64MultiArray` on `/rudder/steering` sets the `[steering] alphas` clusters in
+//! the launch file's (sorted) order to the message's values. The run ends when the expert's copy
+//! reports the task done (plus a second to settle), after `control.max_ticks` ticks, or after
+//! `control.timeout_s`; a VLA run has no success signal of its own and runs to a limit.
 
 use super::{LaunchFile, PolicyKind};
-use crate::launchfile::run::LoggedPolicy;
+use crate::launchfile::run::{checkpoint_policy, LoggedPolicy};
 use crate::viz::{self, LoopSample, Record, Recorder, VizOptions};
+use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
 use rudder_robot::ros2::{topics, CameraTopic, CommandMode, Ros2Ur5, Ros2Ur5Config};
 use rudder_robot::{
     ActionChunk, ControlConfig, ControlLoop, LoopMetrics, Observation, Policy, PolicyError,
     Ur5Model,
 };
-use rudder_sim::tabletop::{load_suite, ShadowExpert, Suite};
+use rudder_sim::tabletop::{libero_state, load_suite, width_of_closure, ShadowExpert, Suite};
+use rudder_steering::SteeringHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +30,14 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Ur5RunReport {
     pub metrics: LoopMetrics,
-    /// The expert's own scene copy reached the goal (the arm's side decides real success).
+    /// The expert's own scene copy reached the goal (the arm's side decides real success);
+    /// always false for a checkpoint policy.
     pub expert_done: bool,
+    /// A checkpoint policy ran (no expert, no success signal).
+    pub checkpoint: bool,
+    /// Steering messages applied from `/rudder/steering`, and each cluster's alpha at the end.
+    pub steering_updates: u64,
+    pub steering_alphas: Vec<(String, Option<f32>)>,
     pub wall_s: f64,
     pub ticks: u64,
 }
@@ -43,6 +55,87 @@ impl Policy for DoneWatch {
             self.done.store(true, Ordering::Release);
         }
         out
+    }
+}
+
+/// Feeds the checkpoint policy the tabletop loop's observation layout: the UR5's 13 values
+/// (joints, velocities, gripper) followed by LIBERO's 8-D state, computed here from the joint
+/// positions (forward kinematics) and the gripper reading.
+struct LiberoStateView<P> {
+    inner: P,
+    model: Ur5Model,
+}
+
+impl<P: Policy> Policy for LiberoStateView<P> {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        if obs.state.len() < 13 {
+            return Err(PolicyError::BadObservation {
+                field: "state",
+                reason: format!(
+                    "{} values, the UR5 bridge gives 6 joints, 6 velocities and the gripper",
+                    obs.state.len()
+                ),
+            });
+        }
+        let q: [f64; 6] = std::array::from_fn(|i| obs.state[i]);
+        let flange = self.model.fk(&q);
+        let mut state = obs.state[..13].to_vec();
+        state.extend_from_slice(&libero_state(&flange, width_of_closure(obs.state[12])));
+        let view = Observation {
+            images: obs.images.clone(),
+            state,
+            instruction: obs.instruction.clone(),
+            timestamp: obs.timestamp,
+        };
+        self.inner.infer(&view)
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+}
+
+/// Applies `/rudder/steering` messages to the launch file's clusters.
+struct RosSteering {
+    handle: SteeringHandle,
+    /// The `[steering] alphas` clusters, in the order message values map onto them.
+    names: Vec<String>,
+    last: Vec<f64>,
+    updates: u64,
+}
+
+impl RosSteering {
+    fn poll(&mut self, coefficients: Vec<f64>) {
+        if coefficients.is_empty() || coefficients == self.last {
+            return;
+        }
+        if coefficients.len() != self.names.len() {
+            tracing::warn!(
+                "/rudder/steering: {} values for {} clusters ({}); the extra ones are ignored, \
+                 missing ones keep their alpha",
+                coefficients.len(),
+                self.names.len(),
+                self.names.join(", ")
+            );
+        }
+        for (name, &a) in self.names.iter().zip(&coefficients) {
+            if let Err(e) = self.handle.set(name, Some(a as f32)) {
+                tracing::warn!("/rudder/steering: {name}: {e}");
+            }
+        }
+        tracing::info!(
+            "steering set from ROS 2: {:?} = {coefficients:?}",
+            self.names
+        );
+        self.last = coefficients;
+        self.updates += 1;
+    }
+
+    fn alphas(&self) -> Vec<(String, Option<f32>)> {
+        self.names
+            .iter()
+            .map(|n| (n.clone(), self.handle.alpha(n).ok().flatten()))
+            .collect()
     }
 }
 
@@ -101,14 +194,8 @@ pub fn run_ur5(
     viz_opts: Option<&VizOptions>,
     progress: bool,
 ) -> anyhow::Result<Ur5RunReport> {
-    if lf.policy.kind != PolicyKind::Scripted {
-        bail!(
-            "policy kind \"checkpoint\" on the UR5 needs the VLA policy issue; use kind = \
-             \"scripted\""
-        );
-    }
     let Some(t) = &lf.task else {
-        bail!("ros2.ur5 needs a [task] section (the scripted expert's task)");
+        bail!("ros2.ur5 needs a [task] section (the scripted expert's task, or the instruction)");
     };
     let suite = Suite::parse(&t.suite)?;
     let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -118,6 +205,7 @@ pub fn run_ur5(
     let mut cfg = bridge_config(lf)?;
     cfg.instruction = task.instruction_for(t.episode);
     let rate = cfg.rate_hz;
+    let vla = checkpoint_policy(lf, t.camera_size > 0)?;
     let arm = Ros2Ur5::connect(cfg).context(
         "connecting to the UR driver's topics (is the driver or `rudder sim ur5-driver` \
          running, with the same ROS_DOMAIN_ID?)",
@@ -131,17 +219,40 @@ pub fn run_ur5(
         .map(|l| l.recorder.clone())
         .unwrap_or_else(Recorder::disabled);
     let done = Arc::new(AtomicBool::new(false));
-    // The expert plans at the simulator's 20 Hz; the loop interpolates its chunk at `rate`.
-    let expert = ShadowExpert::new(task, t.seed, t.episode, lf.policy.chunk_len.max(2))
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .paced();
+    let (inner, mut ros_steering): (Box<dyn Policy>, Option<RosSteering>) = match vla {
+        // The expert plans at the simulator's 20 Hz; the loop interpolates its chunk at `rate`.
+        None => (
+            Box::new(DoneWatch {
+                inner: ShadowExpert::new(task, t.seed, t.episode, lf.policy.chunk_len.max(2))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .paced(),
+                done: Arc::clone(&done),
+            }),
+            None,
+        ),
+        Some((model, steering)) => {
+            let policy = LiberoStateView {
+                inner: TabletopVla {
+                    inner: model,
+                    latency_ms: None,
+                    steerer: steering.as_ref().map(SteeringHandle::steerer),
+                },
+                model: Ur5Model::ur5(),
+            };
+            let ros = steering.map(|handle| RosSteering {
+                handle,
+                names: lf.steering.alphas.keys().cloned().collect(),
+                last: Vec::new(),
+                updates: 0,
+            });
+            (Box::new(policy), ros)
+        }
+    };
+    let checkpoint = lf.policy.kind == PolicyKind::Checkpoint;
     let tick = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let policy = LoggedPolicy {
-        inner: DoneWatch {
-            inner: expert,
-            done: Arc::clone(&done),
-        },
+        inner,
         model: Ur5Model::ur5(),
         rec: rec.clone(),
         images: lf.recording.images,
@@ -153,6 +264,7 @@ pub fn run_ur5(
     let mut lc = ControlConfig::ur5(Ur5Model::ur5(), rate);
     // DDS and the 20 Hz expert: allow a slow first chunk before holding.
     lc.watchdog.inference_timeout = 1.0;
+    let bridge = arm.handle();
     let lp = ControlLoop::start(arm, policy, lc)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(lf.control.timeout_s);
@@ -181,6 +293,9 @@ pub fn run_ur5(
             b.set_message(format!("{} ticks over ROS 2", m.ticks));
             b.tick();
         }
+        if let Some(st) = ros_steering.as_mut() {
+            st.poll(bridge.steering());
+        }
         if done.load(Ordering::Acquire) && done_at.is_none() {
             done_at = Some(Instant::now());
         }
@@ -202,6 +317,12 @@ pub fn run_ur5(
         ticks: metrics.ticks,
         metrics,
         expert_done: done.load(Ordering::Acquire),
+        checkpoint,
+        steering_updates: ros_steering.as_ref().map_or(0, |s| s.updates),
+        steering_alphas: ros_steering
+            .as_ref()
+            .map(RosSteering::alphas)
+            .unwrap_or_default(),
         wall_s: started.elapsed().as_secs_f64(),
     })
 }

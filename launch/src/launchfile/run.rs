@@ -102,7 +102,7 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
 
 /// `policy.kind = "checkpoint"`: the VLA (loaded once) and the launch file's steering.
 #[allow(clippy::type_complexity)]
-fn checkpoint_policy(
+pub(crate) fn checkpoint_policy(
     lf: &LaunchFile,
     cameras: bool,
 ) -> anyhow::Result<Option<(Arc<Mutex<VlaPolicy>>, Option<SteeringHandle>)>> {

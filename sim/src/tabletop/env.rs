@@ -22,6 +22,20 @@ use serde::Serialize;
 use std::f64::consts::PI;
 
 pub const CONTROL_HZ: f64 = 20.0;
+/// LIBERO's 8-D state from a flange pose and the fingers' opening: TCP position, flange
+/// orientation as axis-angle, the two finger positions.
+pub fn libero_state(flange: &Isometry3<f64>, width: f64) -> [f64; 8] {
+    let t = tcp_of(flange);
+    let aa = flange.rotation.scaled_axis();
+    let h = width / 2.0;
+    [t.x, t.y, t.z, aa.x, aa.y, aa.z, h, -h]
+}
+
+/// The fingers' opening for the loop's gripper reading (-1 open .. +1 closed).
+pub fn width_of_closure(closure: f64) -> f64 {
+    (1.0 - closure.clamp(-1.0, 1.0)) * MAX_OPENING / 2.0
+}
+
 /// Where every episode starts: TCP 30 cm above the table, fingers down and open.
 pub const HOME_TCP: [f64; 3] = [0.45, 0.0, 0.30];
 
@@ -237,11 +251,7 @@ impl TabletopEnv {
 
     /// LIBERO's 8-D state.
     pub fn state(&self) -> [f64; 8] {
-        let f = self.flange();
-        let t = tcp_of(&f);
-        let aa = f.rotation.scaled_axis();
-        let h = self.world.width / 2.0;
-        [t.x, t.y, t.z, aa.x, aa.y, aa.z, h, -h]
+        libero_state(&self.flange(), self.world.width)
     }
 
     /// Gripper as the control loop reads it: -1 fully open .. +1 closed.

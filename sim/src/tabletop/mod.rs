@@ -19,7 +19,10 @@ pub mod tasks;
 
 pub use demos::{write_demos, write_demos_with, DemoOptions, DemoSummary, DEMO_FORMAT_VERSION};
 pub use embodiment::{command_joints, loop_observation, TabletopSim};
-pub use env::{CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs, CONTROL_HZ};
+pub use env::{
+    libero_state, width_of_closure, CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs,
+    CONTROL_HZ,
+};
 pub use expert::{Expert, Manner};
 pub use shadow::ShadowExpert;
 pub use suites::{

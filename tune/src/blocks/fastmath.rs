@@ -29,7 +29,7 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r2 + r + 1.0;
     // 2^n from n + 127 placed in the mantissa by adding 2^23 (n is integral, in [-127, 128]);
     // an `as i32` cast would be a saturating conversion that LLVM does not vectorise.
