@@ -66,6 +66,10 @@ impl AdamW {
             let Some(g) = grads.get(i).and_then(|g| g.as_ref()) else {
                 continue;
             };
+            // A variable's gradient keeps the op history it was computed with (candle detaches
+            // only intermediate nodes' gradients): moments built on it would chain every
+            // step's graph (measured: +1.3 GB per full fine-tuning step of the 29.5M Llama).
+            let g = &g.detach();
             let theta = p.as_tensor().detach();
             let theta = if c.weight_decay != 0.0 {
                 (theta * (1.0 - lr * c.weight_decay))?
@@ -85,11 +89,12 @@ impl AdamW {
     }
 }
 
-/// Gradients of `params` from a backward pass (None where a parameter got none).
+/// Gradients of `params` from a backward pass (None where a parameter got none), detached
+/// from the graph that computed them.
 pub fn collect_grads(params: &[(String, Var)], store: &GradStore) -> Vec<Option<Tensor>> {
     params
         .iter()
-        .map(|(_, p)| store.get(p.as_tensor()).cloned())
+        .map(|(_, p)| store.get(p.as_tensor()).map(Tensor::detach))
         .collect()
 }
 
@@ -112,4 +117,39 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// A weight's gradient through a matmul carries the activations' graph; the optimiser
+    /// state must not keep it (it would chain every step's graph: an unbounded leak).
+    #[test]
+    fn moments_hold_no_graph_after_steps() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::ones((4, 3), DType::F32, &dev).expect("w")).expect("var");
+        let x0 =
+            Var::from_tensor(&Tensor::ones((2, 4), DType::F32, &dev).expect("x")).expect("var");
+        let mut opt =
+            AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default()).expect("opt");
+        for _ in 0..3 {
+            let h = x0.as_tensor().matmul(w.as_tensor()).expect("matmul");
+            let loss = h.sqr().and_then(|h| h.sum_all()).expect("loss");
+            let store = loss.backward().expect("backward");
+            let grads = collect_grads(&opt.params, &store);
+            assert!(
+                grads.iter().flatten().all(|g| !g.track_op()),
+                "gradient keeps its graph"
+            );
+            // Even a gradient handed over with its graph leaves none in the moments.
+            let raw: Vec<Option<Tensor>> = vec![store.get(w.as_tensor()).cloned()];
+            opt.step(&raw, 1e-2).expect("step");
+            assert!(
+                opt.m.iter().chain(&opt.v).all(|t| !t.track_op()),
+                "moments keep a graph"
+            );
+        }
+    }
 }
