@@ -193,7 +193,8 @@ fn help_shows_examples() {
 }
 
 /// `--record`, `--connect` and `--no-viz` are global: before or after the subcommand; commands
-/// that record nothing refuse them with a hint.
+/// that record nothing refuse a destination with a hint, and take `--no-viz` as the no-op it is
+/// there.
 #[test]
 fn recording_flags_are_global_and_refused_where_nothing_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -217,10 +218,27 @@ fn recording_flags_are_global_and_refused_where_nothing_records() {
     );
     assert!(std::fs::metadata(&rrd).unwrap().len() > 1000);
     let out = rudder()
-        .args(["sim", "driving", "--scenarios", "1", "--no-viz"])
+        .args(["sim", "driving", "--scenarios", "1", "--record"])
+        .arg(dir.path().join("nothing.rrd"))
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rudder launch"), "{err}");
+    let out = rudder()
+        .current_dir(root())
+        .args([
+            "model",
+            "verify",
+            "--model",
+            "fixtures/hf-tiny/llama",
+            "--no-viz",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -49,8 +49,10 @@ pub struct RecordingFlags {
 }
 
 impl RecordingFlags {
+    /// A destination was asked for. (`--no-viz` is harmless on a command that never records, so
+    /// scripts can pass it everywhere.)
     fn any(&self) -> bool {
-        self.record.is_some() || self.connect.is_some() || self.no_viz
+        self.record.is_some() || self.connect.is_some()
     }
 }
 
@@ -103,7 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     if cli.recording.any() && !records {
         anyhow::bail!(
-            "--record / --connect / --no-viz apply to commands that record a Rerun stream: \
+            "--record / --connect apply to commands that record a Rerun stream: \
              `rudder launch FILE --record out.rrd`, `rudder steer sweep ... --record sweep.rrd`"
         );
     }

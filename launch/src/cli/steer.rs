@@ -126,9 +126,15 @@ pub fn run(cmd: SteerCommand, rec: &super::RecordingFlags) -> anyhow::Result<Exi
     }
 }
 
+/// A checkpoint folder, or a training run's folder (its `latest` checkpoint).
 fn open(model: &std::path::Path, device: &str) -> anyhow::Result<SteerModel> {
     let device = rudder_tune::verify::parse_device(device)?;
-    Ok(SteerModel::open(model, &device)?)
+    let dir = if model.join("latest").is_file() {
+        super::eval::resolve_checkpoint(model)?
+    } else {
+        model.to_path_buf()
+    };
+    Ok(SteerModel::open(&dir, &device)?)
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
