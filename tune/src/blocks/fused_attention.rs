@@ -212,38 +212,26 @@ impl FusedAttention {
                         let kend = block_end[bi * blocks + blk];
                         let (p, ds) = (&mut p[..rows * kend], &mut ds[..rows * kend]);
                         let dout_blk = (bi * t + r0) * out_row + hi * d;
+                        self.probabilities(
+                            p,
+                            qd,
+                            &qv,
+                            kd,
+                            &kv,
+                            Block {
+                                bi,
+                                hi,
+                                khi,
+                                r0,
+                                rows,
+                                kend,
+                            },
+                        );
                         // SAFETY (all gemm calls and raw slices here): the pointers address
                         // elements inside q, k, v, o and dout, whose 4-D / [b, t, heads * d]
                         // shapes were checked above, or this task's own rows of dq (heads of
                         // kv head khi of batch bi) and of dk / dv (kv head khi of batch bi);
                         // every buffer outlives the parallel loop.
-                        unsafe {
-                            gemm::gemm(
-                                rows,
-                                kend,
-                                d,
-                                p.as_mut_ptr(),
-                                1,
-                                kend as isize,
-                                false,
-                                (qp as *const f32).add(qv.at(bi, hi, r0)),
-                                qv.stride[3] as isize,
-                                qv.stride[2] as isize,
-                                (kp as *const f32).add(kv.at(bi, khi, 0)),
-                                kv.stride[2] as isize,
-                                kv.stride[3] as isize,
-                                0.0,
-                                self.scale,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
-                        for (r, row) in p.chunks_exact_mut(kend).enumerate() {
-                            let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
-                            softmax_row(row, mask);
-                        }
                         for (r, dl) in delta[..rows].iter_mut().enumerate() {
                             let at = dout_blk + r * out_row;
                             let (o_row, d_row) = unsafe {
@@ -376,6 +364,70 @@ impl FusedAttention {
     }
 }
 
+/// One block of queries of one head: batch `bi`, head `hi` (kv head `khi`), queries
+/// `r0..r0 + rows`, keys `..kend`.
+#[derive(Clone, Copy)]
+struct Block {
+    bi: usize,
+    hi: usize,
+    khi: usize,
+    r0: usize,
+    rows: usize,
+    kend: usize,
+}
+
+impl FusedAttention {
+    /// `p = softmax(scale Q K^T + mask)` of one block, `rows x kend`, row-major.
+    fn probabilities(
+        &self,
+        p: &mut [f32],
+        q: &[f32],
+        qv: &View4,
+        k: &[f32],
+        kv: &View4,
+        blk: Block,
+    ) {
+        let Block {
+            bi,
+            hi,
+            khi,
+            r0,
+            rows,
+            kend,
+        } = blk;
+        debug_assert!(p.len() >= rows * kend);
+        // SAFETY: q and k hold the tensors qv and kv describe (checked 4-D, matching dims in
+        // `check`), so the block's rows and keys lie inside them; p holds rows x kend values.
+        unsafe {
+            gemm::gemm(
+                rows,
+                kend,
+                qv.dims[3],
+                p.as_mut_ptr(),
+                1,
+                kend as isize,
+                false,
+                q.as_ptr().add(qv.at(bi, hi, r0)),
+                qv.stride[3] as isize,
+                qv.stride[2] as isize,
+                k.as_ptr().add(kv.at(bi, khi, 0)),
+                kv.stride[2] as isize,
+                kv.stride[3] as isize,
+                0.0,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (r, row) in p[..rows * kend].chunks_exact_mut(kend).enumerate() {
+            let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
+            softmax_row(row, mask);
+        }
+    }
+}
+
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -407,12 +459,7 @@ impl CustomOp3 for FusedAttention {
         let mut out = super::fastmath::uninit_buffer(b * t * heads * d);
         let blocks = t.div_ceil(QUERY_BLOCK);
         let block_end = self.block_ends(b, t, s);
-        let (qp, kp, vp, op) = (
-            q.as_ptr() as usize,
-            k.as_ptr() as usize,
-            v.as_ptr() as usize,
-            out.as_mut_ptr() as usize,
-        );
+        let (vp, op) = (v.as_ptr() as usize, out.as_mut_ptr() as usize);
         let out_row = heads * d;
         let work = |bh: usize| {
             let (bi, hi) = (bh / heads, bh % heads);
@@ -423,37 +470,25 @@ impl CustomOp3 for FusedAttention {
                 let rows = QUERY_BLOCK.min(t - r0);
                 let kend = block_end[bi * blocks + blk];
                 let sc = &mut scores[..rows * kend];
+                self.probabilities(
+                    sc,
+                    q,
+                    &qv,
+                    k,
+                    &kv,
+                    Block {
+                        bi,
+                        hi,
+                        khi,
+                        r0,
+                        rows,
+                        kend,
+                    },
+                );
                 // SAFETY: every pointer below addresses elements inside q, k, v (their layouts
                 // were checked to be 4-D with these dims) or this task's own block of `out`
                 // (rows r0..r0+rows of head hi of batch bi: disjoint across tasks); the
                 // buffers outlive the rayon scope.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        kend,
-                        d,
-                        sc.as_mut_ptr(),
-                        1,
-                        kend as isize,
-                        false,
-                        (qp as *const f32).add(qv.at(bi, hi, r0)),
-                        qv.stride[3] as isize,
-                        qv.stride[2] as isize,
-                        (kp as *const f32).add(kv.at(bi, khi, 0)),
-                        kv.stride[2] as isize,
-                        kv.stride[3] as isize,
-                        0.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
-                    let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
-                    softmax_row(row, mask);
-                }
                 unsafe {
                     gemm::gemm(
                         rows,
