@@ -406,20 +406,12 @@ mod tests {
                         HookPoint::new(0, Site::AttnHeadOut),
                     )
                     .expect("unfused forward");
-                let diff = (fused - plain.detach())
-                    .expect("same shape")
-                    .abs()
-                    .and_then(|d| d.flatten_all())
-                    .and_then(|d| d.max(0))
-                    .and_then(|d| d.to_scalar::<f32>())
-                    .expect("max diff");
+                let diff = max_diff(&fused, &plain.detach());
                 assert!(diff < 1e-5, "heads {heads}/{kv_heads}: max diff {diff}");
-                let kd = (c1.k.as_ref().expect("k") - c2.k.as_ref().expect("k").detach())
-                    .and_then(|d| d.abs())
-                    .and_then(|d| d.flatten_all())
-                    .and_then(|d| d.max(0))
-                    .and_then(|d| d.to_scalar::<f32>())
-                    .expect("cache diff");
+                let kd = max_diff(
+                    c1.k.as_ref().expect("k"),
+                    &c2.k.as_ref().expect("k").detach(),
+                );
                 assert!(kd < 1e-6, "cached keys differ by {kd}");
             }
             // No mask, no rope, no cache (SigLIP's case).
@@ -444,12 +436,7 @@ mod tests {
                     HookPoint::new(0, Site::AttnHeadOut),
                 )
                 .expect("unfused");
-            let diff = (fused - plain.detach())
-                .and_then(|d| d.abs())
-                .and_then(|d| d.flatten_all())
-                .and_then(|d| d.max(0))
-                .and_then(|d| d.to_scalar::<f32>())
-                .expect("max diff");
+            let diff = max_diff(&fused, &plain.detach());
             assert!(diff < 1e-5, "no mask: max diff {diff}");
         }
     }
