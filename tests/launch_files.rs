@@ -348,19 +348,7 @@ fn scripted_expert_succeeds_through_the_loop_on_every_suite_task() {
 fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ckpt = common::tiny_checkpoint(tmp.path(), rudder_policy::train::ModelSpec::tiny());
-    // Every neuron of layer 0 in one cluster: a strong, certain intervention. (In pi0 the
-    // action expert reads the prefix's keys and values at each layer's input, so the last
-    // layer's FFN output reaches nothing: steering there is a no-op.)
-    let dict = tmp.path().join("dict.toml");
-    let ids: Vec<String> = (0..128).map(|i| i.to_string()).collect();
-    std::fs::write(
-        &dict,
-        format!(
-            "[meta]\nmodel = \"x\"\nd_ff = 128\nnum_layers = 2\n\n[clusters]\nall_l0 = [{}]\n",
-            ids.join(", ")
-        ),
-    )
-    .expect("dict");
+    let dict = common::layer0_dictionary(tmp.path());
     let base = GOOD
         .replace(
             "kind = \"scripted\"",

@@ -158,16 +158,7 @@ fn ur5_launch_runs_a_vla_checkpoint_steered_live_over_ros2() {
     let d = domain(9);
     let tmp = tempfile::tempdir().expect("tempdir");
     let ckpt = common::tiny_checkpoint(tmp.path(), rudder_policy::train::ModelSpec::tiny());
-    let dict = tmp.path().join("dict.toml");
-    let ids: Vec<String> = (0..128).map(|i| i.to_string()).collect();
-    std::fs::write(
-        &dict,
-        format!(
-            "[meta]\nmodel = \"x\"\nd_ff = 128\nnum_layers = 2\n\n[clusters]\nall_l0 = [{}]\n",
-            ids.join(", ")
-        ),
-    )
-    .expect("dict");
+    let dict = common::layer0_dictionary(tmp.path());
     let src = std::fs::read_to_string(root().join("launch/ur5.toml")).expect("ur5.toml");
     let src = src
         .replace("camera_size = 0", "camera_size = 32")

@@ -25,3 +25,22 @@ pub fn tiny_checkpoint(dir: &Path, spec: ModelSpec) -> PathBuf {
     tr.step(&data).expect("step");
     tr.save(&dir.join("run"), 1, &data).expect("save")
 }
+
+/// A steering dictionary for [`tiny_checkpoint`]'s model with one cluster, `all_l0`: every
+/// neuron of layer 0, a strong, certain intervention. (In pi0 the action expert reads the
+/// prefix's keys and values at each layer's input, so the last layer's FFN output reaches
+/// nothing: steering there is a no-op.) Written to `dir/dict.toml`.
+#[allow(dead_code)] // not every test binary that includes this module steers
+pub fn layer0_dictionary(dir: &Path) -> PathBuf {
+    let dict = dir.join("dict.toml");
+    let ids: Vec<String> = (0..128).map(|i| i.to_string()).collect();
+    std::fs::write(
+        &dict,
+        format!(
+            "[meta]\nmodel = \"x\"\nd_ff = 128\nnum_layers = 2\n\n[clusters]\nall_l0 = [{}]\n",
+            ids.join(", ")
+        ),
+    )
+    .expect("dict");
+    dict
+}
