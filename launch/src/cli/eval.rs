@@ -72,6 +72,10 @@ pub struct EvalArgs {
     /// 1 = every tick).
     #[arg(long, default_value_t = DEFAULT_REPLAN_STEPS)]
     pub replan_steps: usize,
+    /// Manner phrase for every episode's instruction ("" = the plain instruction, "quickly",
+    /// "from above", ...) [default: each episode's own, cycling through the task's manners].
+    #[arg(long)]
+    pub manner: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,19 @@ pub struct EvalOptions {
     /// Steering clusters with their alphas, applied to the prefix language model's FFNs at
     /// every inference (`rudder steer sweep`).
     pub steering: Option<SteeringHandle>,
+    /// One manner phrase for every episode (`Some("")`: the plain instruction); `None` keeps
+    /// each episode's own manner.
+    pub manner: Option<String>,
+}
+
+/// `instruction` with `manner` appended, as the task files compose them.
+pub fn with_manner(instruction: &str, manner: &str) -> String {
+    let m = manner.trim();
+    if m.is_empty() {
+        instruction.to_string()
+    } else {
+        format!("{instruction} {m}")
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -433,15 +450,20 @@ pub fn evaluate(
             .map_or(task.max_steps, |m| m.min(task.max_steps));
         let mut successes = 0;
         for episode in first..first + o.episodes {
-            let env = TabletopEnv::new(
-                task,
-                seed,
-                episode,
-                Some(CameraConfig {
-                    width: size,
-                    height: size,
-                }),
-            )
+            let cams = Some(CameraConfig {
+                width: size,
+                height: size,
+            });
+            let env = match &o.manner {
+                None => TabletopEnv::new(task, seed, episode, cams),
+                Some(m) => TabletopEnv::with_instruction(
+                    task,
+                    seed,
+                    episode,
+                    &with_manner(&task.instruction, m),
+                    cams,
+                ),
+            }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             let instruction = env.instruction().to_string();
             let tcp = Arc::new(Mutex::new(vec![env.tcp()]));
@@ -562,6 +584,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         max_steps: a.max_steps,
         replan_steps: a.replan_steps.max(1),
         steering: None,
+        manner: a.manner.clone(),
     };
     let quiet = a.json;
     let r = evaluate(&o, |e| {
@@ -741,6 +764,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_manner_phrase_is_appended_and_an_empty_one_keeps_the_plain_instruction() {
+        assert_eq!(
+            with_manner("pick up the bowl", "slowly"),
+            "pick up the bowl slowly"
+        );
+        assert_eq!(with_manner("pick up the bowl", "  "), "pick up the bowl");
+    }
+
     /// A barely trained policy runs 2 short episodes through the loop (lockstep and real
     /// time) and the report carries every JSON field.
     #[test]
@@ -775,8 +807,20 @@ mod tests {
                 max_steps: Some(12),
                 replan_steps: 2,
                 steering: None,
+                // Real time keeps each episode's own manner; lockstep forces one.
+                manner: lockstep.then(|| "quickly".to_string()),
             };
             let r = evaluate(&o, |_| {}).unwrap();
+            let tasks = load_suite(Suite::Spatial).unwrap();
+            for run in &r.runs {
+                let task = &tasks[run.task_index];
+                let want = if lockstep {
+                    format!("{} quickly", task.instruction)
+                } else {
+                    task.instruction_for(run.episode)
+                };
+                assert_eq!(run.instruction, want);
+            }
             let v = serde_json::to_value(&r).unwrap();
             assert_eq!(v["episodes"], 2);
             assert_eq!(

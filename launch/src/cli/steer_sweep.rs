@@ -60,6 +60,14 @@ pub struct SweepArgs {
     /// Chunk points the arm follows before the policy is asked again.
     #[arg(long, default_value_t = crate::cli::eval::DEFAULT_REPLAN_STEPS)]
     pub replan_steps: usize,
+    /// Manner phrase for every episode's instruction in every condition ("" = the plain
+    /// instruction) [default: each episode's own, cycling through the task's manners].
+    #[arg(long)]
+    pub manner: Option<String>,
+    /// Also run the unsteered policy with each of these manner phrases (comma separated, e.g.
+    /// `slowly,quickly`): what the same words do when they are in the instruction.
+    #[arg(long, value_delimiter = ',')]
+    pub reference_manners: Vec<String>,
     /// Write the report here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -136,6 +144,8 @@ pub struct SweepReport {
     pub suite: String,
     pub episodes_per_condition: usize,
     pub unsteered: Condition,
+    /// The unsteered policy with each `--reference-manners` phrase in its instruction.
+    pub references: Vec<Condition>,
     pub conditions: Vec<Condition>,
     /// The cluster's speed change never reverses direction as alpha grows.
     pub monotonic: bool,
@@ -222,8 +232,9 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         max_steps: a.max_steps,
         replan_steps: a.replan_steps.max(1),
         steering: None,
+        manner: a.manner.clone(),
     };
-    let total = (1 + names.len() * a.alphas.len()) as u64;
+    let total = (1 + a.reference_manners.len() + names.len() * a.alphas.len()) as u64;
     let bar = (!a.json).then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -254,6 +265,21 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         Ok(condition(label, alpha, &r.runs))
     };
     let unsteered = run_condition("unsteered", None)?;
+    let mut references = Vec::new();
+    for m in &a.reference_manners {
+        if let Some(b) = &bar {
+            b.set_message(format!("instruction with `{m}`"));
+        }
+        let mut o = base.clone();
+        o.manner = Some(m.clone());
+        let r = evaluate(&o, |_| {})?;
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        let mut c = condition(&format!("instruction: {m}"), None, &r.runs);
+        c.speed_change = c.mean_speed.mean / unsteered.mean_speed.mean.max(1e-12) - 1.0;
+        references.push(c);
+    }
     let mut conditions = Vec::new();
     for name in &names {
         for &alpha in &a.alphas {
@@ -293,6 +319,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         best_speed_change: best,
         control_max_change: control_max,
         unsteered,
+        references,
         conditions,
         wall_s: started.elapsed().as_secs_f64(),
     };
@@ -403,7 +430,7 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
     };
     println!("cluster                 alpha  success          mean speed                   change  mean velocity (m/s)");
     row(&r.unsteered);
-    for c in &r.conditions {
+    for c in r.references.iter().chain(&r.conditions) {
         row(c);
     }
     println!(
@@ -467,6 +494,8 @@ mod tests {
             first_episode: None,
             max_steps: Some(6),
             replan_steps: crate::cli::eval::DEFAULT_REPLAN_STEPS,
+            manner: Some(String::new()),
+            reference_manners: vec!["quickly".into()],
             out: Some(out.path().join("sweep.json")),
             plot: out.path().join("sweep.png"),
             json: true,
@@ -482,6 +511,10 @@ mod tests {
                 .unwrap();
         let conds = v["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 4, "cluster and control at 2 alphas");
+        let refs = v["references"].as_array().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0]["cluster"], "instruction: quickly");
+        assert_eq!(refs[0]["episodes"], 1);
         assert_eq!(v["cluster_size"], 4);
         assert_eq!(v["control"], format!("random_{cluster}"));
         for c in conds.iter().chain(std::iter::once(&v["unsteered"])) {
