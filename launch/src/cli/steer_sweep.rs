@@ -115,6 +115,23 @@ pub struct Condition {
     pub mean_velocity: [MeanCi; 3],
     /// Mean speed relative to unsteered, minus 1 (0.2 = 20 % faster).
     pub speed_change: f64,
+    /// 95 % interval of `speed_change` from the per-episode differences to unsteered (every
+    /// condition runs the same episodes with the same noise draws, so they pair up).
+    pub speed_change_ci95: [f64; 2],
+}
+
+/// Sets `c`'s speed change against the unsteered speeds of the same episodes, with a paired
+/// interval: d_i = (s_i - u_i) / mean(u), whose mean is mean(s) / mean(u) - 1.
+fn relate_to_unsteered(c: &mut Condition, speeds: &[f64], unsteered: &[f64]) {
+    let base = (unsteered.iter().sum::<f64>() / unsteered.len().max(1) as f64).max(1e-12);
+    let d: Vec<f64> = speeds
+        .iter()
+        .zip(unsteered)
+        .map(|(s, u)| (s - u) / base)
+        .collect();
+    let m = mean_ci(&d);
+    c.speed_change = m.mean;
+    c.speed_change_ci95 = m.ci95;
 }
 
 fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Condition {
@@ -131,6 +148,7 @@ fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Cond
         mean_speed: mean_ci(&speeds),
         mean_velocity: [axis(0), axis(1), axis(2)],
         speed_change: 0.0,
+        speed_change_ci95: [0.0, 0.0],
     }
 }
 
@@ -245,26 +263,29 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let run_condition = |label: &str, alpha: Option<f32>| -> anyhow::Result<Condition> {
-        if let Some(b) = &bar {
-            b.set_message(format!(
-                "{label} alpha {}",
-                alpha.map_or("-".into(), |x| x.to_string())
-            ));
-        }
-        handle.clear();
-        let mut o = base.clone();
-        if let Some(x) = alpha {
-            handle.set(label, Some(x))?;
-            o.steering = Some(handle.clone());
-        }
-        let r = evaluate(&o, |_| {})?;
-        if let Some(b) = &bar {
-            b.inc(1);
-        }
-        Ok(condition(label, alpha, &r.runs))
-    };
-    let unsteered = run_condition("unsteered", None)?;
+    let speeds =
+        |r: &super::eval::EvalReport| -> Vec<f64> { r.runs.iter().map(|e| e.mean_speed).collect() };
+    let run_condition =
+        |label: &str, alpha: Option<f32>| -> anyhow::Result<(Condition, Vec<f64>)> {
+            if let Some(b) = &bar {
+                b.set_message(format!(
+                    "{label} alpha {}",
+                    alpha.map_or("-".into(), |x| x.to_string())
+                ));
+            }
+            handle.clear();
+            let mut o = base.clone();
+            if let Some(x) = alpha {
+                handle.set(label, Some(x))?;
+                o.steering = Some(handle.clone());
+            }
+            let r = evaluate(&o, |_| {})?;
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            Ok((condition(label, alpha, &r.runs), speeds(&r)))
+        };
+    let (unsteered, base_speeds) = run_condition("unsteered", None)?;
     let mut references = Vec::new();
     for m in &a.reference_manners {
         if let Some(b) = &bar {
@@ -277,14 +298,14 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
             b.inc(1);
         }
         let mut c = condition(&format!("instruction: {m}"), None, &r.runs);
-        c.speed_change = c.mean_speed.mean / unsteered.mean_speed.mean.max(1e-12) - 1.0;
+        relate_to_unsteered(&mut c, &speeds(&r), &base_speeds);
         references.push(c);
     }
     let mut conditions = Vec::new();
     for name in &names {
         for &alpha in &a.alphas {
-            let mut c = run_condition(name, Some(alpha))?;
-            c.speed_change = c.mean_speed.mean / unsteered.mean_speed.mean.max(1e-12) - 1.0;
+            let (mut c, s) = run_condition(name, Some(alpha))?;
+            relate_to_unsteered(&mut c, &s, &base_speeds);
             conditions.push(c);
         }
     }
@@ -337,14 +358,13 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
     let mut series = Vec::new();
     let mut names = vec![r.cluster.clone()];
     names.extend(r.control.clone());
-    let base = r.unsteered.mean_speed.mean.max(1e-12);
     for (i, n) in names.iter().enumerate() {
         let points = r
             .conditions
             .iter()
             .filter(|c| &c.cluster == n)
             .map(|c| {
-                let half = (c.mean_speed.ci95[1] - c.mean_speed.mean) / base;
+                let half = c.speed_change_ci95[1] - c.speed_change;
                 (
                     f64::from(c.alpha.unwrap_or(0.0)),
                     100.0 * c.speed_change,
@@ -413,7 +433,7 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
     );
     let row = |c: &Condition| {
         println!(
-            "{:<22} {:>6} {:>6.0}% [{:>3.0}, {:>3.0}]  {:.4} m/s [{:.4}, {:.4}]  {:>+6.1}%  v = ({:+.4}, {:+.4}, {:+.4})",
+            "{:<22} {:>6} {:>6.0}% [{:>3.0}, {:>3.0}]  {:.4} m/s [{:.4}, {:.4}]  {:>+6.1}% [{:>+6.1}, {:>+6.1}]  v = ({:+.4}, {:+.4}, {:+.4})",
             c.cluster,
             c.alpha.map_or("-".into(), |x| x.to_string()),
             100.0 * c.success_rate,
@@ -423,12 +443,14 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
             c.mean_speed.ci95[0],
             c.mean_speed.ci95[1],
             100.0 * c.speed_change,
+            100.0 * c.speed_change_ci95[0],
+            100.0 * c.speed_change_ci95[1],
             c.mean_velocity[0].mean,
             c.mean_velocity[1].mean,
             c.mean_velocity[2].mean,
         );
     };
-    println!("cluster                 alpha  success          mean speed                   change  mean velocity (m/s)");
+    println!("cluster                 alpha  success          mean speed                   change (paired 95 %)     mean velocity (m/s)");
     row(&r.unsteered);
     for c in r.references.iter().chain(&r.conditions) {
         row(c);
@@ -519,6 +541,8 @@ mod tests {
         assert_eq!(v["control"], format!("random_{cluster}"));
         for c in conds.iter().chain(std::iter::once(&v["unsteered"])) {
             assert_eq!(c["episodes"], 1);
+            let ci = c["speed_change_ci95"].as_array().unwrap();
+            assert_eq!(ci.len(), 2);
             let s = c["mean_speed"]["mean"].as_f64().unwrap();
             assert!(s.is_finite() && s >= 0.0, "{c}");
             assert_eq!(c["mean_velocity"].as_array().unwrap().len(), 3);
@@ -535,6 +559,22 @@ mod tests {
                 .len()
                 > 100
         );
+    }
+
+    #[test]
+    fn paired_speed_change_has_the_ratio_of_means_and_a_paired_interval() {
+        let unsteered = [0.10, 0.20, 0.30];
+        let steered = [0.12, 0.22, 0.32];
+        let mut c = condition("x", Some(1.0), &[]);
+        relate_to_unsteered(&mut c, &steered, &unsteered);
+        // mean 0.22 / 0.20 - 1 = +10 %, and every episode moved by exactly +0.02: no spread.
+        assert!((c.speed_change - 0.1).abs() < 1e-12);
+        assert!((c.speed_change_ci95[0] - 0.1).abs() < 1e-9);
+        assert!((c.speed_change_ci95[1] - 0.1).abs() < 1e-9);
+        let noisy = [0.14, 0.18, 0.34];
+        relate_to_unsteered(&mut c, &noisy, &unsteered);
+        assert!((c.speed_change - 0.1).abs() < 1e-12);
+        assert!(c.speed_change_ci95[0] < 0.1 && c.speed_change_ci95[1] > 0.1);
     }
 
     #[test]
