@@ -101,6 +101,9 @@ pub struct EvalOptions {
     /// One manner phrase for every episode (`Some("")`: the plain instruction); `None` keeps
     /// each episode's own manner.
     pub manner: Option<String>,
+    /// Speed and velocity over the first this many simulator steps only (the approach, before
+    /// a failing episode's wandering dominates); `None`: the whole episode.
+    pub speed_window: Option<usize>,
 }
 
 /// `instruction` with `manner` appended, as the task files compose them.
@@ -120,10 +123,17 @@ pub struct EpisodeOutcome {
     pub instruction: String,
     pub success: bool,
     pub steps: usize,
-    /// Mean end-effector (TCP) speed over the episode's simulator steps, m/s.
+    /// Mean end-effector (TCP) speed over the episode's simulator steps (or the speed window's),
+    /// m/s.
     pub mean_speed: f64,
     /// Mean TCP velocity per base axis (x, y, z), m/s: the net displacement over the time.
     pub mean_velocity: [f64; 3],
+}
+
+/// The first `steps` steps of a path (`steps + 1` points), or all of it.
+fn window(path: &[[f64; 3]], steps: Option<usize>) -> &[[f64; 3]] {
+    let end = steps.map_or(path.len(), |w| (w + 1).min(path.len()));
+    &path[..end]
 }
 
 /// Mean speed and mean velocity (m/s) of a TCP path sampled at the simulator's rate.
@@ -497,7 +507,10 @@ pub fn evaluate(
                 timing.push(m);
             }
             let env = lock(&shared);
-            let (mean_speed, mean_velocity) = path_stats(&lock(&tcp));
+            let (mean_speed, mean_velocity) = {
+                let path = lock(&tcp);
+                path_stats(window(&path, o.speed_window))
+            };
             let out = EpisodeOutcome {
                 task_index: ti,
                 episode,
@@ -585,6 +598,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         replan_steps: a.replan_steps.max(1),
         steering: None,
         manner: a.manner.clone(),
+        speed_window: None,
     };
     let quiet = a.json;
     let r = evaluate(&o, |e| {
@@ -765,6 +779,20 @@ mod tests {
     }
 
     #[test]
+    fn speed_over_a_window_covers_only_its_first_steps() {
+        // 0.01 m per step for 3 steps, then still.
+        let path: Vec<[f64; 3]> = (0..10)
+            .map(|i| [0.01 * (i.min(3) as f64), 0.0, 0.0])
+            .collect();
+        let (whole, _) = path_stats(window(&path, None));
+        let (first, v) = path_stats(window(&path, Some(3)));
+        assert!((first - 0.01 * CONTROL_HZ).abs() < 1e-9, "{first}");
+        assert!((v[0] - 0.01 * CONTROL_HZ).abs() < 1e-9);
+        assert!((whole - 0.03 / 9.0 * CONTROL_HZ).abs() < 1e-9, "{whole}");
+        assert_eq!(window(&path, Some(100)).len(), 10);
+    }
+
+    #[test]
     fn a_manner_phrase_is_appended_and_an_empty_one_keeps_the_plain_instruction() {
         assert_eq!(
             with_manner("pick up the bowl", "slowly"),
@@ -809,6 +837,7 @@ mod tests {
                 steering: None,
                 // Real time keeps each episode's own manner; lockstep forces one.
                 manner: lockstep.then(|| "quickly".to_string()),
+                speed_window: lockstep.then_some(5),
             };
             let r = evaluate(&o, |_| {}).unwrap();
             let tasks = load_suite(Suite::Spatial).unwrap();

@@ -68,6 +68,11 @@ pub struct SweepArgs {
     /// `slowly,quickly`): what the same words do when they are in the instruction.
     #[arg(long, value_delimiter = ',')]
     pub reference_manners: Vec<String>,
+    /// Measure speed and velocity over each episode's first STEPS simulator steps (the approach:
+    /// a failing episode's later wandering swamps the effect); success still counts whole
+    /// episodes [default: whole episodes].
+    #[arg(long, value_name = "STEPS")]
+    pub speed_window: Option<usize>,
     /// Write the report here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -161,6 +166,10 @@ pub struct SweepReport {
     pub control: Option<String>,
     pub suite: String,
     pub episodes_per_condition: usize,
+    /// The manner phrase every episode used (`None`: each episode's own).
+    pub manner: Option<String>,
+    /// Speeds cover each episode's first this many steps (`None`: whole episodes).
+    pub speed_window: Option<usize>,
     pub unsteered: Condition,
     /// The unsteered policy with each `--reference-manners` phrase in its instruction.
     pub references: Vec<Condition>,
@@ -251,6 +260,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         replan_steps: a.replan_steps.max(1),
         steering: None,
         manner: a.manner.clone(),
+        speed_window: a.speed_window,
     };
     let total = (1 + a.reference_manners.len() + names.len() * a.alphas.len()) as u64;
     let bar = (!a.json).then(|| {
@@ -336,6 +346,8 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         control: control.clone(),
         suite: suite.name().into(),
         episodes_per_condition: unsteered.episodes,
+        manner: a.manner.clone(),
+        speed_window: a.speed_window,
         monotonic: monotonic(&changes),
         best_speed_change: best,
         control_max_change: control_max,
@@ -518,6 +530,7 @@ mod tests {
             replan_steps: crate::cli::eval::DEFAULT_REPLAN_STEPS,
             manner: Some(String::new()),
             reference_manners: vec!["quickly".into()],
+            speed_window: Some(4),
             out: Some(out.path().join("sweep.json")),
             plot: out.path().join("sweep.png"),
             json: true,
@@ -533,6 +546,8 @@ mod tests {
                 .unwrap();
         let conds = v["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 4, "cluster and control at 2 alphas");
+        assert_eq!(v["speed_window"], 4);
+        assert_eq!(v["manner"], "");
         let refs = v["references"].as_array().unwrap();
         assert_eq!(refs.len(), 1);
         assert_eq!(refs[0]["cluster"], "instruction: quickly");
