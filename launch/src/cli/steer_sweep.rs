@@ -123,20 +123,42 @@ pub struct Condition {
     /// 95 % interval of `speed_change` from the per-episode differences to unsteered (every
     /// condition runs the same episodes with the same noise draws, so they pair up).
     pub speed_change_ci95: [f64; 2],
+    /// Per base axis (x, y, z), m/s: the mean velocity minus the unsteered velocity of the same
+    /// episode scaled by the speed ratio; positive z = more upward than a mere change of speed.
+    pub direction_bias: [MeanCi; 3],
 }
 
-/// Sets `c`'s speed change against the unsteered speeds of the same episodes, with a paired
-/// interval: d_i = (s_i - u_i) / mean(u), whose mean is mean(s) / mean(u) - 1.
-fn relate_to_unsteered(c: &mut Condition, speeds: &[f64], unsteered: &[f64]) {
-    let base = (unsteered.iter().sum::<f64>() / unsteered.len().max(1) as f64).max(1e-12);
-    let d: Vec<f64> = speeds
+/// Sets `c`'s speed change and direction bias against the unsteered runs of the same episodes
+/// (paired: d_i = (s_i - u_i) / mean(u), whose mean is mean(s) / mean(u) - 1).
+fn relate_to_unsteered(c: &mut Condition, runs: &[EpisodeOutcome], unsteered: &[EpisodeOutcome]) {
+    let base = (unsteered.iter().map(|u| u.mean_speed).sum::<f64>()
+        / unsteered.len().max(1) as f64)
+        .max(1e-12);
+    let d: Vec<f64> = runs
         .iter()
         .zip(unsteered)
-        .map(|(s, u)| (s - u) / base)
+        .map(|(s, u)| (s.mean_speed - u.mean_speed) / base)
         .collect();
     let m = mean_ci(&d);
     c.speed_change = m.mean;
     c.speed_change_ci95 = m.ci95;
+    // A cluster that only slows the arm scales its velocity; what is left after undoing the
+    // episode's own speed ratio is a change of direction.
+    c.direction_bias = std::array::from_fn(|k| {
+        let d: Vec<f64> = runs
+            .iter()
+            .zip(unsteered)
+            .map(|(s, u)| {
+                let ratio = if u.mean_speed > 1e-9 {
+                    s.mean_speed / u.mean_speed
+                } else {
+                    1.0
+                };
+                s.mean_velocity[k] - ratio * u.mean_velocity[k]
+            })
+            .collect();
+        mean_ci(&d)
+    });
 }
 
 fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Condition {
@@ -154,6 +176,10 @@ fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Cond
         mean_velocity: [axis(0), axis(1), axis(2)],
         speed_change: 0.0,
         speed_change_ci95: [0.0, 0.0],
+        direction_bias: [MeanCi {
+            mean: 0.0,
+            ci95: [0.0, 0.0],
+        }; 3],
     }
 }
 
@@ -273,10 +299,8 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let speeds =
-        |r: &super::eval::EvalReport| -> Vec<f64> { r.runs.iter().map(|e| e.mean_speed).collect() };
     let run_condition =
-        |label: &str, alpha: Option<f32>| -> anyhow::Result<(Condition, Vec<f64>)> {
+        |label: &str, alpha: Option<f32>| -> anyhow::Result<(Condition, Vec<EpisodeOutcome>)> {
             if let Some(b) = &bar {
                 b.set_message(format!(
                     "{label} alpha {}",
@@ -293,9 +317,9 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
             if let Some(b) = &bar {
                 b.inc(1);
             }
-            Ok((condition(label, alpha, &r.runs), speeds(&r)))
+            Ok((condition(label, alpha, &r.runs), r.runs))
         };
-    let (unsteered, base_speeds) = run_condition("unsteered", None)?;
+    let (unsteered, base_runs) = run_condition("unsteered", None)?;
     let mut references = Vec::new();
     for m in &a.reference_manners {
         if let Some(b) = &bar {
@@ -308,14 +332,14 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
             b.inc(1);
         }
         let mut c = condition(&format!("instruction: {m}"), None, &r.runs);
-        relate_to_unsteered(&mut c, &speeds(&r), &base_speeds);
+        relate_to_unsteered(&mut c, &r.runs, &base_runs);
         references.push(c);
     }
     let mut conditions = Vec::new();
     for name in &names {
         for &alpha in &a.alphas {
             let (mut c, s) = run_condition(name, Some(alpha))?;
-            relate_to_unsteered(&mut c, &s, &base_speeds);
+            relate_to_unsteered(&mut c, &s, &base_runs);
             conditions.push(c);
         }
     }
@@ -427,6 +451,10 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
                     format!("{path}/velocity_{axis}"),
                     &rerun::Scalars::single(c.mean_velocity[k].mean),
                 )?;
+                stream.log(
+                    format!("{path}/direction_bias_{axis}"),
+                    &rerun::Scalars::single(c.direction_bias[k].mean),
+                )?;
             }
         }
         stream.flush_blocking()?;
@@ -445,7 +473,7 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
     );
     let row = |c: &Condition| {
         println!(
-            "{:<22} {:>6} {:>6.0}% [{:>3.0}, {:>3.0}]  {:.4} m/s [{:.4}, {:.4}]  {:>+6.1}% [{:>+6.1}, {:>+6.1}]  v = ({:+.4}, {:+.4}, {:+.4})",
+            "{:<22} {:>6} {:>6.0}% [{:>3.0}, {:>3.0}]  {:.4} m/s [{:.4}, {:.4}]  {:>+6.1}% [{:>+6.1}, {:>+6.1}]  v = ({:+.4}, {:+.4}, {:+.4})  bias = ({:+.4}, {:+.4}, {:+.4})",
             c.cluster,
             c.alpha.map_or("-".into(), |x| x.to_string()),
             100.0 * c.success_rate,
@@ -460,9 +488,12 @@ fn write_outputs(a: &SweepArgs, r: &SweepReport, rec: &RecordingFlags) -> anyhow
             c.mean_velocity[0].mean,
             c.mean_velocity[1].mean,
             c.mean_velocity[2].mean,
+            c.direction_bias[0].mean,
+            c.direction_bias[1].mean,
+            c.direction_bias[2].mean,
         );
     };
-    println!("cluster                 alpha  success          mean speed                   change (paired 95 %)     mean velocity (m/s)");
+    println!("cluster                 alpha  success          mean speed                   change (paired 95 %)     mean velocity (m/s)                 direction bias beyond the speed change (m/s)");
     row(&r.unsteered);
     for c in r.references.iter().chain(&r.conditions) {
         row(c);
@@ -576,20 +607,64 @@ mod tests {
         );
     }
 
+    fn outcome(speed: f64, velocity: [f64; 3]) -> EpisodeOutcome {
+        EpisodeOutcome {
+            task_index: 0,
+            episode: 0,
+            instruction: String::new(),
+            success: false,
+            steps: 10,
+            mean_speed: speed,
+            mean_velocity: velocity,
+        }
+    }
+
     #[test]
     fn paired_speed_change_has_the_ratio_of_means_and_a_paired_interval() {
-        let unsteered = [0.10, 0.20, 0.30];
-        let steered = [0.12, 0.22, 0.32];
+        let un: Vec<_> = [0.10, 0.20, 0.30]
+            .iter()
+            .map(|&s| outcome(s, [0.0, 0.0, -s]))
+            .collect();
+        let steered: Vec<_> = [0.12, 0.22, 0.32]
+            .iter()
+            .map(|&s| outcome(s, [0.0, 0.0, -s]))
+            .collect();
         let mut c = condition("x", Some(1.0), &[]);
-        relate_to_unsteered(&mut c, &steered, &unsteered);
+        relate_to_unsteered(&mut c, &steered, &un);
         // mean 0.22 / 0.20 - 1 = +10 %, and every episode moved by exactly +0.02: no spread.
         assert!((c.speed_change - 0.1).abs() < 1e-12);
         assert!((c.speed_change_ci95[0] - 0.1).abs() < 1e-9);
         assert!((c.speed_change_ci95[1] - 0.1).abs() < 1e-9);
-        let noisy = [0.14, 0.18, 0.34];
-        relate_to_unsteered(&mut c, &noisy, &unsteered);
+        // Faster along the same direction: no direction bias.
+        assert!(c.direction_bias.iter().all(|b| b.mean.abs() < 1e-12));
+        let noisy: Vec<_> = [0.14, 0.18, 0.34]
+            .iter()
+            .map(|&s| outcome(s, [0.0, 0.0, -s]))
+            .collect();
+        relate_to_unsteered(&mut c, &noisy, &un);
         assert!((c.speed_change - 0.1).abs() < 1e-12);
         assert!(c.speed_change_ci95[0] < 0.1 && c.speed_change_ci95[1] > 0.1);
+    }
+
+    #[test]
+    fn slowing_down_is_not_a_direction_but_turning_upward_is() {
+        let un = vec![
+            outcome(0.2, [0.0, 0.0, -0.2]),
+            outcome(0.1, [0.0, 0.1, 0.0]),
+        ];
+        // Half the speed on the same headings.
+        let slower = vec![
+            outcome(0.1, [0.0, 0.0, -0.1]),
+            outcome(0.05, [0.0, 0.05, 0.0]),
+        ];
+        let mut c = condition("x", Some(1.0), &[]);
+        relate_to_unsteered(&mut c, &slower, &un);
+        assert!(c.direction_bias.iter().all(|b| b.mean.abs() < 1e-12));
+        // Same speeds, heading up instead.
+        let up = vec![outcome(0.2, [0.0, 0.0, 0.2]), outcome(0.1, [0.0, 0.0, 0.1])];
+        relate_to_unsteered(&mut c, &up, &un);
+        assert!((c.direction_bias[2].mean - 0.25).abs() < 1e-12);
+        assert!((c.direction_bias[1].mean + 0.05).abs() < 1e-12);
     }
 
     #[test]
