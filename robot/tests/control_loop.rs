@@ -189,6 +189,77 @@ fn end_effector_chunks_run_through_ik_without_violations() {
     assert!(moved, "the arm should have followed the deltas");
 }
 
+/// OpenVLA-style: one end-effector delta per inference, due one control period (20 Hz) after
+/// its observation, so every chunk is over by the time it arrives.
+struct OneStepPolicy;
+
+impl Policy for OneStepPolicy {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let up = Action::EefDelta {
+            dpos: [0.0, 0.0, 0.2],
+            drot: [0.0; 3],
+            gripper: 1.0,
+        };
+        ActionChunk::new(ActionSpace::EefDelta7, obs.timestamp, 0.05, vec![up])
+            .map_err(|e| PolicyError::Inference(e.to_string()))
+    }
+}
+
+#[test]
+fn one_step_delta_chunks_that_arrive_after_their_end_still_move_the_arm() {
+    // 30 ticks at 500 Hz = 60 ms of inference, longer than the chunk's 50 ms.
+    let mut sim = Sim::new(Box::new(OneStepPolicy), 30);
+    sim.run(1500);
+    let (received, rejected) = sim.core.chunk_counts();
+    assert!(received > 40, "{received} chunks");
+    assert_eq!(
+        rejected, 0,
+        "late delta chunks start late instead of being dropped"
+    );
+    assert_eq!(sim.core.chunks_late(), received);
+    assert_eq!(sim.core.monitor().counts().total(), 0);
+    let model = Ur5Model::ur5();
+    let joints = |q: &[f64]| -> [f64; 6] { std::array::from_fn(|j| q[j]) };
+    let z0 = model.fk(&joints(&HOME)).translation.vector.z;
+    let z1 = model.fk(&joints(&sim.commands[1499])).translation.vector.z;
+    // Each delta asks for 0.2 x the position scale upward; the flange must have risen.
+    assert!(z1 > z0 + 0.01, "flange z {z0} -> {z1}");
+}
+
+#[test]
+fn absolute_chunks_that_are_over_are_still_rejected() {
+    let mut core =
+        ControlCore::new(boxed_safety(), WatchdogConfig::default(), 0.1, &HOME).expect("start");
+    let chunk = ActionChunk::new(
+        ActionSpace::JointPositions { dof: 6 },
+        0.0,
+        0.05,
+        vec![Action::JointPositions {
+            q: HOME.to_vec(),
+            gripper: None,
+        }],
+    )
+    .expect("chunk");
+    let (traj, _) = converter().convert(&chunk, &HOME, 0.0).expect("convert");
+    assert!(!core.offer(Arc::new(traj.clone()), 0.2));
+    // A relative chunk older than the inference timeout is stale, late or not.
+    let delta = ActionChunk::new(
+        ActionSpace::EefDelta7,
+        0.0,
+        0.05,
+        vec![Action::EefDelta {
+            dpos: [0.0, 0.0, 0.1],
+            drot: [0.0; 3],
+            gripper: 1.0,
+        }],
+    )
+    .expect("chunk");
+    let (rel, _) = converter().convert(&delta, &HOME, 0.0).expect("convert");
+    assert!(!core.offer(Arc::new(rel.clone()), 0.6));
+    assert!(core.offer(Arc::new(rel), 0.1));
+    assert_eq!(core.chunk_counts(), (3, 2));
+}
+
 /// Drives the sim to full motion, applies `fault` from then on, and checks the hold: the state
 /// changes on the very tick the fault is seen, speed only decreases, never faster than the
 /// acceleration limit, and reaches rest.

@@ -98,6 +98,7 @@ pub struct ControlCore {
     /// Recent (time, commanded position) pairs, oldest first, for re-anchoring relative chunks.
     commanded: std::collections::VecDeque<(f64, Vec<f64>)>,
     chunks_reanchored: u64,
+    chunks_late: u64,
 }
 
 /// How many ticks of commands are kept for re-anchoring (2 s at 500 Hz).
@@ -137,6 +138,7 @@ impl ControlCore {
             chunks_rejected: 0,
             commanded: std::collections::VecDeque::with_capacity(COMMAND_HISTORY),
             chunks_reanchored: 0,
+            chunks_late: 0,
         })
     }
 
@@ -185,6 +187,23 @@ impl ControlCore {
         Arc::new(moved)
     }
 
+    /// A relative chunk that is over on arrival, moved to start at `t`. Deltas say how far to
+    /// move from where the arm is, not where to be at a given time; a one-step chunk (an
+    /// OpenVLA-style policy: one delta per inference, due one control period after its
+    /// observation) always arrives after its end, and rejecting it would leave the arm still
+    /// forever. Re-anchoring then puts its start on the latest command.
+    fn start_late(&mut self, traj: Arc<JointTrajectory>, t: f64) -> Arc<JointTrajectory> {
+        self.chunks_late += 1;
+        let mut moved = (*traj).clone();
+        moved.start_time = t;
+        Arc::new(moved)
+    }
+
+    /// Relative chunks that were over when they arrived and started late instead.
+    pub fn chunks_late(&self) -> u64 {
+        self.chunks_late
+    }
+
     /// Relative chunks moved onto the loop's own commands so far.
     pub fn chunks_reanchored(&self) -> u64 {
         self.chunks_reanchored
@@ -192,14 +211,19 @@ impl ControlCore {
 
     /// Offers a new trajectory at time `t`; it is faded in over the blend window. Returns
     /// false (and counts it) if it cannot be used: wrong joint count, or already over. A
-    /// relative chunk is first re-anchored on the commands (see `reanchor`).
+    /// relative chunk is first re-anchored on the commands (see `reanchor`); one that is over
+    /// when it arrives, but younger than the inference timeout, starts now instead (see
+    /// `start_late`).
     pub fn offer(&mut self, traj: Arc<JointTrajectory>, t: f64) -> bool {
         self.chunks_received += 1;
         let dof = self.desired.len();
-        if traj.dof() != dof || traj.points.iter().any(|p| p.len() != dof) || traj.end_time() <= t {
+        let over = traj.end_time() <= t;
+        let late_ok = traj.relative && t - traj.start_time <= self.watchdog.inference_timeout;
+        if traj.dof() != dof || traj.points.iter().any(|p| p.len() != dof) || (over && !late_ok) {
             self.chunks_rejected += 1;
             return false;
         }
+        let traj = if over { self.start_late(traj, t) } else { traj };
         let traj = self.reanchor(traj);
         let reference = self.reference.get_or_insert_with(|| {
             // Resuming from a hold: blend from where the filter last put the arm.
