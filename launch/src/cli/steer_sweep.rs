@@ -299,46 +299,44 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let run_condition =
-        |label: &str, alpha: Option<f32>| -> anyhow::Result<(Condition, Vec<EpisodeOutcome>)> {
-            if let Some(b) = &bar {
-                b.set_message(format!(
-                    "{label} alpha {}",
-                    alpha.map_or("-".into(), |x| x.to_string())
-                ));
-            }
-            handle.clear();
-            let mut o = base.clone();
-            if let Some(x) = alpha {
-                handle.set(label, Some(x))?;
-                o.steering = Some(handle.clone());
-            }
-            let r = evaluate(&o, |_| {})?;
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-            Ok((condition(label, alpha, &r.runs), r.runs))
-        };
-    let (unsteered, base_runs) = run_condition("unsteered", None)?;
-    let mut references = Vec::new();
-    for m in &a.reference_manners {
+    // One condition: the cluster `label` at `alpha` (none: unsteered), optionally with another
+    // manner phrase in every instruction.
+    let run_condition = |label: &str,
+                         alpha: Option<f32>,
+                         manner: Option<&String>|
+     -> anyhow::Result<(Condition, Vec<EpisodeOutcome>)> {
         if let Some(b) = &bar {
-            b.set_message(format!("instruction with `{m}`"));
+            b.set_message(format!(
+                "{label} alpha {}",
+                alpha.map_or("-".into(), |x| x.to_string())
+            ));
         }
+        handle.clear();
         let mut o = base.clone();
-        o.manner = Some(m.clone());
+        if let Some(x) = alpha {
+            handle.set(label, Some(x))?;
+            o.steering = Some(handle.clone());
+        }
+        if let Some(m) = manner {
+            o.manner = Some(m.clone());
+        }
         let r = evaluate(&o, |_| {})?;
         if let Some(b) = &bar {
             b.inc(1);
         }
-        let mut c = condition(&format!("instruction: {m}"), None, &r.runs);
-        relate_to_unsteered(&mut c, &r.runs, &base_runs);
+        Ok((condition(label, alpha, &r.runs), r.runs))
+    };
+    let (unsteered, base_runs) = run_condition("unsteered", None, None)?;
+    let mut references = Vec::new();
+    for m in &a.reference_manners {
+        let (mut c, runs) = run_condition(&format!("instruction: {m}"), None, Some(m))?;
+        relate_to_unsteered(&mut c, &runs, &base_runs);
         references.push(c);
     }
     let mut conditions = Vec::new();
     for name in &names {
         for &alpha in &a.alphas {
-            let (mut c, s) = run_condition(name, Some(alpha))?;
+            let (mut c, s) = run_condition(name, Some(alpha), None)?;
             relate_to_unsteered(&mut c, &s, &base_runs);
             conditions.push(c);
         }
