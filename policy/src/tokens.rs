@@ -322,8 +322,8 @@ pub fn loss(
     let n = at.len();
     let flat = lg.reshape((b * t, vocab))?;
     let picked = flat.index_select(&Tensor::from_vec(at, n, dev)?, 0)?;
-    let targets = Tensor::from_vec(targets, n, dev)?;
-    rudder_tune::candle_nn::loss::cross_entropy(&picked, &targets)
+    let weights = vec![1.0 / n.max(1) as f32; n];
+    rudder_tune::train::cross_entropy::weighted_cross_entropy(&picked, &targets, &weights)
 }
 
 /// Greedy action tokens for one observation: `pixels` `[1, cams, 3, s, s]`, `prefix` ids,

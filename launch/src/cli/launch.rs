@@ -202,7 +202,7 @@ fn ur5(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<ExitCode> {
     );
     // Why the loop held (and the policy's last error), so a failed run says where to look.
     println!(
-        "holds entered: {}; inference errors {}{}; chunks {} received, {} rejected; \
+        "holds entered: {}; inference errors {}{}; chunks {} received, {} rejected, {} started late; \
          scheduler {}",
         m.holds.summary(),
         m.inference_errors,
@@ -212,6 +212,7 @@ fn ur5(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         m.chunks_received,
         m.chunks_rejected,
+        m.chunks_late,
         m.timing.scheduler
     );
     if r.checkpoint {

@@ -161,6 +161,10 @@ pub struct LoopMetrics {
     pub chunks_received: u64,
     /// Chunks dropped: unconvertible, or already over when they arrived.
     pub chunks_rejected: u64,
+    /// Relative (delta) chunks that were over on arrival but within the inference timeout, so
+    /// they started late instead of being dropped.
+    #[serde(default)]
+    pub chunks_late: u64,
     pub unreachable_points: u64,
     pub safety: SafetyReport,
     /// Limit violations found in the emitted stream by the independent monitor.

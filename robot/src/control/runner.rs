@@ -367,6 +367,7 @@ fn control_thread<E: Embodiment>(
             chunk_age_ms: core.chunk_age().summary_ms(),
             chunks_received: received,
             chunks_rejected: rejected,
+            chunks_late: core.chunks_late(),
             safety: core.safety_report(),
             violations: core.monitor().counts(),
             max_command_step_rad: core.monitor().max_step_seen(),

@@ -91,6 +91,25 @@ fn softmax_row_generic(row: &mut [f32], mask: Option<&[f32]>) {
     }
 }
 
+/// ln(sum_j exp(row_j)) with the row's max taken out first.
+#[inline(always)]
+fn log_sum_exp_generic(row: &[f32]) -> f32 {
+    let max = lane_max(row);
+    if !max.is_finite() {
+        return max;
+    }
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += exp_approx(c[i] - max);
+        }
+    }
+    let sum = acc.iter().sum::<f32>() + tail.iter().map(|&v| exp_approx(v - max)).sum::<f32>();
+    max + sum.ln()
+}
+
 #[inline(always)]
 fn silu_mul_generic(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -171,6 +190,10 @@ mod avx2 {
         super::gelu_tanh_mul_bwd_generic(g, u, d, dg, du)
     }
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn log_sum_exp(row: &[f32]) -> f32 {
+        super::log_sum_exp_generic(row)
+    }
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
         super::softmax_row_generic(row, mask)
     }
@@ -198,6 +221,16 @@ pub fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
         return unsafe { avx2::softmax_row(row, mask) };
     }
     softmax_row_generic(row, mask)
+}
+
+/// ln(sum_j exp(row_j)), computed stably (the max is taken out first).
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `softmax_row`.
+        return unsafe { avx2::log_sum_exp(row) };
+    }
+    log_sum_exp_generic(row)
 }
 
 /// `out = silu(gate) * up`, element-wise.

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod cross_entropy;
 pub mod rng;
 pub mod schedule;
 pub mod sft;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
@@ -50,32 +50,33 @@ pub fn causal_lm_loss(
     }
     let dev = decoder.device().clone();
     let mut ids = Vec::with_capacity(b * t);
-    let mut targets = Vec::with_capacity(b * (t - 1));
-    let mut mask = Vec::with_capacity(b * (t - 1));
+    // One target and weight per logits row; the last position of each sequence predicts
+    // nothing (weight 0), so the logits need no narrowing.
+    let mut targets = Vec::with_capacity(b * t);
+    let mut counted = Vec::with_capacity(b * t);
     let mut n = 0usize;
     for e in batch {
         for i in 0..t {
             ids.push(e.tokens.get(i).copied().unwrap_or(pad));
         }
-        for i in 1..t {
+        for i in 1..=t {
             let real = i < e.tokens.len();
             targets.push(if real { e.tokens[i] } else { pad });
             let m = real && e.counts(i);
             n += m as usize;
-            mask.push(if m { 1f32 } else { 0f32 });
+            counted.push(m);
         }
     }
     if n == 0 {
         candle_core::bail!("sft: no token in the batch counts towards the loss (check loss_mask)");
     }
+    let weights: Vec<f32> = counted
+        .iter()
+        .map(|&m| if m { 1.0 / n as f32 } else { 0.0 })
+        .collect();
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
     let (logits, _) = decoder.forward_ids(&ids, 0, None, None, false)?;
-    let logits = logits.narrow(1, 0, t - 1)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, (b, t - 1, 1), &dev)?;
-    let picked = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
-    let mask = Tensor::from_vec(mask, (b, t - 1), &dev)?.to_dtype(picked.dtype())?;
-    let loss = ((picked * mask)?.sum_all()? * (-1.0 / n as f64))?;
+    let loss = super::cross_entropy::weighted_cross_entropy(&logits, &targets, &weights)?;
     Ok((loss, n))
 }
 
