@@ -283,7 +283,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         lockstep: true,
         camera_size: None,
         max_steps: a.max_steps,
-        replan_steps: a.replan_steps.max(1),
+        replan_steps: Some(a.replan_steps.max(1)),
         steering: None,
         manner: a.manner.clone(),
         speed_window: a.speed_window,
