@@ -50,8 +50,8 @@ pub struct ControlConfig {
     pub instruction: Option<String>,
     /// Longest time `stop` brakes before it gives up waiting for rest.
     pub stop_timeout: Duration,
-    /// Least time between the starts of two inferences: with `n / chunk rate` the arm follows
-    /// `n` points of a chunk before the next one replaces it (openpi's `replan_steps`,
+    /// Time between the observations two inferences start from: with `n / chunk rate` the arm
+    /// follows `n` points of a chunk before the next one replaces it (openpi's `replan_steps`,
     /// LeRobot's `n_action_steps`). Zero asks again as soon as a chunk is out. Sampled policies
     /// need it: a fresh sample every tick mixes the first steps of unrelated chunks.
     pub replan_interval: Duration,
@@ -179,10 +179,13 @@ impl<E: Embodiment + 'static> ControlLoop<E> {
         let inference = {
             let shared = Arc::clone(&shared);
             let converter = cfg.converter.clone();
-            let replan = cfg.replan_interval;
+            let pacing = ReplanPacing {
+                interval: cfg.replan_interval,
+                period: Duration::from_secs_f64(1.0 / cfg.rate_hz),
+            };
             std::thread::Builder::new()
                 .name("rudder-inference".into())
-                .spawn(move || inference_thread(policy, converter, replan, &shared))
+                .spawn(move || inference_thread(policy, converter, pacing, &shared))
         };
         let inference = match inference {
             Ok(h) => h,
@@ -255,17 +258,39 @@ fn merge_inference(m: &mut LoopMetrics, shared: &Shared) {
     m.unreachable_points = s.unreachable_points;
 }
 
+/// When the inference thread asks for the next observation.
+#[derive(Debug, Clone, Copy)]
+struct ReplanPacing {
+    interval: Duration,
+    period: Duration,
+}
+
+impl ReplanPacing {
+    /// The instant after which the next observation is wanted: `interval` after the last one
+    /// was sampled, less half a period. The control thread serves the request at its next tick,
+    /// so the arm follows exactly `interval * rate` points of each chunk, as in lockstep.
+    /// Counting from the inference's start instead (a few hundred microseconds after the
+    /// sample) would always land one tick later.
+    fn next_request(&self, epoch: Instant, last_sample_secs: f64) -> Option<Instant> {
+        if self.interval.is_zero() || !last_sample_secs.is_finite() || last_sample_secs < 0.0 {
+            return None;
+        }
+        let sampled = epoch + Duration::from_secs_f64(last_sample_secs);
+        Some(sampled + self.interval.saturating_sub(self.period / 2))
+    }
+}
+
 fn inference_thread<P: Policy>(
     mut policy: P,
     converter: ChunkConverter,
-    replan_interval: Duration,
+    pacing: ReplanPacing,
     shared: &Shared,
 ) {
     let mut seen = 0;
-    let mut last_start: Option<Instant> = None;
+    let mut next_request: Option<Instant> = None;
     while !shared.stop.load(Ordering::Acquire) {
-        if let Some(t) = last_start {
-            while t.elapsed() < replan_interval {
+        if let Some(at) = next_request {
+            while Instant::now() < at {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
                 }
@@ -283,8 +308,8 @@ fn inference_thread<P: Policy>(
             }
             std::thread::sleep(Duration::from_micros(250));
         };
+        next_request = pacing.next_request(shared.epoch, obs.timestamp);
         let started = Instant::now();
-        last_start = Some(started);
         let since = started.saturating_duration_since(shared.epoch).as_nanos() as u64 + 1;
         shared.inference_busy_since.store(since, Ordering::Release);
         let result = policy.infer(&obs);
