@@ -24,4 +24,4 @@ pub mod vla;
 
 pub use error::FlowError;
 pub use tokenizer::PromptTokenizer;
-pub use vla::{PolicySettings, VlaPolicy};
+pub use vla::{Inpainting, PolicySettings, VlaPolicy};

@@ -21,13 +21,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use rudder_robot::{Action, ActionChunk, ActionSpace, Observation, Policy, PolicyError};
 use rudder_tune::hooks::Hooks;
 use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::models::{paligemma, pi0};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::normalize::Normalization;
 use crate::tokenizer::PromptTokenizer;
@@ -69,6 +70,56 @@ pub struct PolicySettings {
     /// anything else: measured on a spatial checkpoint, 0/20 training init states solved with
     /// fixed noise against 7/20 with per-call noise.
     pub fixed_noise: bool,
+    /// Whether a new chunk is inpainted with the part of the previous chunk still ahead of the
+    /// arm (flow head, through `rudder_robot::Policy` only): see [`Inpainting`].
+    pub inpainting: Inpainting,
+}
+
+/// Real-time chunking's inpainting (Black et al. 2025, the guidance-free form): when the loop
+/// asks for a new chunk before the last one ends, the points of the new chunk that overlap the
+/// old one's unplayed tail are pulled onto it during sampling. Without it each chunk is an
+/// independent draw, and a policy whose demos hold several ways to do a task can switch way at
+/// every replan and dither between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inpainting {
+    /// Independent chunks.
+    #[default]
+    Off,
+    /// Every overlapping point is held to the previous chunk (weight 1).
+    Hard,
+    /// The first overlapping point is held; the weights fall linearly to 0 over the overlap,
+    /// so the end of the tail steers the new chunk less than its start.
+    Decay,
+}
+
+impl Inpainting {
+    /// Guide weights for a chunk of `horizon` points whose first `overlap` points overlap the
+    /// previous chunk.
+    pub fn weights(self, horizon: usize, overlap: usize) -> Vec<f32> {
+        let overlap = overlap.min(horizon);
+        (0..horizon)
+            .map(|i| match self {
+                _ if i >= overlap => 0.0,
+                Inpainting::Off => 0.0,
+                Inpainting::Hard => 1.0,
+                Inpainting::Decay => 1.0 - i as f32 / overlap as f32,
+            })
+            .collect()
+    }
+}
+
+/// A chunk's un-normalised rows and, for the flow head, the same chunk in the model's
+/// normalised space (`horizon x action_dim`, row-major).
+type InferredChunk = (Vec<Vec<f32>>, Option<Vec<f32>>);
+
+/// The last chunk inferred through `rudder_robot::Policy`, in the model's normalised space.
+#[derive(Debug, Clone)]
+struct LastChunk {
+    start_time: f64,
+    dt: f64,
+    /// `horizon x action_dim`, row-major.
+    normalized: Vec<f32>,
 }
 
 impl Default for PolicySettings {
@@ -80,6 +131,7 @@ impl Default for PolicySettings {
             action_space: None,
             seed: 0,
             fixed_noise: false,
+            inpainting: Inpainting::Off,
         }
     }
 }
@@ -104,6 +156,8 @@ pub struct VlaPolicy {
     device: Device,
     /// Chunks inferred through `rudder_robot::Policy` since loading (or `reset_noise`).
     calls: AtomicU64,
+    /// For inpainting: the last chunk `rudder_robot::Policy` returned in this episode.
+    last_chunk: Mutex<Option<LastChunk>>,
 }
 
 impl std::fmt::Debug for VlaPolicy {
@@ -243,12 +297,20 @@ impl VlaPolicy {
             settings,
             device,
             calls: AtomicU64::new(0),
+            last_chunk: Mutex::new(None),
         })
     }
 
-    /// Restarts the per-call noise sequence (a new episode replays the same draws).
+    /// Restarts the per-call noise sequence (a new episode replays the same draws) and forgets
+    /// the last chunk, so the episode's first chunk is not inpainted.
     pub fn reset_noise(&self) {
         self.calls.store(0, Ordering::Relaxed);
+        *self.last_chunk.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Overrides policy.json's `inpainting`.
+    pub fn set_inpainting(&mut self, inpainting: Inpainting) {
+        self.settings.inpainting = inpainting;
     }
 
     /// The noise seed of the next `rudder_robot::Policy` call.
@@ -373,6 +435,21 @@ impl VlaPolicy {
         seed: u64,
         hooks: Option<&mut Hooks>,
     ) -> Result<Vec<Vec<f32>>, FlowError> {
+        self.infer_inner(images, state, prompt_text, seed, hooks, None)
+            .map(|(rows, _)| rows)
+    }
+
+    /// The chunk (un-normalised rows) and, for the flow head, the same chunk in the model's
+    /// normalised space; `guide` inpaints it (flow head only).
+    fn infer_inner(
+        &self,
+        images: &[(String, rudder_robot::ImageRgb8)],
+        state: &[f64],
+        prompt_text: &str,
+        seed: u64,
+        hooks: Option<&mut Hooks>,
+        guide: Option<(&[f32], Vec<f32>)>,
+    ) -> Result<InferredChunk, FlowError> {
         let cams = self.settings.cameras.len();
         let size = self.image_size();
         let per_image = self.vision().num_patches();
@@ -444,7 +521,7 @@ impl VlaPolicy {
                 let px = Tensor::from_vec(pixels, (1, cams, 3, size, size), &self.device)?;
                 let toks = tokens::decode(model, &px, &ids, &mask, spec, vocab, hooks)?;
                 let d = spec.action_dim();
-                return Ok(toks
+                let rows = toks
                     .chunks(d)
                     .map(|row| {
                         row.iter()
@@ -452,7 +529,8 @@ impl VlaPolicy {
                             .map(|(i, &t)| spec.value(vocab, i, t) as f32)
                             .collect()
                     })
-                    .collect());
+                    .collect();
+                return Ok((rows, None));
             }
         };
         let cfg = &model.cfg;
@@ -473,11 +551,19 @@ impl VlaPolicy {
         let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
         let noise_t = Tensor::from_vec(noise::gaussian(seed, h * a), (1, h, a), &self.device)?;
         let cache = model.prefix_cache(&inputs, hooks)?;
-        let out = model.sample_actions_cached(&cache, &state_t, &noise_t, None)?;
+        let guide = match guide {
+            Some((target, weights)) => Some(pi0::ChunkGuide {
+                target: Tensor::from_vec(target.to_vec(), (1, h, a), &self.device)?,
+                weights,
+            }),
+            None => None,
+        };
+        let out = model.sample_actions_guided(&cache, &state_t, &noise_t, None, guide.as_ref())?;
         let rows: Vec<Vec<f32>> = out
             .squeeze(0)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec2()?;
+        let normalized: Vec<f32> = rows.iter().flatten().copied().collect();
         let mut chunk = Vec::with_capacity(rows.len());
         for (i, row) in rows.into_iter().enumerate() {
             let mut r: Vec<f64> = row.into_iter().map(f64::from).collect();
@@ -492,13 +578,43 @@ impl VlaPolicy {
             }
             chunk.push(r.into_iter().map(|v| v as f32).collect());
         }
-        Ok(chunk)
+        Ok((chunk, Some(normalized)))
+    }
+
+    /// The inpainting guide for a chunk starting at `start_time`: the previous chunk's tail,
+    /// shifted to the new start, and the weights of `settings.inpainting`.
+    fn guide_for(&self, start_time: f64) -> Option<(Vec<f32>, Vec<f32>)> {
+        if self.settings.inpainting == Inpainting::Off {
+            return None;
+        }
+        let Head::Flow(model) = &self.model else {
+            return None;
+        };
+        let (h, a) = (model.cfg.chunk_size, model.cfg.max_action_dim);
+        let last = self.last_chunk.lock().unwrap_or_else(|p| p.into_inner());
+        let last = last.as_ref()?;
+        if last.normalized.len() != h * a || last.dt <= 0.0 {
+            return None;
+        }
+        let shift = ((start_time - last.start_time) / last.dt).round();
+        if !(0.0..h as f64).contains(&shift) {
+            return None;
+        }
+        let shift = shift as usize;
+        let overlap = h - shift;
+        let mut target = vec![0f32; h * a];
+        target[..overlap * a].copy_from_slice(&last.normalized[shift * a..]);
+        Some((target, self.settings.inpainting.weights(h, overlap)))
     }
 }
 
 impl Policy for VlaPolicy {
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
         self.infer_chunk(obs, None)
+    }
+
+    fn reset(&mut self) {
+        *self.last_chunk.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -515,13 +631,15 @@ impl VlaPolicy {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let rows = self
-            .infer_raw_hooked(
+        let guide = self.guide_for(obs.timestamp);
+        let inferred = self
+            .infer_inner(
                 &images,
                 &obs.state,
                 &obs.instruction,
                 self.next_seed(),
                 hooks,
+                guide.as_ref().map(|(t, w)| (t.as_slice(), w.clone())),
             )
             .map_err(|e| match e {
                 FlowError::Input { input, problem } if input == "state" => {
@@ -538,6 +656,14 @@ impl VlaPolicy {
                 }
                 other => PolicyError::Inference(other.to_string()),
             })?;
+        let (rows, normalized) = inferred;
+        if let Some(normalized) = normalized {
+            *self.last_chunk.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastChunk {
+                start_time: obs.timestamp,
+                dt: self.settings.dt,
+                normalized,
+            });
+        }
         let space = self.chunk_space();
         let f = |v: f32| v as f64;
         let actions = rows

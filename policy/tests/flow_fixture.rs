@@ -155,3 +155,91 @@ fn normalization_and_robot_policy() {
     assert!(p.tokenizer().single_token("slowly"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Real-time chunking's inpainting: a new chunk that overlaps the previous one's unplayed tail
+/// starts on that tail (hard: the whole overlap; decay: its first point), and nothing is tied
+/// when the chunks do not overlap or after a reset.
+#[test]
+fn inpainting_ties_each_chunk_to_the_previous_tail() {
+    use rudder_policy::Inpainting;
+    let dir = std::env::temp_dir().join(format!("rudder-inpaint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("policy.json"),
+        r#"{"cameras": ["agentview", "wrist"], "dt": 0.1, "inpainting": "hard"}"#,
+    )
+    .unwrap();
+    let obs = |t: f64, seed: u8| {
+        let mut o = Observation {
+            state: vec![0.1 * seed as f64; 8],
+            instruction: "go".into(),
+            timestamp: t,
+            ..Default::default()
+        };
+        o.images.insert("agentview".into(), image(16, 16, seed));
+        o
+    };
+    let q = |c: &rudder_robot::ActionChunk| -> Vec<Vec<f64>> {
+        c.actions
+            .iter()
+            .map(|a| match a {
+                rudder_robot::Action::JointPositions { q, .. } => q.clone(),
+                other => panic!("unexpected action {other:?}"),
+            })
+            .collect()
+    };
+    let max_diff = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let mut hard = VlaPolicy::load(&dir).unwrap();
+    assert_eq!(hard.settings().inpainting, Inpainting::Hard);
+    let mut off = VlaPolicy::load(&dir).unwrap();
+    off.set_inpainting(Inpainting::Off);
+    let mut decay = VlaPolicy::load(&dir).unwrap();
+    decay.set_inpainting(Inpainting::Decay);
+
+    // Same first chunk (nothing to tie to yet), then a chunk one point later: 3 of 4 overlap.
+    let first = q(&hard.infer(&obs(2.0, 1)).unwrap());
+    assert_eq!(first, q(&off.infer(&obs(2.0, 1)).unwrap()));
+    assert_eq!(first, q(&decay.infer(&obs(2.0, 1)).unwrap()));
+    let h2 = q(&hard.infer(&obs(2.1, 9)).unwrap());
+    let o2 = q(&off.infer(&obs(2.1, 9)).unwrap());
+    let d2 = q(&decay.infer(&obs(2.1, 9)).unwrap());
+    for j in 0..3 {
+        assert!(max_diff(&h2[j], &first[j + 1]) < 1e-5, "hard point {j}");
+    }
+    assert!(max_diff(&d2[0], &first[1]) < 1e-5, "decay point 0");
+    // Untied, the new observation gives another chunk, so the ties above are not free.
+    assert!(max_diff(&o2[0], &first[1]) > 1e-3);
+    assert!(
+        max_diff(&h2[3], &o2[3]) > 0.0,
+        "the free point sees its neighbours"
+    );
+
+    // No overlap (4 points later): the same chunk as untied.
+    let h3 = q(&hard.infer(&obs(2.5, 4)).unwrap());
+    let o3 = q(&off.infer(&obs(2.5, 4)).unwrap());
+    assert_eq!(h3, o3);
+    // A reset forgets the last chunk.
+    hard.reset();
+    let h4 = q(&hard.infer(&obs(2.6, 5)).unwrap());
+    let o4 = q(&off.infer(&obs(2.6, 5)).unwrap());
+    assert_eq!(h4, o4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn inpainting_weights() {
+    use rudder_policy::Inpainting;
+    assert_eq!(Inpainting::Off.weights(4, 3), vec![0.0; 4]);
+    assert_eq!(Inpainting::Hard.weights(4, 3), vec![1.0, 1.0, 1.0, 0.0]);
+    assert_eq!(Inpainting::Decay.weights(4, 4), vec![1.0, 0.75, 0.5, 0.25]);
+    assert_eq!(Inpainting::Hard.weights(4, 9), vec![1.0; 4]);
+    assert_eq!(Inpainting::Decay.weights(3, 0), vec![0.0; 3]);
+}

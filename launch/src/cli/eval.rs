@@ -22,7 +22,7 @@ use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
 use clap::Args;
 use rudder_policy::train::TrainingInfo;
-use rudder_policy::VlaPolicy;
+use rudder_policy::{Inpainting, VlaPolicy};
 use rudder_robot::control::{ControlCore, Health};
 use rudder_robot::{
     ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand, JointLimits, JointState,
@@ -76,9 +76,38 @@ pub struct EvalArgs {
     /// "from above", ...) [default: each episode's own, cycling through the task's manners].
     #[arg(long)]
     pub manner: Option<String>,
+    /// Inpaint each new chunk with the unplayed tail of the previous one (flow policies;
+    /// real-time chunking's inpainting) [default: the checkpoint's policy.json, else off].
+    #[arg(long, value_enum)]
+    pub inpainting: Option<InpaintingArg>,
+    /// Write each episode's last camera frames here as PNG
+    /// (`<task>_ep<N>_<success|failure>_<camera>.png`), to see how failures end.
+    #[arg(long, value_name = "DIR")]
+    pub frames: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--inpainting` values (rudder_policy::Inpainting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InpaintingArg {
+    /// Independent chunks.
+    Off,
+    /// Hold every overlapping point to the previous chunk.
+    Hard,
+    /// Hold the first overlapping point; weights fall linearly to 0 over the overlap.
+    Decay,
+}
+
+impl From<InpaintingArg> for Inpainting {
+    fn from(a: InpaintingArg) -> Self {
+        match a {
+            InpaintingArg::Off => Inpainting::Off,
+            InpaintingArg::Hard => Inpainting::Hard,
+            InpaintingArg::Decay => Inpainting::Decay,
+        }
+    }
 }
 
 /// What one evaluation is asked to do.
@@ -105,6 +134,10 @@ pub struct EvalOptions {
     /// Speed and velocity over the first this many simulator steps only (the approach, before
     /// a failing episode's wandering dominates); `None`: the whole episode.
     pub speed_window: Option<usize>,
+    /// Overrides the checkpoint's inpainting setting.
+    pub inpainting: Option<Inpainting>,
+    /// Folder for each episode's last camera frames (PNG).
+    pub frames: Option<PathBuf>,
 }
 
 /// `instruction` with `manner` appended, as the task files compose them.
@@ -206,6 +239,8 @@ pub struct EvalReport {
     pub ci95: [f64; 2],
     /// Chunk points followed before each new inference.
     pub replan_steps: usize,
+    /// How each chunk was tied to the previous one ("off", "hard", "decay").
+    pub inpainting: Inpainting,
     pub per_task: Vec<TaskOutcome>,
     /// Policy inference latency (model call only).
     pub latency: Latency,
@@ -441,7 +476,11 @@ pub fn evaluate(
             );
         }
     }
-    let policy = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let mut policy = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    if let Some(i) = o.inpainting {
+        policy.set_inpainting(i);
+    }
+    let inpainting = policy.settings().inpainting;
     let size = o.camera_size.unwrap_or(policy.image_size() as u32);
     // A chunk cannot be followed for longer than it lasts (OpenVLA-style chunks of 1).
     let horizon = policy.action_horizon().max(1);
@@ -512,7 +551,17 @@ pub fn evaluate(
                 let (_, m) = lp.stop()?;
                 timing.push(m);
             }
-            let env = lock(&shared);
+            let mut env = lock(&shared);
+            if let Some(dir) = &o.frames {
+                let tag = if env.success() { "success" } else { "failure" };
+                let obs = env.observe();
+                for (cam, img) in [("agentview", &obs.agentview), ("wrist", &obs.wrist)] {
+                    let Some(img) = img else { continue };
+                    let path = dir.join(format!("{}_ep{episode}_{tag}_{cam}.png", task.id));
+                    rudder_sim::tabletop::render::save_png(img, &path)
+                        .map_err(|e| anyhow::anyhow!("writing a frame: {e}"))?;
+                }
+            }
             let (mean_speed, mean_velocity) = {
                 let path = lock(&tcp);
                 path_stats(window(&path, o.speed_window))
@@ -556,6 +605,7 @@ pub fn evaluate(
         success_rate: s as f64 / n.max(1) as f64,
         ci95: wilson95(s, n),
         replan_steps,
+        inpainting,
         per_task,
         latency: Latency {
             count: lat.len(),
@@ -606,7 +656,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         steering: None,
         manner: a.manner.clone(),
         speed_window: None,
+        inpainting: a.inpainting.map(Inpainting::from),
+        frames: a.frames.clone(),
     };
+    if let Some(dir) = &o.frames {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the frames folder {}", dir.display()))?;
+    }
     let quiet = a.json;
     let r = evaluate(&o, |e| {
         if !quiet {
@@ -626,14 +682,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{} suite, policy {} ({} loop), seed {}, episodes {}..{} per task, {} chunk points \
-         per inference",
+         per inference, inpainting {:?}",
         r.suite,
         r.policy.display(),
         r.mode,
         r.seed,
         r.first_episode,
         r.first_episode + r.episodes_per_task,
-        r.replan_steps
+        r.replan_steps,
+        r.inpainting
     );
     for t in &r.per_task {
         println!(
@@ -831,6 +888,7 @@ mod tests {
         tr.step(&data).unwrap();
         let out = tempfile::tempdir().unwrap();
         tr.save(out.path(), 1, &data).unwrap();
+        let frames = tempfile::tempdir().unwrap();
         for lockstep in [true, false] {
             let o = EvalOptions {
                 suite: Suite::Spatial,
@@ -848,6 +906,9 @@ mod tests {
                 // Real time keeps each episode's own manner; lockstep forces one.
                 manner: lockstep.then(|| "quickly".to_string()),
                 speed_window: lockstep.then_some(5),
+                // Real time inpaints, and lockstep writes the last frames.
+                inpainting: (!lockstep).then_some(Inpainting::Decay),
+                frames: lockstep.then(|| frames.path().to_path_buf()),
             };
             let r = evaluate(&o, |_| {}).unwrap();
             let tasks = load_suite(Suite::Spatial).unwrap();
@@ -882,7 +943,23 @@ mod tests {
             for run in v["runs"].as_array().unwrap() {
                 assert!(run["steps"].as_u64().unwrap() <= 12, "{run}");
             }
+            assert_eq!(v["inpainting"], if lockstep { "off" } else { "decay" });
             if lockstep {
+                // Two cameras' last frames per episode, named by task, episode and outcome.
+                let mut names: Vec<String> = std::fs::read_dir(frames.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                assert_eq!(names.len(), 4, "{names:?}");
+                for run in &r.runs {
+                    let tag = if run.success { "success" } else { "failure" };
+                    let task = &load_suite(Suite::Spatial).unwrap()[run.task_index].id;
+                    let name = format!("{task}_ep{}_{tag}_agentview.png", run.episode);
+                    assert!(names.contains(&name), "{name} not in {names:?}");
+                    let img = image::open(frames.path().join(&name)).unwrap();
+                    assert_eq!((img.width(), img.height()), (32, 32));
+                }
                 // 12 steps, one inference per tick before the last.
                 assert!(r.runs.iter().all(|e| e.steps == 12), "{:?}", r.runs);
                 assert!(r.loop_timing.is_none());

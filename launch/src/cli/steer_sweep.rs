@@ -287,6 +287,8 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         steering: None,
         manner: a.manner.clone(),
         speed_window: a.speed_window,
+        inpainting: None,
+        frames: None,
     };
     let total = (1 + a.reference_manners.len() + names.len() * a.alphas.len()) as u64;
     let bar = (!a.json).then(|| {

@@ -604,10 +604,31 @@ impl Model {
         noise: &Tensor,
         num_steps: Option<usize>,
     ) -> Result<Tensor> {
+        self.sample_actions_guided(cache, state, noise, num_steps, None)
+    }
+
+    /// [`Self::sample_actions_cached`], optionally inpainting a prefix of the chunk: after each
+    /// Euler step to time `t`, point `i` moves a fraction `weights[i]` of the way to where the
+    /// straight noise-to-target path is at `t` (`t * noise + (1 - t) * target`), so at `t = 0`
+    /// the points of weight 1 equal the target. Used to keep a new chunk consistent with the
+    /// part of the previous one still ahead of the arm (real-time chunking's inpainting), so
+    /// successive chunks do not switch between the demos' modes.
+    pub fn sample_actions_guided(
+        &self,
+        cache: &PrefixCache,
+        state: &Tensor,
+        noise: &Tensor,
+        num_steps: Option<usize>,
+        guide: Option<&ChunkGuide>,
+    ) -> Result<Tensor> {
         let steps = num_steps.unwrap_or(self.cfg.num_inference_steps);
         if steps == 0 {
             candle_core::bail!("sample_actions: num_steps must be > 0");
         }
+        let guide = match guide {
+            Some(g) => Some(g.prepared(noise)?),
+            None => None,
+        };
         let b = noise.dim(0)?;
         let dt = -1.0 / steps as f64;
         let mut x = noise.clone();
@@ -616,6 +637,11 @@ impl Model {
             let time = Tensor::full(t, b, &self.device)?;
             let v = self.velocity_cached(cache, state, &x, &time, None)?;
             x = (x + (v * dt)?)?;
+            if let Some((target, weights)) = &guide {
+                let t_next = 1.0 + (step + 1) as f64 * dt;
+                let on_path = ((noise * t_next)? + (target * (1.0 - t_next))?)?;
+                x = (&x + (on_path - &x)?.broadcast_mul(weights)?)?;
+            }
         }
         Ok(x)
     }
@@ -623,6 +649,41 @@ impl Model {
     /// Width of the expert's MLP activations (the `expert.blocks.{l}.mlp.act` hook).
     pub fn expert_d_ff(&self) -> usize {
         self.cfg.expert.intermediate_size
+    }
+}
+
+/// What [`Model::sample_actions_guided`] pulls a chunk towards: `target` (`[batch, horizon,
+/// action_dim]`, in the model's normalised action space) with one weight in [0, 1] per chunk
+/// point (`horizon` of them; 0 leaves the point free).
+#[derive(Debug, Clone)]
+pub struct ChunkGuide {
+    pub target: Tensor,
+    pub weights: Vec<f32>,
+}
+
+impl ChunkGuide {
+    /// The target in the noise's dtype and the weights as a `[1, horizon, 1]` tensor.
+    fn prepared(&self, noise: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, h, _) = noise.dims3()?;
+        if self.target.dims() != noise.dims() {
+            return Err(bad_shape(
+                "guide.target",
+                format!("the noise's shape {:?}", noise.dims()),
+                self.target.dims(),
+            ));
+        }
+        if self.weights.len() != h {
+            candle_core::bail!(
+                "guide.weights: {} weights for a chunk of {h} points",
+                self.weights.len()
+            );
+        }
+        if let Some(w) = self.weights.iter().find(|w| !(0.0..=1.0).contains(*w)) {
+            candle_core::bail!("guide.weights: {w} is outside [0, 1]");
+        }
+        let w = Tensor::from_vec(self.weights.clone(), (1, h, 1), noise.device())?
+            .to_dtype(noise.dtype())?;
+        Ok((self.target.to_dtype(noise.dtype())?, w))
     }
 }
 
