@@ -220,7 +220,12 @@ pub struct LoopTiming {
     pub missed_ticks: u64,
     pub deadline_overruns: u64,
     pub hold_ticks: u64,
+    /// Inferences whose chunk was not followed: the policy failed, or its chunk could not be
+    /// turned into a trajectory (e.g. an unreachable first target).
     pub inference_errors: u64,
+    /// The distinct last errors of the episodes that had any, with how many episodes ended on
+    /// each.
+    pub inference_error_kinds: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -635,6 +640,19 @@ fn loop_timing(episodes: &[rudder_robot::LoopMetrics]) -> Option<LoopTiming> {
         deadline_overruns: episodes.iter().map(|m| m.deadline_overruns).sum(),
         hold_ticks: episodes.iter().map(|m| m.hold_ticks).sum(),
         inference_errors: episodes.iter().map(|m| m.inference_errors).sum(),
+        inference_error_kinds: {
+            let mut kinds: Vec<(String, usize)> = Vec::new();
+            for e in episodes
+                .iter()
+                .filter_map(|m| m.last_inference_error.as_ref())
+            {
+                match kinds.iter_mut().find(|(k, _)| k == e) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((e.clone(), 1)),
+                }
+            }
+            kinds
+        },
     })
 }
 
@@ -729,6 +747,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             t.hold_ticks,
             t.ticks
         );
+        if t.inference_errors > 0 {
+            println!(
+                "{} inferences not followed; last error of the episodes that had any:",
+                t.inference_errors
+            );
+            for (e, n) in &t.inference_error_kinds {
+                println!("  {n} x {e}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -969,6 +996,9 @@ mod tests {
                 assert!(
                     t.worst_period_error_p99_us >= 0.0 && t.worst_period_error_p99_us.is_finite()
                 );
+                let episodes_with_errors: usize = t.inference_error_kinds.iter().map(|k| k.1).sum();
+                assert!(episodes_with_errors <= r.runs.len(), "{t:?}");
+                assert_eq!(episodes_with_errors == 0, t.inference_errors == 0, "{t:?}");
             }
         }
     }
