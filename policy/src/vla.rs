@@ -448,7 +448,7 @@ impl VlaPolicy {
         prompt_text: &str,
         seed: u64,
         hooks: Option<&mut Hooks>,
-        guide: Option<(&[f32], Vec<f32>)>,
+        guide: Option<(Vec<f32>, Vec<f32>)>,
     ) -> Result<InferredChunk, FlowError> {
         let cams = self.settings.cameras.len();
         let size = self.image_size();
@@ -553,7 +553,7 @@ impl VlaPolicy {
         let cache = model.prefix_cache(&inputs, hooks)?;
         let guide = match guide {
             Some((target, weights)) => Some(pi0::ChunkGuide {
-                target: Tensor::from_vec(target.to_vec(), (1, h, a), &self.device)?,
+                target: Tensor::from_vec(target, (1, h, a), &self.device)?,
                 weights,
             }),
             None => None,
@@ -639,7 +639,7 @@ impl VlaPolicy {
                 &obs.instruction,
                 self.next_seed(),
                 hooks,
-                guide.as_ref().map(|(t, w)| (t.as_slice(), w.clone())),
+                guide,
             )
             .map_err(|e| match e {
                 FlowError::Input { input, problem } if input == "state" => {

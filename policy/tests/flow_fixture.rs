@@ -9,6 +9,16 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf-tiny/pi0")
 }
 
+/// The fixture's config and weights in a fresh temp folder named `{name}-{pid}`.
+fn fixture_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
 fn image(h: u32, w: u32, seed: u8) -> ImageRgb8 {
     let data = (0..h * w * 3)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -88,11 +98,7 @@ fn bad_inputs_name_the_input() {
 
 #[test]
 fn normalization_and_robot_policy() {
-    let dir = std::env::temp_dir().join(format!("rudder-flow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
-    }
+    let dir = fixture_copy("rudder-flow");
     let imgs = |p: &VlaPolicy| vec![(p.cameras()[0].clone(), image(32, 32, 3))];
     let plain = VlaPolicy::load(&dir).unwrap();
     let base = plain.infer_raw(&imgs(&plain), &[0.0; 8], "go", 0).unwrap();
@@ -162,11 +168,7 @@ fn normalization_and_robot_policy() {
 #[test]
 fn inpainting_ties_each_chunk_to_the_previous_tail() {
     use rudder_policy::Inpainting;
-    let dir = std::env::temp_dir().join(format!("rudder-inpaint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
-    }
+    let dir = fixture_copy("rudder-inpaint");
     std::fs::write(
         dir.join("policy.json"),
         r#"{"cameras": ["agentview", "wrist"], "dt": 0.1, "inpainting": "hard"}"#,
