@@ -82,8 +82,15 @@ def main():
         print(f"{'forward b1 s' + str(s):24s} {out[f'fwd_b1_s{s}']['median_ms']:10.2f} "
               f"{res[f'torch_fwd_b1_s{s}_ms']:10.2f} {res[f'ratio_fwd_s{s}']:7.3f}")
     if a.lora:
-        print(f"{'LoRA step b8 s64':24s} {out['lora_step_b8_s64']['median_ms']:10.2f} "
-              f"{res['torch_lora_step_b8_s64_ms']:10.2f} {res['ratio_lora_step']:7.3f}")
+        lo = out["lora_step_b8_s64"]
+        tl = res["torch_lora_step_b8_s64_ms"]
+        print(f"{'LoRA step b8 s64':24s} {lo['median_ms']:10.2f} {tl:10.2f} {res['ratio_lora_step']:7.3f}"
+              f"   ({lo.get('backward', 'autograd')} backward)")
+        if "autograd_median_ms" in lo:
+            print(f"{'  same, candle autograd':24s} {lo['autograd_median_ms']:10.2f} {tl:10.2f} "
+                  f"{lo['autograd_median_ms'] / tl:7.3f}")
+        ff = out["full_ft_step_b8_s64"]
+        print(f"full fine-tuning step b8 s64: {ff['median_ms']:.1f} ms, {ff['tokens_per_s']:.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -368,6 +368,7 @@ fn train_steps(
 ) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     use rudder_tune::peft::{self, LoraConfig};
     use rudder_tune::train::adamw::{collect_grads, AdamW, AdamWConfig};
+    use rudder_tune::train::lora_backprop::LoraBackprop;
     use rudder_tune::train::sft::causal_lm_loss;
     use rudder_tune::train::{Rng, SftExample};
     let (b, s) = (8usize, 64usize);
@@ -399,7 +400,21 @@ fn train_steps(
         .model
         .decoder()
         .ok_or_else(|| anyhow::anyhow!("no decoder"))?;
+    // The step `rudder train --lora` takes: the hand-written backward pass where it covers
+    // the model, and candle autograd (timed beside it) for comparison.
+    let pass = LoraBackprop::new(dec).ok();
     let lora = time(a.runs, a.warmup, || {
+        let grads = match &pass {
+            Some(p) => p.loss_and_grads(dec, &batch, 0)?.2.for_params(&opt.params),
+            None => {
+                let (loss, _) = causal_lm_loss(dec, &batch, 0)?;
+                collect_grads(&opt.params, &loss.backward()?)
+            }
+        };
+        opt.step(&grads, 1e-4)?;
+        Ok(())
+    })?;
+    let autograd = time(a.runs.clamp(1, 5), 1, || {
         let (loss, _) = causal_lm_loss(dec, &batch, 0)?;
         let grads = collect_grads(&opt.params, &loss.backward()?);
         opt.step(&grads, 1e-4)?;
@@ -432,7 +447,9 @@ fn train_steps(
     let tokens = (b * s) as f64;
     Ok((
         serde_json::json!({"median_ms": lora.median_ms, "min_ms": lora.min_ms, "max_ms": lora.max_ms,
-                           "tokens_per_s": tokens / (lora.median_ms * 1e-3)}),
+                           "tokens_per_s": tokens / (lora.median_ms * 1e-3),
+                           "backward": if pass.is_some() { "hand-written" } else { "autograd" },
+                           "autograd_median_ms": autograd.median_ms}),
         serde_json::json!({"median_ms": full.median_ms, "min_ms": full.min_ms, "max_ms": full.max_ms,
                            "tokens_per_s": tokens / (full.median_ms * 1e-3)}),
     ))

@@ -506,12 +506,17 @@ fn sft(a: SftArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let backward = match loaded.model.decoder() {
+        Some(dec) => trainer.choose_backward(dec),
+        None => anyhow::bail!("model has no decoder"),
+    };
     eprintln!(
-        "training {} ({} trainable parameters, {} examples) for {} steps",
+        "training {} ({} trainable parameters, {} examples) for {} steps; gradients: {}",
         if a.lora { "LoRA" } else { "all weights" },
         n_trainable,
         data.len(),
-        a.steps
+        a.steps,
+        backward
     );
     let bar = if a.quiet {
         ProgressBar::hidden()

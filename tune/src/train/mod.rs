@@ -5,6 +5,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod cross_entropy;
+pub mod lora_backprop;
 pub mod rng;
 pub mod schedule;
 pub mod sft;

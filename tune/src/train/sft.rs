@@ -43,41 +43,83 @@ pub fn causal_lm_loss(
     batch: &[&SftExample],
     pad: u32,
 ) -> candle_core::Result<(Tensor, usize)> {
-    let b = batch.len();
-    let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
-    if b == 0 || t < 2 {
-        candle_core::bail!("sft: a batch needs sequences of at least 2 tokens");
-    }
-    let dev = decoder.device().clone();
-    let mut ids = Vec::with_capacity(b * t);
-    // One target and weight per logits row; the last position of each sequence predicts
-    // nothing (weight 0), so the logits need no narrowing.
-    let mut targets = Vec::with_capacity(b * t);
-    let mut counted = Vec::with_capacity(b * t);
-    let mut n = 0usize;
-    for e in batch {
-        for i in 0..t {
-            ids.push(e.tokens.get(i).copied().unwrap_or(pad));
-        }
-        for i in 1..=t {
-            let real = i < e.tokens.len();
-            targets.push(if real { e.tokens[i] } else { pad });
-            let m = real && e.counts(i);
-            n += m as usize;
-            counted.push(m);
-        }
-    }
-    if n == 0 {
-        candle_core::bail!("sft: no token in the batch counts towards the loss (check loss_mask)");
-    }
-    let weights: Vec<f32> = counted
-        .iter()
-        .map(|&m| if m { 1.0 / n as f32 } else { 0.0 })
-        .collect();
-    let ids = Tensor::from_vec(ids, (b, t), &dev)?;
+    let lm = LmBatch::new(batch, pad)?;
+    let ids = Tensor::from_vec(lm.ids.clone(), (lm.batch, lm.seq), decoder.device())?;
     let (logits, _) = decoder.forward_ids(&ids, 0, None, None, false)?;
-    let loss = super::cross_entropy::weighted_cross_entropy(&logits, &targets, &weights)?;
-    Ok((loss, n))
+    let loss = super::cross_entropy::weighted_cross_entropy(&logits, &lm.targets, &lm.weights)?;
+    Ok((loss, lm.counted))
+}
+
+/// A right-padded batch laid out for next-token prediction: one target and loss weight per
+/// position. The last position of each sequence predicts nothing (weight 0), so the logits
+/// need no narrowing.
+#[derive(Debug, Clone)]
+pub struct LmBatch {
+    pub batch: usize,
+    pub seq: usize,
+    /// `[batch * seq]` input ids, pads after each sequence.
+    pub ids: Vec<u32>,
+    pub targets: Vec<u32>,
+    /// `1 / counted` where the position counts, else 0: the weighted sum is the mean loss.
+    pub weights: Vec<f32>,
+    pub counted: usize,
+}
+
+impl LmBatch {
+    /// Sequences `seqs` of this batch, keeping the weights (so shard losses add up to the
+    /// whole batch's mean).
+    pub fn shard(&self, seqs: std::ops::Range<usize>) -> Self {
+        let rows = seqs.start * self.seq..seqs.end * self.seq;
+        Self {
+            batch: seqs.len(),
+            seq: self.seq,
+            ids: self.ids[rows.clone()].to_vec(),
+            targets: self.targets[rows.clone()].to_vec(),
+            weights: self.weights[rows].to_vec(),
+            counted: self.counted,
+        }
+    }
+
+    pub fn new(batch: &[&SftExample], pad: u32) -> candle_core::Result<Self> {
+        let b = batch.len();
+        let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+        if b == 0 || t < 2 {
+            candle_core::bail!("sft: a batch needs sequences of at least 2 tokens");
+        }
+        let mut ids = Vec::with_capacity(b * t);
+        let mut targets = Vec::with_capacity(b * t);
+        let mut counted = Vec::with_capacity(b * t);
+        let mut n = 0usize;
+        for e in batch {
+            for i in 0..t {
+                ids.push(e.tokens.get(i).copied().unwrap_or(pad));
+            }
+            for i in 1..=t {
+                let real = i < e.tokens.len();
+                targets.push(if real { e.tokens[i] } else { pad });
+                let m = real && e.counts(i);
+                n += m as usize;
+                counted.push(m);
+            }
+        }
+        if n == 0 {
+            candle_core::bail!(
+                "sft: no token in the batch counts towards the loss (check loss_mask)"
+            );
+        }
+        let weights = counted
+            .iter()
+            .map(|&m| if m { 1.0 / n as f32 } else { 0.0 })
+            .collect();
+        Ok(Self {
+            batch: b,
+            seq: t,
+            ids,
+            targets,
+            weights,
+            counted: n,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +183,16 @@ pub struct SftTrainer {
     order: Vec<usize>,
     cursor: usize,
     epoch: u64,
+    backward: Backward,
+}
+
+/// How a step computes gradients: chosen on the first step, from the decoder it is given.
+enum Backward {
+    Unchosen,
+    /// The hand-written pass (every trainable parameter is a LoRA adapter weight).
+    LoraPass(Box<super::lora_backprop::LoraBackprop>),
+    /// candle autograd, and why the hand-written pass does not apply.
+    Autograd(String),
 }
 
 impl SftTrainer {
@@ -176,7 +228,35 @@ impl SftTrainer {
             order,
             cursor: 0,
             epoch: 0,
+            backward: Backward::Unchosen,
         })
+    }
+
+    /// Computes gradients through candle autograd even where the hand-written LoRA pass
+    /// applies (to compare the two, or to rule the pass out when debugging).
+    pub fn prefer_autograd(&mut self) {
+        self.backward = Backward::Autograd("requested".into());
+    }
+
+    /// Picks how gradients are computed for `decoder` (the first step does it anyway) and
+    /// says which, for the log.
+    pub fn choose_backward(&mut self, decoder: &Decoder) -> String {
+        use super::lora_backprop::LoraBackprop;
+        if matches!(self.backward, Backward::Unchosen) {
+            self.backward = if !LoraBackprop::covers(decoder, &self.opt.params) {
+                Backward::Autograd("not every trainable weight is a LoRA adapter".into())
+            } else {
+                match LoraBackprop::new(decoder) {
+                    Ok(p) => Backward::LoraPass(Box::new(p)),
+                    Err(why) => Backward::Autograd(why),
+                }
+            };
+        }
+        match &self.backward {
+            Backward::LoraPass(_) => "hand-written LoRA backward pass".into(),
+            Backward::Autograd(why) => format!("candle autograd ({why})"),
+            Backward::Unchosen => "undecided".into(),
+        }
     }
 
     pub fn step_count(&self) -> u64 {
@@ -208,11 +288,71 @@ impl SftTrainer {
             .flatten()
             .map(|&i| data[i].tokens.len().saturating_sub(1))
             .sum();
+        self.choose_backward(decoder);
+        let (loss_sum, mut grads) = match &self.backward {
+            Backward::LoraPass(pass) => {
+                let mut parts = Vec::with_capacity(micro.len());
+                let mut counted = 0usize;
+                for idx in &micro {
+                    let batch: Vec<&SftExample> = idx.iter().map(|&i| &data[i]).collect();
+                    let (loss, n, g) = pass
+                        .loss_and_grads(decoder, &batch, self.cfg.pad_id)
+                        .context("sft forward/backward")?;
+                    counted += n;
+                    parts.push((loss, n, g.for_params(&self.opt.params)));
+                }
+                let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params.len()];
+                let mut loss_sum = 0f64;
+                for (loss, n, part) in parts {
+                    let w = n as f64 / counted as f64;
+                    loss_sum += loss * w;
+                    for (g, new) in grads.iter_mut().zip(part) {
+                        let new = match new {
+                            Some(t) if w != 1.0 => Some((t * w).context("scale gradient")?),
+                            other => other,
+                        };
+                        *g = match (g.take(), new) {
+                            (Some(a), Some(b)) => Some((a + b).context("accumulate")?),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                }
+                (loss_sum, grads)
+            }
+            _ => self.autograd_grads(decoder, data, &micro)?,
+        };
+        let grad_norm = match self.cfg.max_grad_norm {
+            Some(m) => clip_grad_norm(&mut grads, m).context("clip")?,
+            None => {
+                let mut g2 = grads.clone();
+                clip_grad_norm(&mut g2, f64::INFINITY).context("norm")?
+            }
+        };
+        let lr = self.sched.lr(self.opt.step);
+        self.opt.step(&grads, lr).context("optimizer step")?;
+        let dt = t0.elapsed().as_secs_f64();
+        Ok(StepStats {
+            step: self.opt.step,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens: total_tokens,
+            tokens_per_s: total_tokens as f64 / dt.max(1e-9),
+        })
+    }
+
+    /// Mean loss and gradients over the micro-batches through candle autograd.
+    fn autograd_grads(
+        &self,
+        decoder: &Decoder,
+        data: &[SftExample],
+        micro: &[Vec<usize>],
+    ) -> Result<(f64, Vec<Option<Tensor>>)> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params.len()];
         let mut loss_sum = 0f64;
         let mut counted = 0usize;
         let mut losses = Vec::new();
-        for idx in &micro {
+        for idx in micro {
             let batch: Vec<&SftExample> = idx.iter().map(|&i| &data[i]).collect();
             let (loss, n) =
                 causal_lm_loss(decoder, &batch, self.cfg.pad_id).context("sft forward")?;
@@ -240,24 +380,7 @@ impl SftTrainer {
                 };
             }
         }
-        let grad_norm = match self.cfg.max_grad_norm {
-            Some(m) => clip_grad_norm(&mut grads, m).context("clip")?,
-            None => {
-                let mut g2 = grads.clone();
-                clip_grad_norm(&mut g2, f64::INFINITY).context("norm")?
-            }
-        };
-        let lr = self.sched.lr(self.opt.step);
-        self.opt.step(&grads, lr).context("optimizer step")?;
-        let dt = t0.elapsed().as_secs_f64();
-        Ok(StepStats {
-            step: self.opt.step,
-            loss: loss_sum,
-            lr,
-            grad_norm,
-            tokens: total_tokens,
-            tokens_per_s: total_tokens as f64 / dt.max(1e-9),
-        })
+        Ok((loss_sum, grads))
     }
 
     /// Writes `root/checkpoint-{step}` (trainable weights, optimizer moments, trainer state)
