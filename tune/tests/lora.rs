@@ -139,6 +139,19 @@ fn one_adamw_step_matches_pytorch() {
         let d = max_abs_diff(g.as_ref().unwrap(), want).unwrap();
         assert!(d < 1e-5, "grad {name}: {d}");
     }
+    // The hand-written pass `rudder train` uses against the same oracle.
+    let dec = m.model.decoder().unwrap();
+    let pass = rudder_tune::train::lora_backprop::LoraBackprop::new(dec).unwrap();
+    let (pass_loss, _, pass_grads) = pass.loss_and_grads(dec, &batch, 0).unwrap();
+    assert!(
+        (pass_loss as f32 - want_loss).abs() < 1e-5,
+        "hand-written loss {pass_loss} vs {want_loss}"
+    );
+    for ((name, _), g) in params.iter().zip(pass_grads.for_params(&params)) {
+        let want = reference.get(&runtime(name, "grad")).unwrap();
+        let d = max_abs_diff(&g.unwrap(), want).unwrap();
+        assert!(d < 1e-5, "hand-written grad {name}: {d}");
+    }
     let cfg = AdamWConfig {
         lr: 1e-2,
         beta1: 0.9,

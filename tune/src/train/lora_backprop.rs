@@ -1039,24 +1039,46 @@ impl<'a> Pass<'a> {
                 let q = &qkv[base + head * d..];
                 let k = &qkv[base + dm.q + kvh * d..];
                 let v = &qkv[base + dm.q + dm.kv + kvh * d..];
-                matmul(t, t, d, q, width, 1, k, 1, width, p, t, false, scale, none);
-                for (i, row) in p.chunks_mut(t).enumerate() {
-                    let (live, masked) = row.split_at_mut(i + 1);
-                    fastmath::softmax_row(live, None);
-                    masked.fill(0.0);
-                }
-                // SAFETY: each (sequence, head) pair writes its own d columns of its own t rows
-                // of `attn` (in bounds by the assert above); `v` holds t rows of width `width`.
-                unsafe {
-                    matmul_raw(
-                        (t, d, t),
-                        (p.as_ptr(), t, 1),
-                        (v.as_ptr(), width, 1),
-                        (attn_ptr.get().add(bi * t * dm.q + head * d), dm.q),
+                // Row blocks of queries see only the keys up to their last row: the causal
+                // mask's zeros are never computed.
+                for r0 in (0..t).step_by(CAUSAL_BLOCK) {
+                    let r1 = (r0 + CAUSAL_BLOCK).min(t);
+                    let rows = &mut p[r0 * t..];
+                    matmul(
+                        r1 - r0,
+                        r1,
+                        d,
+                        &q[r0 * width..],
+                        width,
+                        1,
+                        k,
+                        1,
+                        width,
+                        rows,
+                        t,
                         false,
-                        1.0,
+                        scale,
                         none,
                     );
+                    for (i, row) in rows.chunks_mut(t).take(r1 - r0).enumerate() {
+                        let (live, masked) = row.split_at_mut(r0 + i + 1);
+                        fastmath::softmax_row(live, None);
+                        masked.fill(0.0);
+                    }
+                    // SAFETY: each (sequence, head) pair writes its own d columns of its own t
+                    // rows of `attn` (in bounds by the assert above); `v` holds t rows of
+                    // width `width`.
+                    unsafe {
+                        matmul_raw(
+                            (r1 - r0, d, r1),
+                            (p[r0 * t..].as_ptr(), t, 1),
+                            (v.as_ptr(), width, 1),
+                            (attn_ptr.get().add((bi * t + r0) * dm.q + head * d), dm.q),
+                            false,
+                            1.0,
+                            none,
+                        );
+                    }
                 }
             });
     }
@@ -1080,57 +1102,80 @@ impl<'a> Pass<'a> {
                 let p = &probs[(bi * dm.heads + head) * t * t..][..t * t];
                 let q = &qkv[base + head * d..];
                 let dout = &dattn[bi * t * dm.q + head * d..];
-                // dP = dO V^T.
-                matmul(
-                    t, t, d, dout, dm.q, 1, v, 1, width, &mut dp, t, false, 1.0, none,
-                );
-                // dS = P (dP - rowsum(dP P)) * scale, in place.
-                for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                    let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                    for (g, &pv) in dprow.iter_mut().zip(prow) {
-                        *g = pv * (*g - dot) * scale;
-                    }
-                }
-                // SAFETY: this task alone writes the q columns of its group's heads and the k
-                // and v columns of its kv head, on its own sequence's t rows (in bounds by the
-                // asserts above).
-                unsafe {
-                    let at = |off: usize| dptr.get().add(base + off);
-                    // dV += P^T dO.
-                    matmul_raw(
-                        (t, d, t),
-                        (p.as_ptr(), 1, t),
-                        (dout.as_ptr(), dm.q, 1),
-                        (at(dm.q + dm.kv + kvh * d), width),
-                        true,
-                        1.0,
-                        none,
-                    );
-                    // dQ = dS K.
-                    matmul_raw(
-                        (t, d, t),
-                        (dp.as_ptr(), t, 1),
-                        (k.as_ptr(), width, 1),
-                        (at(head * d), width),
+                for r0 in (0..t).step_by(CAUSAL_BLOCK) {
+                    let r1 = (r0 + CAUSAL_BLOCK).min(t);
+                    let pb = &p[r0 * t..];
+                    let db = &mut dp[r0 * t..];
+                    let ob = &dout[r0 * dm.q..];
+                    // dP = dO V^T.
+                    matmul(
+                        r1 - r0,
+                        r1,
+                        d,
+                        ob,
+                        dm.q,
+                        1,
+                        v,
+                        1,
+                        width,
+                        db,
+                        t,
                         false,
                         1.0,
                         none,
                     );
-                    // dK += dS^T Q.
-                    matmul_raw(
-                        (t, d, t),
-                        (dp.as_ptr(), 1, t),
-                        (q.as_ptr(), width, 1),
-                        (at(dm.q + kvh * d), width),
-                        true,
-                        1.0,
-                        none,
-                    );
+                    // dS = P (dP - rowsum(dP P)) * scale, in place.
+                    for (prow, dprow) in pb.chunks(t).zip(db.chunks_mut(t)).take(r1 - r0) {
+                        let (prow, dprow) = (&prow[..r1], &mut dprow[..r1]);
+                        let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                        for (g, &pv) in dprow.iter_mut().zip(prow) {
+                            *g = pv * (*g - dot) * scale;
+                        }
+                    }
+                    // SAFETY: this task alone writes the q columns of its group's heads and
+                    // the k and v columns of its kv head, on its own sequence's t rows (in
+                    // bounds by the asserts above).
+                    unsafe {
+                        let at = |off: usize| dptr.get().add(base + off);
+                        // dV[..r1] += P^T dO.
+                        matmul_raw(
+                            (r1, d, r1 - r0),
+                            (pb.as_ptr(), 1, t),
+                            (ob.as_ptr(), dm.q, 1),
+                            (at(dm.q + dm.kv + kvh * d), width),
+                            true,
+                            1.0,
+                            none,
+                        );
+                        // dQ = dS K.
+                        matmul_raw(
+                            (r1 - r0, d, r1),
+                            (db.as_ptr(), t, 1),
+                            (k.as_ptr(), width, 1),
+                            (at(r0 * width + head * d), width),
+                            false,
+                            1.0,
+                            none,
+                        );
+                        // dK[..r1] += dS^T Q.
+                        matmul_raw(
+                            (r1, d, r1 - r0),
+                            (db.as_ptr(), 1, t),
+                            (q[r0 * width..].as_ptr(), width, 1),
+                            (at(dm.q + kvh * d), width),
+                            true,
+                            1.0,
+                            none,
+                        );
+                    }
                 }
             }
         });
     }
 }
+
+/// Query rows per block of the causal attention (a multiple of the 16-float vector width).
+const CAUSAL_BLOCK: usize = 32;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
