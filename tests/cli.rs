@@ -134,6 +134,12 @@ fn sft_trains_a_lora_adapter_that_loads_back() {
         stdout.contains("step      3") && stdout.contains("loss"),
         "{stdout}"
     );
+    // LoRA without dropout on a Llama takes the hand-written backward pass.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gradients: hand-written LoRA backward pass"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_to_string(out_dir.join("latest"))
             .unwrap()
