@@ -1127,7 +1127,7 @@ impl<'a> Pass<'a> {
                     // dS = P (dP - rowsum(dP P)) * scale, in place.
                     for (prow, dprow) in pb.chunks(t).zip(db.chunks_mut(t)).take(r1 - r0) {
                         let (prow, dprow) = (&prow[..r1], &mut dprow[..r1]);
-                        let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                        let dot = dot(prow, dprow);
                         for (g, &pv) in dprow.iter_mut().zip(prow) {
                             *g = pv * (*g - dot) * scale;
                         }
@@ -1283,7 +1283,7 @@ fn rms_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) {
         .zip(x.par_chunks(h))
         .zip(inv.par_iter_mut())
         .for_each(|((yr, xr), iv)| {
-            let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+            let ms: f32 = dot(xr, xr) / h as f32;
             let r = 1.0 / (ms + eps).sqrt();
             *iv = r;
             for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
@@ -1300,11 +1300,7 @@ fn rms_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32]) {
         .zip(dy.par_chunks(h))
         .zip(inv.par_iter())
         .for_each(|(((dxr, xr), dyr), &r)| {
-            let mut dot = 0f32;
-            for ((&xv, &g), &wv) in xr.iter().zip(dyr).zip(w) {
-                dot += g * wv * xv * r;
-            }
-            let c = dot / h as f32;
+            let c = r * dot3(xr, dyr, w) / h as f32;
             for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
                 *o += r * (g * wv - xv * r * c);
             }
@@ -1325,11 +1321,50 @@ fn cross_entropy_in_place(logits: &mut [f32], v: usize, targets: &[u32], weights
             }
             let lse = fastmath::log_sum_exp(row);
             let loss = (lse - row[tg as usize]) as f64 * wt as f64;
+            fastmath::softmax_row(row, None);
             for x in row.iter_mut() {
-                *x = (*x - lse).exp() * wt;
+                *x *= wt;
             }
             row[tg as usize] -= wt;
             loss
         })
         .sum()
+}
+
+/// Sum of `a[i] * b[i]` over 16 independent lanes, so the loop vectorises (a single running sum
+/// would serialise on the add's latency).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of `a[i] * b[i] * c[i]`, vectorised as [`dot`].
+fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc, cc) = (a.chunks_exact(16), b.chunks_exact(16), c.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+        .map(|((x, y), z)| x * y * z)
+        .sum();
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i] * z[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
