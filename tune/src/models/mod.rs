@@ -2,6 +2,7 @@
 //! taking weights by their Hub names.
 
 pub mod decoder;
+pub(crate) mod decoder_cpu;
 pub mod gemma;
 pub mod llama;
 pub mod paligemma;
