@@ -4,9 +4,10 @@
 //! multiplies by transposed weight views that its gemm runs up to 1.8x slower than contiguous
 //! ones; for a LoRA step, where only the small adapters learn, that bookkeeping costs more than
 //! the arithmetic. This pass keeps both layouts of every frozen weight, fuses q/k/v and
-//! gate/up into single matmuls, saves just what the backward needs, and computes gradients
-//! for the adapters alone. `tests/lora_backprop.rs` checks loss and gradients against the
-//! autograd path; `SftTrainer` and `rudder bench llama --lora` use it where
+//! gate/up into single matmuls, saves just what the backward needs, computes gradients for
+//! the adapters alone, and gives each thread whole sequences of the batch (single-threaded
+//! matmuls, no synchronisation inside a layer). `tune/tests/lora_backprop.rs` checks loss and
+//! gradients against the autograd path, `tune/tests/lora.rs` against PEFT's; `SftTrainer` and `rudder bench llama --lora` use it where
 //! [`LoraBackprop::new`] accepts the model, and autograd everywhere else.
 
 use candle_core::{DType, Tensor, TensorId};
