@@ -135,6 +135,24 @@ struct Timing {
     max_ms: f64,
 }
 
+impl Timing {
+    /// Median, min and max of at least one sample (ms).
+    fn from_samples(mut ts: Vec<f64>) -> Self {
+        ts.sort_by(|a, b| a.total_cmp(b));
+        let n = ts.len();
+        let median = if n % 2 == 1 {
+            ts[n / 2]
+        } else {
+            0.5 * (ts[n / 2 - 1] + ts[n / 2])
+        };
+        Self {
+            median_ms: median,
+            min_ms: ts[0],
+            max_ms: ts[n - 1],
+        }
+    }
+}
+
 fn time<F: FnMut() -> anyhow::Result<()>>(
     runs: usize,
     warmup: usize,
@@ -149,18 +167,7 @@ fn time<F: FnMut() -> anyhow::Result<()>>(
         f()?;
         ts.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    ts.sort_by(|a, b| a.total_cmp(b));
-    let n = ts.len();
-    let median = if n % 2 == 1 {
-        ts[n / 2]
-    } else {
-        0.5 * (ts[n / 2 - 1] + ts[n / 2])
-    };
-    Ok(Timing {
-        median_ms: median,
-        min_ms: ts[0],
-        max_ms: ts[n - 1],
-    })
+    Ok(Timing::from_samples(ts))
 }
 
 /// Times `f(false)` and `f(true)` alternately (A B B A ...), each `runs` times.
@@ -180,22 +187,8 @@ fn time_interleaved<F: FnMut(bool) -> anyhow::Result<()>>(
         f(second)?;
         ts[second as usize].push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let summarize = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            0.5 * (v[n / 2 - 1] + v[n / 2])
-        };
-        Timing {
-            median_ms: median,
-            min_ms: v[0],
-            max_ms: v[n - 1],
-        }
-    };
     let [a, b] = ts;
-    Ok((summarize(a), summarize(b)))
+    Ok((Timing::from_samples(a), Timing::from_samples(b)))
 }
 
 /// Multiply-adds of one forward pass over `t` tokens, counted as 2 FLOPs each.
