@@ -428,6 +428,75 @@ impl FusedAttention {
     }
 }
 
+impl FusedAttention {
+    /// One (batch, head) through the panel kernel: `K^T` (pre-scaled) and `V` packed once, then
+    /// per block of queries the scores, their softmax, and `P V` straight into the output.
+    ///
+    /// # Safety
+    /// `block_end` holds this batch row's [`FusedAttention::block_ends`].
+    /// The views must have passed [`FusedAttention::check`], `qv.stride[3]` must be 1, the CPU
+    /// must run the panel kernel, and `out` must address t rows (`ors` apart) of `d` writable
+    /// floats that no other thread touches.
+    unsafe fn head_packed(
+        &self,
+        (q, qv): (&[f32], &View4),
+        (k, kv): (&[f32], &View4),
+        (v, vv): (&[f32], &View4),
+        (bi, hi, khi): (usize, usize, usize),
+        block_end: &[usize],
+        (out, ors): (*mut f32, usize),
+    ) {
+        use super::packed_gemm::{pack_panels, panel_matmul};
+        let [_, _, t, d] = qv.dims;
+        let s = kv.dims[2];
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        let mut kp = Vec::new();
+        let mut vp = Vec::new();
+        let k0 = kv.at(bi, khi, 0);
+        pack_panels(
+            &mut kp,
+            &k[k0..],
+            (d, s),
+            (kv.stride[3], kv.stride[2]),
+            self.scale,
+        );
+        let v0 = vv.at(bi, khi, 0);
+        pack_panels(&mut vp, &v[v0..], (s, d), (vv.stride[2], vv.stride[3]), 1.0);
+        let mut scores = vec![0f32; QUERY_BLOCK.min(t) * s];
+        for blk in 0..blocks {
+            let r0 = blk * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(t - r0);
+            let kend = block_end[blk];
+            let sc = &mut scores[..rows * kend];
+            // SAFETY: q's rows r0..r0+rows of head hi hold d contiguous floats (stride 1);
+            // the panels hold d x s (keys) and s x d (values), and kend <= s.
+            unsafe {
+                panel_matmul(
+                    (q.as_ptr().add(qv.at(bi, hi, r0)), qv.stride[2]),
+                    (rows, d),
+                    (kp.as_ptr(), d, kend),
+                    (0, kend.div_ceil(super::packed_gemm::PANEL)),
+                    (sc.as_mut_ptr(), kend),
+                );
+            }
+            for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
+                let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
+                softmax_row(row, mask);
+            }
+            // SAFETY: as above; the output rows r0..r0+rows are this task's.
+            unsafe {
+                panel_matmul(
+                    (sc.as_ptr(), kend),
+                    (rows, kend),
+                    (vp.as_ptr(), s, d),
+                    (0, d.div_ceil(super::packed_gemm::PANEL)),
+                    (out.add(r0 * ors), ors),
+                );
+            }
+        }
+    }
+}
+
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -461,9 +530,27 @@ impl CustomOp3 for FusedAttention {
         let block_end = self.block_ends(b, t, s);
         let (vp, op) = (v.as_ptr() as usize, out.as_mut_ptr() as usize);
         let out_row = heads * d;
+        // The panel kernel reads query rows as contiguous vectors.
+        let packed = super::packed_gemm::available() && qv.stride[3] == 1;
         let work = |bh: usize| {
             let (bi, hi) = (bh / heads, bh % heads);
             let khi = hi / rep;
+            if packed {
+                let o = (op as *mut f32).wrapping_add(bi * t * out_row + hi * d);
+                // SAFETY: this task alone writes rows 0..t, columns hi*d..(hi+1)*d of batch
+                // bi's output (row stride out_row), inside `out`, which outlives the scope.
+                unsafe {
+                    self.head_packed(
+                        (q, &qv),
+                        (k, &kv),
+                        (v, &vv),
+                        (bi, hi, khi),
+                        &block_end[bi * blocks..(bi + 1) * blocks],
+                        (o, out_row),
+                    )
+                };
+                return;
+            }
             let mut scores = vec![0f32; QUERY_BLOCK.min(t) * s];
             for blk in 0..blocks {
                 let r0 = blk * QUERY_BLOCK;

@@ -1,8 +1,12 @@
 //! A linear layer `y = x W^T + b` with the Hub's `weight` / `bias` names, and an optional LoRA
 //! adapter slot that the fine-tuning core fills.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+
+use super::packed_gemm::PackedWeight;
 
 use crate::lora::LoraSlot;
 
@@ -15,6 +19,10 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// LoRA adapters attached to this layer (none by default).
     pub lora: LoraSlot,
+    /// `wt` packed for the CPU inference kernel, made on the first untracked f32 forward. Only
+    /// a frozen weight is packed (a training variable changes in place), and every method that
+    /// replaces `wt` clears it.
+    packed: OnceLock<Option<Arc<PackedWeight>>>,
 }
 
 impl Linear {
@@ -34,6 +42,7 @@ impl Linear {
             wt: weight.t()?.contiguous()?,
             bias,
             lora: LoraSlot::default(),
+            packed: OnceLock::new(),
         })
     }
 
@@ -43,6 +52,7 @@ impl Linear {
             wt,
             bias,
             lora: LoraSlot::default(),
+            packed: OnceLock::new(),
         }
     }
 
@@ -58,6 +68,24 @@ impl Linear {
 
     pub fn set_weight_t(&mut self, wt: Tensor) {
         self.wt = wt;
+        self.packed = OnceLock::new();
+    }
+
+    /// The packed copy of a frozen, contiguous f32 CPU weight (made on first use), if this CPU
+    /// runs the packed kernel and the packing budget allows.
+    fn packed(&self) -> Option<&Arc<PackedWeight>> {
+        self.packed
+            .get_or_init(|| {
+                let (k, n) = self.wt.dims2().ok()?;
+                let (storage, layout) = self.wt.storage_and_layout();
+                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage
+                else {
+                    return None;
+                };
+                let (start, end) = layout.contiguous_offsets()?;
+                PackedWeight::new(&data[start..end], k, n).map(Arc::new)
+            })
+            .as_ref()
     }
 
     pub fn in_dim(&self) -> usize {
@@ -94,8 +122,14 @@ impl Linear {
                 wt: self.wt.clone(),
             })?
         } else if !x2.track_op() && !self.wt.track_op() && self.wt.is_contiguous() {
-            x2.contiguous()?
-                .apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?
+            match self.packed() {
+                Some(pw) => x2
+                    .contiguous()?
+                    .apply_op1_no_bwd(&PackedMatmul(pw.clone()))?,
+                None => x2
+                    .contiguous()?
+                    .apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?,
+            }
         } else {
             x2.matmul(&self.wt)?
         };
@@ -132,6 +166,7 @@ impl Linear {
         };
         let delta_t = a.delta_weight()?.t()?.to_dtype(self.wt.dtype())?;
         self.wt = (self.wt.detach() + delta_t)?.contiguous()?;
+        self.packed = OnceLock::new();
         self.lora.set_merged(Some(name));
         Ok(true)
     }
@@ -146,8 +181,47 @@ impl Linear {
         };
         let delta_t = a.delta_weight()?.t()?.to_dtype(self.wt.dtype())?;
         self.wt = (self.wt.detach() - delta_t)?.contiguous()?;
+        self.packed = OnceLock::new();
         self.lora.set_merged(None);
         Ok(true)
+    }
+}
+
+/// `x @ W^T` through the packed kernel (inference only).
+struct PackedMatmul(Arc<PackedWeight>);
+
+impl candle_core::CustomOp1 for PackedMatmul {
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("packed-matmul: expected f32 input");
+        };
+        let (m, k) = layout.shape().dims2()?;
+        if k != self.0.k() {
+            candle_core::bail!(
+                "packed-matmul: input has {k} features, the weight expects {}",
+                self.0.k()
+            );
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-matmul: input must be contiguous");
+        };
+        let n = self.0.n();
+        let mut out = super::fastmath::uninit_buffer(m * n);
+        self.0.matmul(&data[start..end], m, &mut out)?;
+        // SAFETY: the packed kernel writes every element of the m x n output.
+        let out = unsafe { super::fastmath::assume_init(out) };
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((m, n)),
+        ))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod matmul;
 pub mod mlp;
 pub mod norm;
+pub mod packed_gemm;
 pub mod rope;
 
 pub use attention::{Attention, AttentionConfig, KvCache};
