@@ -16,6 +16,12 @@ use super::fastmath::softmax_row;
 /// Queries per block: a block computes scores only up to the last key any of its rows sees.
 const QUERY_BLOCK: usize = 64;
 
+/// Queries per block on the panel-kernel path: one register block of rows, so under a causal
+/// mask each block stops at its own last key and little of the masked half is computed
+/// (64-query blocks compute 5/8 of the full score matrix at 256 tokens; these about 9/16
+/// with the panel padding of the scores, and exactly the triangle for `P V`).
+const PACKED_QUERY_BLOCK: usize = 6;
+
 /// An additive mask `[mask_batch, 1, q_len, k_len]` with `mask_batch` 1 or the batch.
 pub struct MaskRows {
     data: Vec<f32>,
@@ -94,12 +100,17 @@ impl View4 {
 impl FusedAttention {
     /// Per batch row and query block, one past the last key any query of the block sees.
     fn block_ends(&self, b: usize, t: usize, s: usize) -> Vec<usize> {
-        let blocks = t.div_ceil(QUERY_BLOCK);
+        self.block_ends_of(QUERY_BLOCK, b, t, s)
+    }
+
+    /// [`FusedAttention::block_ends`] for blocks of `block` queries.
+    fn block_ends_of(&self, block: usize, b: usize, t: usize, s: usize) -> Vec<usize> {
+        let blocks = t.div_ceil(block);
         (0..b * blocks)
             .map(|i| {
                 let (bi, blk) = (i / blocks, i % blocks);
-                let r0 = blk * QUERY_BLOCK;
-                let r1 = (r0 + QUERY_BLOCK).min(t);
+                let r0 = blk * block;
+                let r1 = (r0 + block).min(t);
                 match &self.mask {
                     Some(m) => (r0..r1).map(|r| m.row_end(bi, r)).max().unwrap_or(s),
                     None => s,
@@ -449,7 +460,7 @@ impl FusedAttention {
         use super::packed_gemm::{pack_panels, panel_matmul};
         let [_, _, t, d] = qv.dims;
         let s = kv.dims[2];
-        let blocks = t.div_ceil(QUERY_BLOCK);
+        let blocks = t.div_ceil(PACKED_QUERY_BLOCK);
         let mut kp = Vec::new();
         let mut vp = Vec::new();
         let k0 = kv.at(bi, khi, 0);
@@ -462,10 +473,10 @@ impl FusedAttention {
         );
         let v0 = vv.at(bi, khi, 0);
         pack_panels(&mut vp, &v[v0..], (s, d), (vv.stride[2], vv.stride[3]), 1.0);
-        let mut scores = vec![0f32; QUERY_BLOCK.min(t) * s];
+        let mut scores = vec![0f32; PACKED_QUERY_BLOCK.min(t) * s];
         for blk in 0..blocks {
-            let r0 = blk * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(t - r0);
+            let r0 = blk * PACKED_QUERY_BLOCK;
+            let rows = PACKED_QUERY_BLOCK.min(t - r0);
             let kend = block_end[blk];
             let sc = &mut scores[..rows * kend];
             // SAFETY: q's rows r0..r0+rows of head hi hold d contiguous floats (stride 1);
@@ -477,6 +488,7 @@ impl FusedAttention {
                     (kp.as_ptr(), d, kend),
                     (0, kend.div_ceil(super::packed_gemm::PANEL)),
                     (sc.as_mut_ptr(), kend),
+                    super::packed_gemm::Epilogue::Store,
                 );
             }
             for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
@@ -491,6 +503,7 @@ impl FusedAttention {
                     (vp.as_ptr(), s, d),
                     (0, d.div_ceil(super::packed_gemm::PANEL)),
                     (out.add(r0 * ors), ors),
+                    super::packed_gemm::Epilogue::Store,
                 );
             }
         }
@@ -527,11 +540,16 @@ impl CustomOp3 for FusedAttention {
         // Every (batch, head, query) row is written below: every block has at least one key.
         let mut out = super::fastmath::uninit_buffer(b * t * heads * d);
         let blocks = t.div_ceil(QUERY_BLOCK);
-        let block_end = self.block_ends(b, t, s);
         let (vp, op) = (v.as_ptr() as usize, out.as_mut_ptr() as usize);
         let out_row = heads * d;
         // The panel kernel reads query rows as contiguous vectors.
         let packed = super::packed_gemm::available() && qv.stride[3] == 1;
+        let packed_blocks = t.div_ceil(PACKED_QUERY_BLOCK);
+        let (block_end, packed_end) = if packed {
+            (Vec::new(), self.block_ends_of(PACKED_QUERY_BLOCK, b, t, s))
+        } else {
+            (self.block_ends(b, t, s), Vec::new())
+        };
         let work = |bh: usize| {
             let (bi, hi) = (bh / heads, bh % heads);
             let khi = hi / rep;
@@ -545,7 +563,7 @@ impl CustomOp3 for FusedAttention {
                         (k, &kv),
                         (v, &vv),
                         (bi, hi, khi),
-                        &block_end[bi * blocks..(bi + 1) * blocks],
+                        &packed_end[bi * packed_blocks..(bi + 1) * packed_blocks],
                         (o, out_row),
                     )
                 };
@@ -604,7 +622,7 @@ impl CustomOp3 for FusedAttention {
         let tasks = b * heads;
         if tasks <= 1 || rayon::current_num_threads() <= 1 {
             (0..tasks).for_each(work);
-        } else {
+        } else if !(packed && super::spin_pool::run(tasks, &work)) {
             use rayon::prelude::*;
             (0..tasks).into_par_iter().for_each(work);
         }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::PackedWeight;
+use super::packed_gemm::{PackedMatmul, PackedWeight};
 
 use crate::lora::LoraSlot;
 
@@ -184,44 +184,6 @@ impl Linear {
         self.packed = OnceLock::new();
         self.lora.set_merged(None);
         Ok(true)
-    }
-}
-
-/// `x @ W^T` through the packed kernel (inference only).
-struct PackedMatmul(Arc<PackedWeight>);
-
-impl candle_core::CustomOp1 for PackedMatmul {
-    fn name(&self) -> &'static str {
-        "packed-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("packed-matmul: expected f32 input");
-        };
-        let (m, k) = layout.shape().dims2()?;
-        if k != self.0.k() {
-            candle_core::bail!(
-                "packed-matmul: input has {k} features, the weight expects {}",
-                self.0.k()
-            );
-        }
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-matmul: input must be contiguous");
-        };
-        let n = self.0.n();
-        let mut out = super::fastmath::uninit_buffer(m * n);
-        self.0.matmul(&data[start..end], m, &mut out)?;
-        // SAFETY: the packed kernel writes every element of the m x n output.
-        let out = unsafe { super::fastmath::assume_init(out) };
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((m, n)),
-        ))
     }
 }
 

@@ -1,9 +1,12 @@
 //! Feed-forward blocks: gated (SwiGLU / GeGLU: `down(act(gate(x)) * up(x))`) and plain
 //! (`fc2(act(fc1(x)))`). The input of the down projection is the `mlp.act` hook point.
 
-use candle_core::{DType, Result, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Result, Tensor, TensorId};
 use candle_nn::VarBuilder;
 
+use super::packed_gemm::{PackedMatmul, PackedWeight};
 use super::{fastmath, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
 
@@ -152,6 +155,16 @@ pub struct Mlp {
     pub up: Option<Linear>,
     /// down_proj (gated) or fc2 (plain).
     pub down: Linear,
+    /// gate and up packed side by side for the CPU inference kernel, with the ids of the
+    /// weights they were packed from: replaced weights (a merged adapter) no longer match.
+    packed_gate_up: OnceLock<Option<PackedGateUp>>,
+}
+
+#[derive(Debug, Clone)]
+struct PackedGateUp {
+    gate: TensorId,
+    up: TensorId,
+    weight: Arc<PackedWeight>,
 }
 
 impl Mlp {
@@ -168,6 +181,7 @@ impl Mlp {
             gate: Linear::new(hidden, inter, bias, vb.pp("gate_proj"))?,
             up: Some(Linear::new(hidden, inter, bias, vb.pp("up_proj"))?),
             down: Linear::new(inter, hidden, bias, vb.pp("down_proj"))?,
+            packed_gate_up: OnceLock::new(),
         })
     }
 
@@ -178,6 +192,7 @@ impl Mlp {
             gate: Linear::new(hidden, inter, true, vb.pp("fc1"))?,
             up: None,
             down: Linear::new(inter, hidden, true, vb.pp("fc2"))?,
+            packed_gate_up: OnceLock::new(),
         })
     }
 
@@ -191,17 +206,9 @@ impl Mlp {
         hooks: Option<&mut Hooks>,
         point: HookPoint,
     ) -> Result<Tensor> {
-        let g = self.gate.forward(x)?;
-        let mut h = match &self.up {
-            Some(up) => {
-                let u = up.forward(x)?;
-                match FusedGate::for_inputs(self.act, &g, &u) {
-                    Some(op) if g.track_op() || u.track_op() => g.apply_op2(&u, op)?,
-                    Some(op) => g.apply_op2_no_bwd(&u, &op)?,
-                    None => (self.act.apply(&g)? * u)?,
-                }
-            }
-            None => self.act.apply(&g)?,
+        let mut h = match self.gate_up_packed(x)? {
+            Some(h) => h,
+            None => self.gate_up(x)?,
         };
         if let Some(hooks) = hooks {
             h = hooks.apply(
@@ -213,6 +220,85 @@ impl Mlp {
             )?;
         }
         self.down.forward(&h)
+    }
+
+    /// `act(gate(x)) * up(x)` (gated) or `act(fc1(x))`, through candle ops.
+    fn gate_up(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?;
+        let h = match &self.up {
+            Some(up) => {
+                let u = up.forward(x)?;
+                match FusedGate::for_inputs(self.act, &g, &u) {
+                    Some(op) if g.track_op() || u.track_op() => g.apply_op2(&u, op)?,
+                    Some(op) => g.apply_op2_no_bwd(&u, &op)?,
+                    None => (self.act.apply(&g)? * u)?,
+                }
+            }
+            None => self.act.apply(&g)?,
+        };
+        Ok(h)
+    }
+
+    /// The gated activation in one packed-kernel pass, for untracked CPU f32 inference with
+    /// frozen, bias-free gate and up weights and no active adapter; `None` otherwise.
+    fn gate_up_packed(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some(up) = &self.up else {
+            return Ok(None);
+        };
+        let act: super::packed_gemm::GateFn = match self.act {
+            Activation::Silu => fastmath::silu_mul,
+            Activation::GeluTanh => fastmath::gelu_tanh_mul,
+            _ => return Ok(None),
+        };
+        let (gw, uw) = (self.gate.weight_t(), up.weight_t());
+        let eligible = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && !x.track_op()
+            && [gw, uw].iter().all(|w| {
+                w.dtype() == DType::F32 && !w.track_op() && w.is_contiguous() && w.rank() == 2
+            })
+            && self.gate.bias.is_none()
+            && up.bias.is_none()
+            && self.gate.lora.active().is_none()
+            && up.lora.active().is_none();
+        if !eligible {
+            return Ok(None);
+        }
+        let packed = self.packed_gate_up.get_or_init(|| {
+            let (k, n) = gw.dims2().ok()?;
+            let (gs, gl) = gw.storage_and_layout();
+            let (us, ul) = uw.storage_and_layout();
+            let (
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(g)),
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(u)),
+            ) = (&*gs, &*us)
+            else {
+                return None;
+            };
+            let ((g0, g1), (u0, u1)) = (gl.contiguous_offsets()?, ul.contiguous_offsets()?);
+            let weight = PackedWeight::new_gated(&g[g0..g1], &u[u0..u1], k, n, act)?;
+            Some(PackedGateUp {
+                gate: gw.id(),
+                up: uw.id(),
+                weight: Arc::new(weight),
+            })
+        });
+        let Some(p) = packed
+            .as_ref()
+            .filter(|p| p.gate == gw.id() && p.up == uw.id())
+        else {
+            return Ok(None);
+        };
+        let dims = x.dims();
+        let k = p.weight.k();
+        let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        let h = x
+            .reshape((lead, k))?
+            .contiguous()?
+            .apply_op1_no_bwd(&PackedMatmul(p.weight.clone()))?;
+        let mut out_dims = dims[..dims.len().saturating_sub(1)].to_vec();
+        out_dims.push(p.weight.n());
+        Ok(Some(h.reshape(out_dims)?))
     }
 }
 

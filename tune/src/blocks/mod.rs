@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod norm;
 pub mod packed_gemm;
 pub mod rope;
+pub mod spin_pool;
 
 pub use attention::{Attention, AttentionConfig, KvCache};
 pub use linear::Linear;

@@ -18,6 +18,30 @@ pub const PANEL: usize = 64;
 /// Input rows per kernel call: 6 x 4 accumulators plus 4 weight vectors fit the 32 registers.
 const ROWS: usize = 6;
 
+/// `out = act(gate) * up`, element-wise (see [`super::fastmath::silu_mul`]).
+pub type GateFn = fn(&[f32], &[f32], &mut [std::mem::MaybeUninit<f32>]);
+
+/// What the kernel does with a finished register block.
+#[derive(Clone, Copy)]
+pub enum Epilogue {
+    /// Store all [`PANEL`] columns.
+    Store,
+    /// The panel holds 32 gate columns then the same 32 up columns: store `act(gate) * up`,
+    /// 32 output columns. A gated MLP's activation then never leaves the registers' cache
+    /// lines: no gate and up tensors, no separate pass.
+    Gated(GateFn),
+}
+
+impl Epilogue {
+    /// Output columns one panel produces.
+    fn cols(self) -> usize {
+        match self {
+            Self::Store => PANEL,
+            Self::Gated(_) => PANEL / 2,
+        }
+    }
+}
+
 /// Bytes held by packed weights in this process, against [`budget_bytes`].
 static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -33,8 +57,21 @@ fn budget_bytes() -> usize {
 /// A `[k, n]` weight (`W^T`) in panels of [`PANEL`] columns.
 pub struct PackedWeight {
     k: usize,
+    /// Output columns.
     n: usize,
     data: Vec<f32>,
+    epilogue: Epilogue,
+}
+
+/// Takes `floats` from the packing budget; `None` when it is spent.
+fn reserve(floats: usize) -> Option<()> {
+    let bytes = floats * 4;
+    let reserved = PACKED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    if reserved + bytes > budget_bytes() {
+        PACKED_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+        return None;
+    }
+    Some(())
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -68,18 +105,41 @@ impl PackedWeight {
         if !available() || k == 0 || n == 0 || wt.len() != k * n {
             return None;
         }
-        let panels = n.div_ceil(PANEL);
-        let len = panels * k * PANEL;
-        let bytes = len * 4;
-        let budget = budget_bytes();
-        let reserved = PACKED_BYTES.fetch_add(bytes, Ordering::Relaxed);
-        if reserved + bytes > budget {
-            PACKED_BYTES.fetch_sub(bytes, Ordering::Relaxed);
-            return None;
-        }
+        reserve(n.div_ceil(PANEL) * k * PANEL)?;
         let mut data = Vec::new();
         pack_panels(&mut data, wt, (k, n), (n, 1), 1.0);
-        Some(Self { k, n, data })
+        Some(Self {
+            k,
+            n,
+            data,
+            epilogue: Epilogue::Store,
+        })
+    }
+
+    /// Packs a gated MLP's `[k, n]` gate and up weights (`W^T` each) side by side, for
+    /// `act(x @ gate) * (x @ up)` in one pass; `None` as for [`PackedWeight::new`].
+    pub fn new_gated(gate: &[f32], up: &[f32], k: usize, n: usize, act: GateFn) -> Option<Self> {
+        if !available() || k == 0 || n == 0 || gate.len() != k * n || up.len() != k * n {
+            return None;
+        }
+        let half = PANEL / 2;
+        let panels = n.div_ceil(half);
+        reserve(panels * k * PANEL)?;
+        let mut data = vec![0f32; panels * k * PANEL];
+        for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+            let c0 = p * half;
+            let cols = (n - c0).min(half);
+            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                row[..cols].copy_from_slice(&gate[i * n + c0..i * n + c0 + cols]);
+                row[half..half + cols].copy_from_slice(&up[i * n + c0..i * n + c0 + cols]);
+            }
+        }
+        Some(Self {
+            k,
+            n,
+            data,
+            epilogue: Epilogue::Gated(act),
+        })
     }
 
     pub fn k(&self) -> usize {
@@ -109,8 +169,8 @@ impl PackedWeight {
         if m == 0 {
             return Ok(());
         }
-        let panels = self.n.div_ceil(PANEL);
-        let threads = rayon::current_num_threads().max(1);
+        let panels = self.n.div_ceil(self.epilogue.cols());
+        let threads = super::spin_pool::threads();
         // Split output columns when there are enough panels; otherwise split rows, so a narrow
         // projection over many tokens still uses every thread.
         let tasks: Vec<(usize, usize, usize, usize)> = if panels >= threads || m < 2 * ROWS {
@@ -138,15 +198,12 @@ impl PackedWeight {
             // weight was packed.
             unsafe { self.block(xp as *const f32, op as *mut f32, p0, p1, r0, r1) }
         };
-        match tasks.split_first() {
-            None => {}
-            Some((first, [])) => run(first),
-            Some((first, rest)) => rayon::scope(|s| {
-                for t in rest {
+        if !super::spin_pool::run(tasks.len(), &|i| run(&tasks[i])) {
+            rayon::scope(|s| {
+                for t in &tasks {
                     s.spawn(move |_| run(t));
                 }
-                run(first);
-            }),
+            });
         }
         Ok(())
     }
@@ -174,6 +231,7 @@ impl PackedWeight {
                 (self.data.as_ptr(), k, n),
                 (p0, p1),
                 (out.add(r0 * n), n),
+                self.epilogue,
             )
         }
     }
@@ -225,46 +283,54 @@ pub unsafe fn panel_matmul(
     (panels, pk, n): (*const f32, usize, usize),
     (p0, p1): (usize, usize),
     (out, ors): (*mut f32, usize),
+    epilogue: Epilogue,
 ) {
     #[cfg(target_arch = "x86_64")]
     for p in p0..p1 {
-        let cols = (n - p * PANEL).min(PANEL);
+        let per = epilogue.cols();
+        let cols = (n - p * per).min(per);
         // SAFETY (all below): offsets stay within the buffers the caller vouches for.
         let w = unsafe { panels.add(p * pk * PANEL) };
-        let o = unsafe { out.add(p * PANEL) };
+        let o = unsafe { out.add(p * per) };
         let mut r = 0;
         while r + ROWS <= m {
-            unsafe { kernel::<ROWS>(k, x.add(r * xrs), xrs, w, o.add(r * ors), ors, cols) };
+            unsafe {
+                kernel::<ROWS>(
+                    k,
+                    (x.add(r * xrs), xrs),
+                    w,
+                    (o.add(r * ors), ors, cols),
+                    epilogue,
+                )
+            };
             r += ROWS;
         }
         let (xr, or) = unsafe { (x.add(r * xrs), o.add(r * ors)) };
         unsafe {
             match m - r {
-                1 => kernel::<1>(k, xr, xrs, w, or, ors, cols),
-                2 => kernel::<2>(k, xr, xrs, w, or, ors, cols),
-                3 => kernel::<3>(k, xr, xrs, w, or, ors, cols),
-                4 => kernel::<4>(k, xr, xrs, w, or, ors, cols),
-                5 => kernel::<5>(k, xr, xrs, w, or, ors, cols),
+                1 => kernel::<1>(k, (xr, xrs), w, (or, ors, cols), epilogue),
+                2 => kernel::<2>(k, (xr, xrs), w, (or, ors, cols), epilogue),
+                3 => kernel::<3>(k, (xr, xrs), w, (or, ors, cols), epilogue),
+                4 => kernel::<4>(k, (xr, xrs), w, (or, ors, cols), epilogue),
+                5 => kernel::<5>(k, (xr, xrs), w, (or, ors, cols), epilogue),
                 _ => {}
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors);
+    let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors, epilogue);
 }
 
 /// `R` rows of `x` (row stride `xrs`) times one packed panel of `k` rows, written to `out` (row
-/// stride `n`), the first `cols` columns only.
+/// stride `n`) through the epilogue, the first `cols` output columns only.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize>(
     k: usize,
-    x: *const f32,
-    xrs: usize,
+    (x, xrs): (*const f32, usize),
     w: *const f32,
-    out: *mut f32,
-    n: usize,
-    cols: usize,
+    (out, n, cols): (*mut f32, usize, usize),
+    epilogue: Epilogue,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
@@ -286,6 +352,24 @@ unsafe fn kernel<const R: usize>(
             wp = wp.add(PANEL);
         }
     }
+    if let Epilogue::Gated(act) = epilogue {
+        let mut block = [0f32; PANEL];
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: `block` holds the four vectors; row r of the output has at least `cols`
+            // (<= 32) columns from here.
+            unsafe {
+                for (v, lane) in a.iter().enumerate() {
+                    _mm512_storeu_ps(block.as_mut_ptr().add(v * 16), *lane);
+                }
+                let o = std::slice::from_raw_parts_mut(
+                    out.add(r * n) as *mut std::mem::MaybeUninit<f32>,
+                    cols,
+                );
+                act(&block[..cols], &block[PANEL / 2..PANEL / 2 + cols], o);
+            }
+        }
+        return;
+    }
     for (r, a) in acc.iter().enumerate() {
         // SAFETY: row r of the output has at least `cols` columns from here.
         unsafe {
@@ -303,6 +387,45 @@ unsafe fn kernel<const R: usize>(
                 }
             }
         }
+    }
+}
+
+/// `x @ W^T` (or the gated MLP activation) through the packed kernel, as a candle op for
+/// inference.
+pub struct PackedMatmul(pub std::sync::Arc<PackedWeight>);
+
+impl candle_core::CustomOp1 for PackedMatmul {
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("packed-matmul: expected f32 input");
+        };
+        let (m, k) = layout.shape().dims2()?;
+        if k != self.0.k() {
+            candle_core::bail!(
+                "packed-matmul: input has {k} features, the weight expects {}",
+                self.0.k()
+            );
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-matmul: input must be contiguous");
+        };
+        let n = self.0.n();
+        let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
+        self.0.matmul(&data[start..end], m, &mut out)?;
+        // SAFETY: the packed kernel writes every element of the m x n output.
+        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((m, n)),
+        ))
     }
 }
 
