@@ -307,6 +307,71 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// The one-pass packed gate/up path (AVX-512 CPUs) against candle's composition of ops,
+    /// for both gated activations, a width that leaves the last panel partly filled, and a
+    /// gate weight replaced after the first pass (the packed copy must not be reused).
+    #[test]
+    fn packed_gate_up_matches_candle_ops_and_follows_replaced_weights() {
+        let dev = Device::Cpu;
+        let (hidden, inter) = (40, 75);
+        let mk = |rows: usize, cols: usize, seed: f32| {
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i as f32 * 0.37 + seed).sin()) * 0.5)
+                .collect();
+            Tensor::from_vec(v, (rows, cols), &dev).expect("shape")
+        };
+        let x = mk(2 * 13, hidden, 0.1)
+            .reshape((2, 13, hidden))
+            .expect("shape");
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let mut mlp = Mlp {
+                kind: MlpKind::Gated,
+                act,
+                gate: Linear::from_weights(mk(inter, hidden, 1.0), None).expect("gate"),
+                up: Some(Linear::from_weights(mk(inter, hidden, 2.0), None).expect("up")),
+                down: Linear::from_weights(mk(hidden, inter, 3.0), None).expect("down"),
+                packed_gate_up: OnceLock::new(),
+            };
+            let reference = |mlp: &Mlp| -> Tensor {
+                let w = |l: &Linear| l.weight().expect("weight");
+                let x2 = x.reshape((26, hidden)).expect("2d");
+                let g = x2.matmul(&w(&mlp.gate).t().expect("t")).expect("gate");
+                let up = mlp.up.as_ref().expect("up");
+                let u = x2.matmul(&w(up).t().expect("t")).expect("up");
+                let h = (act.apply(&g).expect("act") * u).expect("mul");
+                h.matmul(&w(&mlp.down).t().expect("t"))
+                    .expect("down")
+                    .reshape((2, 13, hidden))
+                    .expect("3d")
+            };
+            let pt = HookPoint::new(0, Site::MlpAct);
+            let diff = |a: &Tensor, b: &Tensor| -> f32 {
+                (a - b)
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.max(0))
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("same shapes")
+            };
+            let out = mlp.forward(&x, None, pt).expect("forward");
+            let d = diff(&out, &reference(&mlp));
+            assert!(d < 1e-5, "{act:?}: max diff {d}");
+            if super::super::packed_gemm::available() {
+                assert!(mlp.packed_gate_up.get().is_some_and(|p| p.is_some()));
+            }
+            mlp.gate.set_weight_t(
+                mk(inter, hidden, 4.0)
+                    .t()
+                    .expect("t")
+                    .contiguous()
+                    .expect("c"),
+            );
+            let out = mlp.forward(&x, None, pt).expect("forward");
+            let d = diff(&out, &reference(&mlp));
+            assert!(d < 1e-5, "{act:?} after a new gate weight: max diff {d}");
+        }
+    }
+
     /// The fused gate's value and both gradients against candle's autograd through the
     /// activation and the product.
     #[test]

@@ -481,4 +481,34 @@ mod tests {
             assert!(worst < 1e-5, "m{m} k{k} n{n}: relative error {worst:e}");
         }
     }
+    #[test]
+    fn gated_epilogue_matches_a_float64_reference() {
+        if !available() {
+            eprintln!("no AVX-512 here: the packed kernel is not used, nothing to check");
+            return;
+        }
+        for &(m, k, n) in &[(1, 1, 1), (7, 33, 31), (13, 64, 32), (6, 100, 75)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let gate: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0)
+                .collect();
+            let up: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 15_485_863) % 89) as f32 / 44.0 - 1.0)
+                .collect();
+            let pw = PackedWeight::new_gated(&gate, &up, k, n, crate::blocks::fastmath::silu_mul)
+                .expect("packed");
+            let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
+            pw.matmul(&x, m, &mut out).expect("shapes");
+            // SAFETY: matmul writes every element of the m x n output.
+            let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+            let (g, u) = (reference(&x, &gate, m, k, n), reference(&x, &up, m, k, n));
+            for (i, &o) in out.iter().enumerate() {
+                let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+                let err = (o as f64 - want).abs() / (1.0 + want.abs());
+                assert!(err < 1e-5, "m{m} k{k} n{n} element {i}: {o} vs {want}");
+            }
+        }
+    }
 }
