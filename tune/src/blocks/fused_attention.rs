@@ -474,10 +474,9 @@ impl FusedAttention {
         let v0 = vv.at(bi, khi, 0);
         pack_panels(&mut vp, &v[v0..], (s, d), (vv.stride[2], vv.stride[3]), 1.0);
         let mut scores = vec![0f32; PACKED_QUERY_BLOCK.min(t) * s];
-        for blk in 0..blocks {
+        for (blk, &kend) in block_end.iter().enumerate().take(blocks) {
             let r0 = blk * PACKED_QUERY_BLOCK;
             let rows = PACKED_QUERY_BLOCK.min(t - r0);
-            let kend = block_end[blk];
             let sc = &mut scores[..rows * kend];
             // SAFETY: q's rows r0..r0+rows of head hi hold d contiguous floats (stride 1);
             // the panels hold d x s (keys) and s x d (values), and kend <= s.

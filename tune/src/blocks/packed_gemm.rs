@@ -321,6 +321,61 @@ pub unsafe fn panel_matmul(
     let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors, epilogue);
 }
 
+/// The machine's f32 FMA throughput on `threads` threads, in GFLOP/s: independent AVX-512 FMA
+/// chains with no memory traffic, the ceiling any f32 matmul here can approach. The best of
+/// three 0.1 s rounds; `None` without AVX-512.
+pub fn fma_peak_gflops(threads: usize) -> Option<f64> {
+    if !available() {
+        return None;
+    }
+    let threads = threads.max(1);
+    let iters = 4_000_000usize;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let sink: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(move || {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `available()` checked AVX-512F above.
+                        return unsafe { fma_chains(iters) };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        0.0
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        // Twelve chains of 16 lanes, two flops per FMA.
+        let flops = (threads * iters * 12 * 16 * 2) as f64;
+        best = best.max(flops / secs / 1e9);
+        std::hint::black_box(sink);
+    }
+    Some(best)
+}
+
+/// Twelve independent FMA chains, enough to cover the FMA latency on both pipes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    let m = _mm512_set1_ps(0.999_999);
+    let c = _mm512_set1_ps(1e-7);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, m, c);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for a in acc {
+        sum = _mm512_add_ps(sum, a);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
 /// `R` rows of `x` (row stride `xrs`) times one packed panel of `k` rows, written to `out` (row
 /// stride `n`) through the epilogue, the first `cols` output columns only.
 #[cfg(target_arch = "x86_64")]
