@@ -2,11 +2,10 @@
 //! rotary embeddings, an additive mask (causal, prefix-LM, padding) and a KV cache.
 
 use candle_core::{DType, Result, Tensor};
-use candle_nn::rotary_emb::rope_thd;
 use candle_nn::VarBuilder;
 
 use super::fused_attention::{FusedAttention, MaskRows};
-use super::rope::{apply_rope, rope_thd_train};
+use super::rope::{apply_rope, rope_thd};
 use super::{softmax_last, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
 
@@ -140,21 +139,13 @@ impl Attention {
             && x.dtype() == DType::F32
             && mask.is_none_or(|m| fused_mask_fits(m, b, t));
         let tracked = q.track_op() || k.track_op() || v.track_op();
-        let (q, k, v) = if fused && !tracked {
+        let (q, k, v) = if fused {
+            // The projections' own layout; our rope op has a backward pass for training and
+            // runs about twice as fast as candle's `rope_thd` here.
             match rope {
                 Some((cos, sin)) => (
                     rope_thd(&q, cos, sin)?.transpose(1, 2)?,
                     rope_thd(&k, cos, sin)?.transpose(1, 2)?,
-                    v.transpose(1, 2)?,
-                ),
-                None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),
-            }
-        } else if fused {
-            // Training: the same layout, through a rope with a backward pass.
-            match rope {
-                Some((cos, sin)) => (
-                    rope_thd_train(&q, cos, sin)?.transpose(1, 2)?,
-                    rope_thd_train(&k, cos, sin)?.transpose(1, 2)?,
                     v.transpose(1, 2)?,
                 ),
                 None => (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?),

@@ -69,7 +69,18 @@ impl RmsNorm {
             } else {
                 x.contiguous()?
             };
-            candle_nn::ops::rms_norm(&x, &self.effective, self.eps as f32)
+            if fusable {
+                // One vectorised pass without waking threads (candle's kernel sums each row in
+                // order, which does not vectorise: 0.08 ms against 0.02 ms for 256 x 512 here).
+                x.apply_op2_no_bwd(
+                    &self.effective.contiguous()?,
+                    &FusedRmsNorm {
+                        eps: self.eps as f32,
+                    },
+                )
+            } else {
+                candle_nn::ops::rms_norm(&x, &self.effective, self.eps as f32)
+            }
         }
     }
 }
@@ -107,6 +118,20 @@ impl LayerNorm {
             candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32)
         }
     }
+}
+
+/// Sum of squares in eight independent lanes: an in-order float sum would keep LLVM from
+/// vectorising it.
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// RMSNorm with a one-pass backward, for training on CPU f32: the composition of primitive ops
@@ -150,16 +175,25 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
             candle_core::bail!("fused rms-norm: rows of {} for a weight of {n}", x.len());
         }
         let mut out = vec![0f32; x.len()];
-        use rayon::prelude::*;
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(o, x)| {
-                let ms = x.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                let r = 1.0 / (ms + self.eps).sqrt();
-                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x * r * w;
-                }
-            });
+        let eps = self.eps;
+        let row = |o: &mut [f32], x: &[f32]| {
+            let ms = sum_of_squares(x) / n as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
+            }
+        };
+        // Threads only pay off for training-sized inputs.
+        if x.len() <= 1 << 18 {
+            out.chunks_mut(n)
+                .zip(x.chunks(n))
+                .for_each(|(o, x)| row(o, x));
+        } else {
+            use rayon::prelude::*;
+            out.par_chunks_mut(n)
+                .zip(x.par_chunks(n))
+                .for_each(|(o, x)| row(o, x));
+        }
         Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -220,7 +220,7 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Rotary embedding of `x: [batch, seq, heads, head_dim]` (the projections' own layout), with a
 /// backward pass: the rotation is orthogonal, so the input's gradient is the output's gradient
 /// rotated back (`sin` negated). candle's rope kernels have no backward.
-pub fn rope_thd_train(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, t, _, d) = x.dims4()?;
     let table = |c: &Tensor| -> Result<Vec<f32>> {
         let c = c.to_dtype(candle_core::DType::F32)?;
@@ -272,24 +272,42 @@ impl candle_core::CustomOp1 for RopeThd {
         let x = &v[a..e];
         let (_, t, h, d) = l.shape().dims4()?;
         let half = d / 2;
-        let mut out = vec![0f32; x.len()];
-        use rayon::prelude::*;
-        out.par_chunks_mut(h * d)
-            .zip(x.par_chunks(h * d))
-            .enumerate()
-            .for_each(|(row, (o, x))| {
-                let (bi, ti) = (row / t, row % t);
-                let base = (if self.batched { bi * t } else { 0 } + ti) * half;
-                let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
-                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    for i in 0..half {
-                        let (c, s) = (cos[i], self.sign * sin[i]);
-                        let (x1, x2) = (x[i], x[i + half]);
-                        o[i] = x1 * c - x2 * s;
-                        o[i + half] = x1 * s + x2 * c;
-                    }
+        if d % 2 != 0 {
+            candle_core::bail!("rope: head_dim {d} must be even");
+        }
+        if d == 0 || x.is_empty() {
+            return Ok((candle_core::CpuStorage::F32(Vec::new()), l.shape().clone()));
+        }
+        let mut out = super::fastmath::uninit_buffer(x.len());
+        let rotate = |row: usize, o: &mut [std::mem::MaybeUninit<f32>], x: &[f32]| {
+            let (bi, ti) = (row / t, row % t);
+            let base = (if self.batched { bi * t } else { 0 } + ti) * half;
+            let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (o1, o2) = o.split_at_mut(half);
+                let (x1, x2) = x.split_at(half);
+                for i in 0..half {
+                    let (c, s) = (cos[i], self.sign * sin[i]);
+                    o1[i].write(x1[i] * c - x2[i] * s);
+                    o2[i].write(x1[i] * s + x2[i] * c);
                 }
-            });
+            }
+        };
+        // A control loop's few hundred rows take microseconds: waking threads would cost more.
+        if x.len() <= 1 << 18 {
+            for (row, (o, x)) in out.chunks_mut(h * d).zip(x.chunks(h * d)).enumerate() {
+                rotate(row, o, x);
+            }
+        } else {
+            use rayon::prelude::*;
+            out.par_chunks_mut(h * d)
+                .zip(x.par_chunks(h * d))
+                .enumerate()
+                .for_each(|(row, (o, x))| rotate(row, o, x));
+        }
+        // SAFETY: every row's `h` heads of `d` values were written above (d is even, so the
+        // two halves cover each head; the tables were checked against d / 2).
+        let out = unsafe { super::fastmath::assume_init(out) };
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
 
