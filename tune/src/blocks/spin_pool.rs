@@ -173,8 +173,16 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
         }
     }
     job.work();
+    // A helper preempted mid-task (more runnable threads than cores) needs this core back:
+    // poll briefly, then yield between polls.
+    let mut polls = 0u32;
     while job.done.load(Ordering::Acquire) < tasks {
-        std::hint::spin_loop();
+        polls = polls.saturating_add(1);
+        if polls < 2000 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
     if let Ok(mut slot) = p.job.lock() {
         *slot = None;
