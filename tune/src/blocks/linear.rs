@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::{PackedMatmul, PackedWeight};
+use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedWeight};
 
 use crate::lora::LoraSlot;
 
@@ -77,13 +77,7 @@ impl Linear {
         self.packed
             .get_or_init(|| {
                 let (k, n) = self.wt.dims2().ok()?;
-                let (storage, layout) = self.wt.storage_and_layout();
-                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage
-                else {
-                    return None;
-                };
-                let (start, end) = layout.contiguous_offsets()?;
-                PackedWeight::new(&data[start..end], k, n).map(Arc::new)
+                with_cpu_f32(&self.wt, |w| PackedWeight::new(w, k, n)).map(Arc::new)
             })
             .as_ref()
     }

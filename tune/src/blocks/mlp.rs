@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Result, Tensor, TensorId};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::{PackedMatmul, PackedWeight};
+use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedWeight};
 use super::{fastmath, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
 
@@ -266,17 +266,9 @@ impl Mlp {
         }
         let packed = self.packed_gate_up.get_or_init(|| {
             let (k, n) = gw.dims2().ok()?;
-            let (gs, gl) = gw.storage_and_layout();
-            let (us, ul) = uw.storage_and_layout();
-            let (
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(g)),
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(u)),
-            ) = (&*gs, &*us)
-            else {
-                return None;
-            };
-            let ((g0, g1), (u0, u1)) = (gl.contiguous_offsets()?, ul.contiguous_offsets()?);
-            let weight = PackedWeight::new_gated(&g[g0..g1], &u[u0..u1], k, n, act)?;
+            let weight = with_cpu_f32(gw, |g| {
+                with_cpu_f32(uw, |u| PackedWeight::new_gated(g, u, k, n, act))
+            })?;
             Some(PackedGateUp {
                 gate: gw.id(),
                 up: uw.id(),

@@ -64,6 +64,16 @@ pub struct PackedWeight {
     epilogue: Epilogue,
 }
 
+/// Calls `f` with a contiguous CPU f32 tensor's values; `None` for any other tensor.
+pub fn with_cpu_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Option<R>) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    f(&data[start..end])
+}
+
 /// Takes `floats` from the packing budget; `None` when it is spent.
 fn reserve(floats: usize) -> Option<()> {
     let bytes = floats * 4;
