@@ -130,6 +130,11 @@ impl Hooks {
         self.actions.is_empty()
     }
 
+    /// Whether any action is registered at `point`.
+    pub fn has(&self, point: &HookPoint) -> bool {
+        self.actions.contains_key(point)
+    }
+
     pub fn add(&mut self, point: HookPoint, action: HookAction) -> &mut Self {
         self.actions.entry(point).or_default().push(action);
         self

@@ -1,11 +1,14 @@
 //! Multi-head attention with MHA / GQA / MQA, head_dim independent of hidden/heads, optional
 //! rotary embeddings, an additive mask (causal, prefix-LM, padding) and a KV cache.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::fused_attention::{FusedAttention, MaskRows};
-use super::rope::{apply_rope, rope_thd};
+use super::qkv::PackedQkv;
+use super::rope::{apply_rope, rope_thd, RopeTables};
 use super::{softmax_last, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
 
@@ -51,6 +54,8 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// q, k and v packed side by side for the CPU inference kernel, made on first use.
+    packed_qkv: OnceLock<Option<PackedQkv>>,
 }
 
 impl Attention {
@@ -69,8 +74,38 @@ impl Attention {
             k_proj: Linear::new(cfg.hidden, kv, cfg.qkv_bias, vb.pp("k_proj"))?,
             v_proj: Linear::new(cfg.hidden, kv, cfg.qkv_bias, vb.pp("v_proj"))?,
             o_proj: Linear::new(q, cfg.hidden, cfg.out_bias, vb.pp(cfg.out_name))?,
+            packed_qkv: OnceLock::new(),
             cfg,
         })
+    }
+
+    /// The joint q/k/v packing, when `x` goes through the plain inference path: untracked CPU
+    /// f32 input and weights, no bias, no active adapter.
+    fn packed_qkv(&self, x: &Tensor) -> Option<&PackedQkv> {
+        let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let eligible = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && !x.track_op()
+            && projs.iter().all(|p| {
+                let w = p.weight_t();
+                p.bias.is_none()
+                    && p.lora.active().is_none()
+                    && w.dtype() == DType::F32
+                    && !w.track_op()
+                    && w.is_contiguous()
+            });
+        if !eligible {
+            return None;
+        }
+        let (q, k, v) = (
+            self.q_proj.weight_t(),
+            self.k_proj.weight_t(),
+            self.v_proj.weight_t(),
+        );
+        self.packed_qkv
+            .get_or_init(|| PackedQkv::new(q, k, v))
+            .as_ref()
+            .filter(|p| p.matches(q, k, v))
     }
 
     /// `x: [batch, seq, hidden]`; `rope`: cos/sin for the new positions; `mask`: additive,
@@ -84,7 +119,23 @@ impl Attention {
         hooks: Option<&mut Hooks>,
         point: HookPoint,
     ) -> Result<Tensor> {
-        self.forward_with(x, rope, mask, cache, hooks, point, true)
+        self.forward_with(x, None, rope, mask, cache, hooks, point, true)
+    }
+
+    /// `residual + self.forward(..)`, the sum formed inside the output projection's kernel
+    /// where it can be (see [`Linear::forward_residual`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+    ) -> Result<Tensor> {
+        self.forward_with(x, Some(residual), rope, mask, cache, hooks, point, true)
     }
 
     /// The composition of candle ops the fused CPU kernel replaces: the reference its tests
@@ -99,6 +150,7 @@ impl Attention {
     ) -> Result<Tensor> {
         self.forward_with(
             x,
+            None,
             rope,
             mask,
             cache,
@@ -112,6 +164,7 @@ impl Attention {
     fn forward_with(
         &self,
         x: &Tensor,
+        residual: Option<&Tensor>,
         rope: Option<(&Tensor, &Tensor)>,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
@@ -119,6 +172,60 @@ impl Attention {
         point: HookPoint,
         allow_fused: bool,
     ) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let c = &self.cfg;
+        let fused = allow_fused
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && mask.is_none_or(|m| fused_mask_fits(m, b, t));
+        let joint = if fused { self.packed_qkv(x) } else { None };
+        let (q, k, v, tracked) = if let Some(joint) = joint {
+            let tables = match rope {
+                Some((cos, sin)) => Some(RopeTables::new(cos, sin, b, t, c.head_dim)?),
+                None => None,
+            };
+            // [b, t, heads + 2 kv_heads, d]: q, k and v are views of it, q and k rotated.
+            let qkv = joint
+                .forward(
+                    &x.reshape((b * t, hidden))?.contiguous()?,
+                    c.head_dim,
+                    tables,
+                )?
+                .reshape((b, t, c.heads + 2 * c.kv_heads, c.head_dim))?;
+            (
+                qkv.narrow(2, 0, c.heads)?.transpose(1, 2)?,
+                qkv.narrow(2, c.heads, c.kv_heads)?.transpose(1, 2)?,
+                qkv.narrow(2, c.heads + c.kv_heads, c.kv_heads)?
+                    .transpose(1, 2)?,
+                false,
+            )
+        } else {
+            self.project(x, rope, fused)?
+        };
+        self.attend(
+            q,
+            k,
+            v,
+            tracked,
+            (b, t),
+            mask,
+            cache,
+            hooks,
+            point,
+            fused,
+            residual,
+        )
+    }
+
+    /// q, k and v (`[b, heads, t, d]` views, rotated) through the separate projections, and
+    /// whether autograd tracks any of them.
+    #[allow(clippy::type_complexity)]
+    fn project(
+        &self,
+        x: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
+        fused: bool,
+    ) -> Result<(Tensor, Tensor, Tensor, bool)> {
         let (b, t, _) = x.dims3()?;
         let c = &self.cfg;
         // [b, t, heads, d]: the projections' own layout; the unfused path transposes it.
@@ -134,10 +241,6 @@ impl Attention {
             .v_proj
             .forward(x)?
             .reshape((b, t, c.kv_heads, c.head_dim))?;
-        let fused = allow_fused
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && mask.is_none_or(|m| fused_mask_fits(m, b, t));
         let tracked = q.track_op() || k.track_op() || v.track_op();
         let (q, k, v) = if fused {
             // The projections' own layout; our rope op has a backward pass for training and
@@ -158,6 +261,27 @@ impl Attention {
                 None => (q.contiguous()?, k.contiguous()?, v),
             }
         };
+        Ok((q, k, v, tracked))
+    }
+
+    /// Attention over rotated `q`, `k`, `v` (`[b, heads, t, d]`, any strides) and the output
+    /// projection, plus `residual` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        tracked: bool,
+        (b, t): (usize, usize),
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+        fused: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
         let (k, v) = match cache {
             Some(cache) => {
                 let k = match &cache.k {
@@ -232,7 +356,10 @@ impl Attention {
             }
             out.transpose(1, 2)?.reshape((b, t, c.heads * c.head_dim))?
         };
-        self.o_proj.forward(&out)
+        match residual {
+            Some(r) => self.o_proj.forward_residual(&out, r),
+            None => self.o_proj.forward(&out),
+        }
     }
 }
 

@@ -488,6 +488,7 @@ impl FusedAttention {
                     (0, kend.div_ceil(super::packed_gemm::PANEL)),
                     (sc.as_mut_ptr(), kend),
                     super::packed_gemm::Epilogue::Store,
+                    std::ptr::null(),
                 );
             }
             for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
@@ -503,6 +504,7 @@ impl FusedAttention {
                     (0, d.div_ceil(super::packed_gemm::PANEL)),
                     (out.add(r0 * ors), ors),
                     super::packed_gemm::Epilogue::Store,
+                    std::ptr::null(),
                 );
             }
         }

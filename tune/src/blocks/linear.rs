@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedWeight};
+use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedMatmulAdd, PackedWeight};
 
 use crate::lora::LoraSlot;
 
@@ -145,6 +145,37 @@ impl Linear {
             Some(a) => a.add_delta(x, y),
             None => Ok(y),
         }
+    }
+
+    /// `residual + self.forward(x)` (a residual connection), with the sum formed inside the
+    /// packed kernel when the plain inference path applies: untracked CPU f32, no bias, no
+    /// active adapter. Bit for bit the separate add's result either way.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let fused = self.bias.is_none()
+            && self.lora.active().is_none()
+            && x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && residual.dtype() == candle_core::DType::F32
+            && !x.track_op()
+            && !residual.track_op()
+            && !self.wt.track_op()
+            && self.wt.is_contiguous()
+            && self.wt.dtype() == candle_core::DType::F32
+            && x.dims().last() == Some(&self.in_dim())
+            && residual.dims().last() == Some(&self.out_dim())
+            && x.dims()[..x.rank() - 1] == residual.dims()[..residual.rank() - 1];
+        if let Some(pw) = fused.then(|| self.packed()).flatten() {
+            let lead = x.elem_count() / self.in_dim().max(1);
+            let y = x
+                .reshape((lead, self.in_dim()))?
+                .contiguous()?
+                .apply_op2_no_bwd(
+                    &residual.reshape((lead, self.out_dim()))?.contiguous()?,
+                    &PackedMatmulAdd(pw.clone()),
+                )?;
+            return y.reshape(residual.shape());
+        }
+        residual + self.forward(x)?
     }
 
     /// Folds the active adapter into the weight (`W += s B A`); the forward pass then skips it.

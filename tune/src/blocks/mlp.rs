@@ -206,6 +206,30 @@ impl Mlp {
         hooks: Option<&mut Hooks>,
         point: HookPoint,
     ) -> Result<Tensor> {
+        let h = self.activation(x, hooks, point)?;
+        self.down.forward(&h)
+    }
+
+    /// `residual + self.forward(..)`, the sum formed inside the down projection's kernel where
+    /// it can be (see [`Linear::forward_residual`]).
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+    ) -> Result<Tensor> {
+        let h = self.activation(x, hooks, point)?;
+        self.down.forward_residual(&h, residual)
+    }
+
+    /// The input of the down projection (`mlp.act`), after its hooks.
+    fn activation(
+        &self,
+        x: &Tensor,
+        hooks: Option<&mut Hooks>,
+        point: HookPoint,
+    ) -> Result<Tensor> {
         let mut h = match self.gate_up_packed(x)? {
             Some(h) => h,
             None => self.gate_up(x)?,
@@ -219,7 +243,7 @@ impl Mlp {
                 h,
             )?;
         }
-        self.down.forward(&h)
+        Ok(h)
     }
 
     /// `act(gate(x)) * up(x)` (gated) or `act(fc1(x))`, through candle ops.

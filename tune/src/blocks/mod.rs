@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod mlp;
 pub mod norm;
 pub mod packed_gemm;
+pub mod qkv;
 pub mod rope;
 pub mod spin_pool;
 

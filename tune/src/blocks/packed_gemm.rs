@@ -169,6 +169,28 @@ impl PackedWeight {
         m: usize,
         out: &mut [std::mem::MaybeUninit<f32>],
     ) -> candle_core::Result<()> {
+        self.matmul_add(x, m, None, out)
+    }
+
+    /// [`PackedWeight::matmul`] plus `residual` (`m x n`, row-major), added as each register
+    /// block is stored: a residual connection without a separate pass over the activations.
+    /// The sum is `product + residual` in f32, bit for bit what a separate add gives.
+    pub fn matmul_add(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: Option<&[f32]>,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> candle_core::Result<()> {
+        if let Some(r) = residual {
+            if r.len() != m * self.n || !matches!(self.epilogue, Epilogue::Store) {
+                candle_core::bail!(
+                    "packed matmul: a residual of {} values for {m} x {} outputs",
+                    r.len(),
+                    self.n
+                );
+            }
+        }
         if x.len() != m * self.k || out.len() != m * self.n {
             candle_core::bail!(
                 "packed matmul: {} inputs and {} outputs for {m} rows of a {} x {} weight",
@@ -184,8 +206,12 @@ impl PackedWeight {
         let panels = self.n.div_ceil(self.epilogue.cols());
         let threads = super::spin_pool::threads();
         // Split output columns when there are enough panels; otherwise split rows, so a narrow
-        // projection over many tokens still uses every thread.
-        let tasks: Vec<(usize, usize, usize, usize)> = if panels >= threads || m < 2 * ROWS {
+        // projection over many tokens still uses every thread. With at least two panels per
+        // thread each panel is its own task, claimed as threads come free: a thread that was
+        // descheduled for a moment (a shared VM) then costs its share, not the whole tail.
+        let tasks: Vec<(usize, usize, usize, usize)> = if panels >= 2 * threads && m >= 2 * ROWS {
+            (0..panels).map(|p| (p, p + 1, 0, m)).collect()
+        } else if panels >= threads || m < 2 * ROWS {
             let t = threads.min(panels);
             (0..t)
                 .map(|i| (i * panels / t, (i + 1) * panels / t, 0, m))
@@ -204,11 +230,20 @@ impl PackedWeight {
                 .collect()
         };
         let (xp, op) = (x.as_ptr() as usize, out.as_mut_ptr() as usize);
+        let rp = residual.map_or(0, |r| r.as_ptr() as usize);
         let run = |&(p0, p1, r0, r1): &(usize, usize, usize, usize)| {
             // SAFETY: tasks cover disjoint (panel, row) blocks of `out`; `x` holds m rows of k,
-            // `out` m rows of n, and both outlive the scope below. `available()` held when the
-            // weight was packed.
-            unsafe { self.block(xp as *const f32, op as *mut f32, p0, p1, r0, r1) }
+            // `out` and `residual` m rows of n, and all outlive the scope below. `available()`
+            // held when the weight was packed.
+            unsafe {
+                self.block(
+                    xp as *const f32,
+                    op as *mut f32,
+                    rp as *const f32,
+                    (p0, p1),
+                    (r0, r1),
+                )
+            }
         };
         if !super::spin_pool::run(tasks.len(), &|i| run(&tasks[i])) {
             rayon::scope(|s| {
@@ -220,23 +255,23 @@ impl PackedWeight {
         Ok(())
     }
 
-    /// Panels `p0..p1` for rows `r0..r1`.
+    /// Panels `p0..p1` for rows `r0..r1`, plus the residual unless it is null.
     ///
     /// # Safety
-    /// `x` must hold the matmul's m x k input and `out` its m x n output with `r1 <= m`, and
-    /// the CPU must have AVX-512F.
+    /// `x` must hold the matmul's m x k input and `out` (and a non-null `res`) its m x n
+    /// output with `r1 <= m`, and the CPU must have AVX-512F.
     unsafe fn block(
         &self,
         x: *const f32,
         out: *mut f32,
-        p0: usize,
-        p1: usize,
-        r0: usize,
-        r1: usize,
+        res: *const f32,
+        (p0, p1): (usize, usize),
+        (r0, r1): (usize, usize),
     ) {
         let (k, n) = (self.k, self.n);
-        // SAFETY: forwarded from the caller; rows r0..r1 of x and out lie inside them.
+        // SAFETY: forwarded from the caller; rows r0..r1 of x, out and res lie inside them.
         unsafe {
+            let res = if res.is_null() { res } else { res.add(r0 * n) };
             panel_matmul(
                 (x.add(r0 * k), k),
                 (r1 - r0, k),
@@ -244,6 +279,7 @@ impl PackedWeight {
                 (p0, p1),
                 (out.add(r0 * n), n),
                 self.epilogue,
+                res,
             )
         }
     }
@@ -284,11 +320,13 @@ pub fn pack_panels(
 
 /// `out[r, c] = sum_i x[r, i] P[i, c]` for `r < m`, `i < k` and the columns of panels `p0..p1`
 /// (clipped to `n`), where `P` was packed by [`pack_panels`] with `pk >= k` rows per panel.
-/// Rows of `x` and `out` are `xrs` and `ors` apart; their columns are contiguous.
+/// Rows of `x` and `out` are `xrs` and `ors` apart; their columns are contiguous. Unless `res`
+/// is null, `res[r, c]` (laid out as `out`) is added to each stored value ([`Epilogue::Store`]
+/// only).
 ///
 /// # Safety
-/// `x` must hold m rows of k, `out` m rows of the columns written, `panels` the packed matrix;
-/// the CPU must have AVX-512F (see [`available`]).
+/// `x` must hold m rows of k, `out` (and a non-null `res`) m rows of the columns written,
+/// `panels` the packed matrix; the CPU must have AVX-512F (see [`available`]).
 pub unsafe fn panel_matmul(
     (x, xrs): (*const f32, usize),
     (m, k): (usize, usize),
@@ -296,6 +334,7 @@ pub unsafe fn panel_matmul(
     (p0, p1): (usize, usize),
     (out, ors): (*mut f32, usize),
     epilogue: Epilogue,
+    res: *const f32,
 ) {
     #[cfg(target_arch = "x86_64")]
     for p in p0..p1 {
@@ -304,33 +343,38 @@ pub unsafe fn panel_matmul(
         // SAFETY (all below): offsets stay within the buffers the caller vouches for.
         let w = unsafe { panels.add(p * pk * PANEL) };
         let o = unsafe { out.add(p * per) };
+        let rs = if res.is_null() {
+            res
+        } else {
+            unsafe { res.add(p * per) }
+        };
+        let at = |r: usize| {
+            let res_r = if rs.is_null() {
+                rs
+            } else {
+                unsafe { rs.add(r * ors) }
+            };
+            (unsafe { o.add(r * ors) }, ors, cols, res_r)
+        };
         let mut r = 0;
         while r + ROWS <= m {
-            unsafe {
-                kernel::<ROWS>(
-                    k,
-                    (x.add(r * xrs), xrs),
-                    w,
-                    (o.add(r * ors), ors, cols),
-                    epilogue,
-                )
-            };
+            unsafe { kernel::<ROWS>(k, (x.add(r * xrs), xrs), w, at(r), epilogue) };
             r += ROWS;
         }
-        let (xr, or) = unsafe { (x.add(r * xrs), o.add(r * ors)) };
+        let (xr, or) = (unsafe { x.add(r * xrs) }, at(r));
         unsafe {
             match m - r {
-                1 => kernel::<1>(k, (xr, xrs), w, (or, ors, cols), epilogue),
-                2 => kernel::<2>(k, (xr, xrs), w, (or, ors, cols), epilogue),
-                3 => kernel::<3>(k, (xr, xrs), w, (or, ors, cols), epilogue),
-                4 => kernel::<4>(k, (xr, xrs), w, (or, ors, cols), epilogue),
-                5 => kernel::<5>(k, (xr, xrs), w, (or, ors, cols), epilogue),
+                1 => kernel::<1>(k, (xr, xrs), w, or, epilogue),
+                2 => kernel::<2>(k, (xr, xrs), w, or, epilogue),
+                3 => kernel::<3>(k, (xr, xrs), w, or, epilogue),
+                4 => kernel::<4>(k, (xr, xrs), w, or, epilogue),
+                5 => kernel::<5>(k, (xr, xrs), w, or, epilogue),
                 _ => {}
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors, epilogue);
+    let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors, epilogue, res);
 }
 
 /// The machine's f32 FMA throughput on `threads` threads, in GFLOP/s: independent AVX-512 FMA
@@ -389,14 +433,15 @@ unsafe fn fma_chains(iters: usize) -> f32 {
 }
 
 /// `R` rows of `x` (row stride `xrs`) times one packed panel of `k` rows, written to `out` (row
-/// stride `n`) through the epilogue, the first `cols` output columns only.
+/// stride `n`) through the epilogue, the first `cols` output columns only, plus `res` (same
+/// layout as `out`) unless it is null.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize>(
     k: usize,
     (x, xrs): (*const f32, usize),
     w: *const f32,
-    (out, n, cols): (*mut f32, usize, usize),
+    (out, n, cols, res): (*mut f32, usize, usize, *const f32),
     epilogue: Epilogue,
 ) {
     use std::arch::x86_64::*;
@@ -438,19 +483,30 @@ unsafe fn kernel<const R: usize>(
         return;
     }
     for (r, a) in acc.iter().enumerate() {
-        // SAFETY: row r of the output has at least `cols` columns from here.
+        // SAFETY: row r of the output (and of a non-null residual) has at least `cols` columns
+        // from here.
         unsafe {
             let o = out.add(r * n);
-            for (v, lane) in a.iter().enumerate() {
+            for (v, &lane) in a.iter().enumerate() {
                 let c0 = v * 16;
                 if c0 >= cols {
                     break;
                 }
                 let rem = (cols - c0).min(16);
-                if rem == 16 {
-                    _mm512_storeu_ps(o.add(c0), *lane);
+                let mask = if rem == 16 {
+                    !0
                 } else {
-                    _mm512_mask_storeu_ps(o.add(c0), ((1u32 << rem) - 1) as __mmask16, *lane);
+                    ((1u32 << rem) - 1) as __mmask16
+                };
+                let lane = if res.is_null() {
+                    lane
+                } else {
+                    _mm512_add_ps(lane, _mm512_maskz_loadu_ps(mask, res.add(r * n + c0)))
+                };
+                if rem == 16 {
+                    _mm512_storeu_ps(o.add(c0), lane);
+                } else {
+                    _mm512_mask_storeu_ps(o.add(c0), mask, lane);
                 }
             }
         }
@@ -487,6 +543,50 @@ impl candle_core::CustomOp1 for PackedMatmul {
         let n = self.0.n();
         let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
         self.0.matmul(&data[start..end], m, &mut out)?;
+        // SAFETY: the packed kernel writes every element of the m x n output.
+        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((m, n)),
+        ))
+    }
+}
+
+/// `residual + x @ W^T` through the packed kernel (the sum formed as each block is stored), as
+/// a candle op for inference: `x.apply_op2_no_bwd(&residual, ..)`.
+pub struct PackedMatmulAdd(pub std::sync::Arc<PackedWeight>);
+
+impl candle_core::CustomOp2 for PackedMatmulAdd {
+    fn name(&self) -> &'static str {
+        "packed-matmul-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(r)) = (s1, s2) else {
+            candle_core::bail!("packed-matmul-add: expected f32 input and residual");
+        };
+        let (m, k) = l1.shape().dims2()?;
+        let n = self.0.n();
+        if k != self.0.k() || l2.shape().dims2()? != (m, n) {
+            candle_core::bail!(
+                "packed-matmul-add: input {:?} and residual {:?} for a {} x {n} weight",
+                l1.dims(),
+                l2.dims(),
+                self.0.k()
+            );
+        }
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("packed-matmul-add: input and residual must be contiguous");
+        };
+        let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
+        self.0.matmul_add(&x[a..b], m, Some(&r[c..d]), &mut out)?;
         // SAFETY: the packed kernel writes every element of the m x n output.
         let out = unsafe { crate::blocks::fastmath::assume_init(out) };
         Ok((

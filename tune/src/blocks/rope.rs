@@ -222,25 +222,73 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// rotated back (`sin` negated). candle's rope kernels have no backward.
 pub fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, t, _, d) = x.dims4()?;
-    let table = |c: &Tensor| -> Result<Vec<f32>> {
-        let c = c.to_dtype(candle_core::DType::F32)?;
-        let c = if c.rank() == 2 {
-            c.narrow(0, 0, t)?.unsqueeze(0)?
-        } else {
-            c.narrow(1, 0, t)?
-        };
-        if c.dims() != [c.dim(0)?, t, d / 2] || (c.dim(0)? != 1 && c.dim(0)? != b) {
-            candle_core::bail!("rope: cos/sin {:?} for x {:?}", c.dims(), x.dims());
-        }
-        c.flatten_all()?.to_vec1::<f32>()
-    };
+    let tables = RopeTables::new(cos, sin, b, t, d)?;
     let op = RopeThd {
-        cos: std::sync::Arc::new(table(cos)?),
-        sin: std::sync::Arc::new(table(sin)?),
-        batched: cos.rank() == 3 && cos.dim(0)? == b && b > 1,
+        cos: tables.cos,
+        sin: tables.sin,
+        batched: tables.batched,
         sign: 1.0,
     };
     x.contiguous()?.apply_op1(op)
+}
+
+/// The cos / sin tables of `b` sequences of `t` positions as flat f32 rows of `d / 2`.
+#[derive(Clone)]
+pub struct RopeTables {
+    /// `[1 or batch, seq, d/2]`, flattened.
+    pub cos: std::sync::Arc<Vec<f32>>,
+    pub sin: std::sync::Arc<Vec<f32>>,
+    /// One table per sequence (else one shared by all).
+    pub batched: bool,
+    pub t: usize,
+    pub half: usize,
+}
+
+impl RopeTables {
+    /// From `cos` / `sin` shaped `[seq, d/2]` or `[1 or b, seq, d/2]` (at least `t` positions).
+    pub fn new(cos: &Tensor, sin: &Tensor, b: usize, t: usize, d: usize) -> Result<Self> {
+        let table = |c: &Tensor| -> Result<Vec<f32>> {
+            let c = c.to_dtype(candle_core::DType::F32)?;
+            let c = if c.rank() == 2 {
+                c.narrow(0, 0, t)?.unsqueeze(0)?
+            } else {
+                c.narrow(1, 0, t)?
+            };
+            if c.dims() != [c.dim(0)?, t, d / 2] || (c.dim(0)? != 1 && c.dim(0)? != b) {
+                candle_core::bail!(
+                    "rope: cos/sin {:?} for {b} sequences of {t} positions, head_dim {d}",
+                    c.dims()
+                );
+            }
+            c.flatten_all()?.to_vec1::<f32>()
+        };
+        Ok(Self {
+            cos: std::sync::Arc::new(table(cos)?),
+            sin: std::sync::Arc::new(table(sin)?),
+            batched: cos.rank() == 3 && cos.dim(0)? == b && b > 1,
+            t,
+            half: d / 2,
+        })
+    }
+
+    /// Rotates, in place, the `heads` heads of `2 * half` values at the start of `row`, the
+    /// token of flat row index `row_index` (`batch * t + position`); the same arithmetic as
+    /// [`rope_thd`].
+    pub fn rotate_in_place(&self, row_index: usize, row: &mut [f32], heads: usize) {
+        let (bi, ti) = (row_index / self.t, row_index % self.t);
+        let half = self.half;
+        let base = (if self.batched { bi * self.t } else { 0 } + ti) * half;
+        let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
+        for head in row.chunks_exact_mut(2 * half).take(heads) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (c, s) = (cos[i], sin[i]);
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c - b * s;
+                x2[i] = a * s + b * c;
+            }
+        }
+    }
 }
 
 #[derive(Clone)]

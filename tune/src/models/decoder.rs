@@ -91,10 +91,16 @@ impl DecoderLayer {
         point: HookPoint,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = self
-            .self_attn
-            .forward(&h, Some(rope), mask, cache, hooks.as_deref_mut(), point)?;
-        let x = (x + h)?;
+        // The residual adds ride in the output projections' kernels where they can.
+        let x = self.self_attn.forward_residual(
+            &h,
+            x,
+            Some(rope),
+            mask,
+            cache,
+            hooks.as_deref_mut(),
+            point,
+        )?;
         let mut h = self.post_attention_layernorm.forward(&x)?;
         if let Some(hk) = hooks.as_deref_mut() {
             h = hk.apply(
@@ -105,17 +111,18 @@ impl DecoderLayer {
                 h,
             )?;
         }
-        let mut h = self.mlp.forward(&h, hooks.as_deref_mut(), point)?;
-        if let Some(hk) = hooks.as_deref_mut() {
-            h = hk.apply(
-                HookPoint {
-                    site: Site::MlpOut,
-                    ..point
-                },
-                h,
-            )?;
-        }
-        let mut out = (x + h)?;
+        let mlp_out = HookPoint {
+            site: Site::MlpOut,
+            ..point
+        };
+        let mut out = match hooks.as_deref_mut() {
+            Some(hk) if hk.has(&mlp_out) => {
+                let h = self.mlp.forward(&h, Some(&mut *hk), point)?;
+                let h = hk.apply(mlp_out, h)?;
+                (x + h)?
+            }
+            hk => self.mlp.forward_residual(&h, &x, hk, point)?,
+        };
         if let Some(hk) = hooks {
             out = hk.apply(
                 HookPoint {

@@ -1,0 +1,147 @@
+//! An attention's q, k and v projections as one packed-kernel pass, with the rotary embedding
+//! applied in place, for CPU f32 inference.
+//!
+//! Three projections and two rotary passes were five parallel jobs per layer, each with its own
+//! output buffer and its own wait for the slowest thread; between them the second thread sat
+//! idle while the rotation ran on one. Here the three weights are packed side by side
+//! (`[q | k | v]` columns), one job computes all three, and one more rotates q and k where they
+//! lie. The attention kernel reads q, k and v through their strides, so nothing is copied out.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId};
+
+use super::packed_gemm::{with_cpu_f32, PackedWeight};
+use super::rope::RopeTables;
+
+/// q, k and v weights packed together, with the ids of the tensors they came from: a replaced
+/// weight (a merged adapter) no longer matches, and the separate projections run instead.
+#[derive(Debug, Clone)]
+pub struct PackedQkv {
+    ids: [TensorId; 3],
+    weight: Arc<PackedWeight>,
+    /// Output columns of q and of each of k and v.
+    q: usize,
+    kv: usize,
+}
+
+impl PackedQkv {
+    /// Packs `[in, out]` (transposed) q, k and v weights side by side; `None` unless all three
+    /// are contiguous CPU f32 matrices over the same input width, the CPU runs the packed
+    /// kernel, and the packing budget allows.
+    pub fn new(q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Self> {
+        let (kin, nq) = q.dims2().ok()?;
+        let (kk, nk) = k.dims2().ok()?;
+        let (kv_in, nv) = v.dims2().ok()?;
+        if kk != kin || kv_in != kin || nk != nv {
+            return None;
+        }
+        let n = nq + 2 * nk;
+        let mut joined = Vec::with_capacity(kin * n);
+        with_cpu_f32(q, |qd| {
+            with_cpu_f32(k, |kd| {
+                with_cpu_f32(v, |vd| {
+                    for i in 0..kin {
+                        joined.extend_from_slice(&qd[i * nq..(i + 1) * nq]);
+                        joined.extend_from_slice(&kd[i * nk..(i + 1) * nk]);
+                        joined.extend_from_slice(&vd[i * nk..(i + 1) * nk]);
+                    }
+                    Some(())
+                })
+            })
+        })?;
+        let weight = PackedWeight::new(&joined, kin, n)?;
+        Some(Self {
+            ids: [q.id(), k.id(), v.id()],
+            weight: Arc::new(weight),
+            q: nq,
+            kv: nk,
+        })
+    }
+
+    /// Whether this packing was made from exactly these weights.
+    pub fn matches(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+        self.ids == [q.id(), k.id(), v.id()]
+    }
+
+    /// `x: [rows, in]` (contiguous) to `[rows, q + 2 kv]`: the three projections side by side,
+    /// q and k rotated by `rope` (heads of `head_dim`) when given.
+    pub fn forward(&self, x: &Tensor, head_dim: usize, rope: Option<RopeTables>) -> Result<Tensor> {
+        x.apply_op1_no_bwd(&QkvRope {
+            weight: self.weight.clone(),
+            rotated: self.q + self.kv,
+            head_dim,
+            rope,
+        })
+    }
+}
+
+/// The packed projection and the in-place rotation of its first `rotated` columns.
+struct QkvRope {
+    weight: Arc<PackedWeight>,
+    rotated: usize,
+    head_dim: usize,
+    rope: Option<RopeTables>,
+}
+
+impl CustomOp1 for QkvRope {
+    fn name(&self) -> &'static str {
+        "packed-qkv-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("packed-qkv: expected an f32 input");
+        };
+        let (m, k) = l.shape().dims2()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed-qkv: input must be contiguous");
+        };
+        if k != self.weight.k() {
+            candle_core::bail!(
+                "packed-qkv: input has {k} features, the weights expect {}",
+                self.weight.k()
+            );
+        }
+        let n = self.weight.n();
+        let mut out = super::fastmath::uninit_buffer(m * n);
+        self.weight.matmul(&data[a..b], m, &mut out)?;
+        // SAFETY: the packed kernel writes every element of the m x n output.
+        let mut out = unsafe { super::fastmath::assume_init(out) };
+        if let Some(rope) = &self.rope {
+            let d = self.head_dim;
+            if d == 0 || rope.half * 2 != d || !self.rotated.is_multiple_of(d) {
+                candle_core::bail!("packed-qkv: rotary tables do not fit head_dim {d}");
+            }
+            if m % rope.t != 0 || (rope.batched && rope.cos.len() != m * rope.half) {
+                candle_core::bail!(
+                    "packed-qkv: {m} rows for rotary tables of {} positions",
+                    rope.t
+                );
+            }
+            let heads = self.rotated / d;
+            let threads = super::spin_pool::threads();
+            // Small inputs (a decoding step) rotate on this thread: a job costs more.
+            let tasks = if m * self.rotated < 1 << 14 {
+                1
+            } else {
+                threads.min(m)
+            };
+            let op = out.as_mut_ptr() as usize;
+            let rotate = |task: usize| {
+                let (r0, r1) = (task * m / tasks, (task + 1) * m / tasks);
+                for r in r0..r1 {
+                    // SAFETY: tasks own disjoint rows of `out` (m rows of n), which outlives
+                    // the job.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut((op as *mut f32).add(r * n), n) };
+                    rope.rotate_in_place(r, row, heads);
+                }
+            };
+            if !super::spin_pool::run(tasks, &rotate) {
+                (0..tasks).for_each(rotate);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
