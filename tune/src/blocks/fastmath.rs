@@ -207,6 +207,35 @@ mod avx2 {
     }
 }
 
+/// The same loops compiled for AVX-512, where LLVM vectorises them 16 lanes wide.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+    pub unsafe fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
+        super::softmax_row_generic(row, mask)
+    }
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+    pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+        super::silu_mul_generic(gate, up, out)
+    }
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+    pub unsafe fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+        super::gelu_tanh_mul_generic(gate, up, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+            && has_avx2()
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -215,6 +244,11 @@ fn has_avx2() -> bool {
 
 /// In-place softmax of one row after adding an optional additive mask row of the same length.
 pub fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { avx512::softmax_row(row, mask) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -236,6 +270,11 @@ pub fn log_sum_exp(row: &[f32]) -> f32 {
 /// `out = silu(gate) * up`, element-wise.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { avx512::silu_mul(gate, up, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `softmax_row`.
         return unsafe { avx2::silu_mul(gate, up, out) };
@@ -245,6 +284,11 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
 
 /// `out = gelu_tanh(gate) * up`, element-wise.
 pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { avx512::gelu_tanh_mul(gate, up, out) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `softmax_row`.
