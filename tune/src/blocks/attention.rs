@@ -303,7 +303,7 @@ impl Attention {
             let mask = match mask {
                 Some(m) => {
                     let mb = m.dim(0)?;
-                    Some(MaskRows::new(m.flatten_all()?.to_vec1::<f32>()?, mb, t, s))
+                    Some(MaskRows::of_tensor(m, mb, t, s)?)
                 }
                 None => None,
             };

@@ -210,9 +210,100 @@ mod avx2 {
 /// The same loops compiled for AVX-512, where LLVM vectorises them 16 lanes wide.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+    use std::arch::x86_64::*;
+
+    /// [`super::exp_approx`] on 16 lanes (the same reduction and polynomial, with FMAs).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let xc = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(super::EXP_MIN)),
+            _mm512_set1_ps(super::EXP_MAX),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+            _mm512_fmadd_ps(xc, _mm512_set1_ps(super::LOG2E), _mm512_set1_ps(0.5)),
+        );
+        let r = _mm512_fnmadd_ps(
+            n,
+            _mm512_set1_ps(super::LN2_LO),
+            _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), xc),
+        );
+        let r2 = _mm512_mul_ps(r, r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let biased = _mm512_and_si512(
+            _mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(127.0 + 8_388_608.0))),
+            _mm512_set1_epi32(0x007f_ffff),
+        );
+        let v = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased)));
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(super::EXP_MIN));
+        _mm512_mask_blend_ps(under, v, _mm512_setzero_ps())
+    }
+
+    /// Lanes `i..i + 16` that lie inside a row of `n`.
+    #[inline]
+    fn lanes(i: usize, n: usize) -> __mmask16 {
+        let rem = n - i;
+        if rem >= 16 {
+            0xffff
+        } else {
+            ((1u32 << rem) - 1) as __mmask16
+        }
+    }
+
+    /// [`super::softmax_row`] in three passes over 16-lane vectors: mask and max, exp and sum,
+    /// scale. Masked-out lanes of a partial vector are neither loaded nor stored.
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
-        super::softmax_row_generic(row, mask)
+        if mask.is_some_and(|m| m.len() < row.len()) {
+            return super::softmax_row_generic(row, mask);
+        }
+        let n = row.len();
+        let p = row.as_mut_ptr();
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        // SAFETY (all loads and stores): lanes(i, n) covers only indices below n, inside `row`
+        // and `mask`.
+        while i < n {
+            let k = lanes(i, n);
+            let mut x = unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) };
+            if let Some(m) = mask {
+                x = _mm512_add_ps(x, unsafe { _mm512_maskz_loadu_ps(k, m.as_ptr().add(i)) });
+                unsafe { _mm512_mask_storeu_ps(p.add(i), k, x) };
+            }
+            vmax = _mm512_mask_max_ps(vmax, k, vmax, x);
+            i += 16;
+        }
+        let vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+        let mut vsum = _mm512_setzero_ps();
+        i = 0;
+        while i < n {
+            let k = lanes(i, n);
+            let e = exp16(_mm512_sub_ps(
+                unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) },
+                vm,
+            ));
+            unsafe { _mm512_mask_storeu_ps(p.add(i), k, e) };
+            vsum = _mm512_mask_add_ps(vsum, k, vsum, e);
+            i += 16;
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(vsum));
+        i = 0;
+        while i < n {
+            let k = lanes(i, n);
+            let x = unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) };
+            unsafe { _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(x, inv)) };
+            i += 16;
+        }
     }
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
     pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
@@ -224,8 +315,9 @@ mod avx512 {
     }
 }
 
+/// Whether this CPU runs the AVX-512 copies (AVX-512 F, DQ, VL and BW, with AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         is_x86_feature_detected!("avx512f")
@@ -368,6 +460,31 @@ mod tests {
         let mut row = vec![1.0f32, 2.0, 3.0];
         softmax_row(&mut row, Some(&[f32::MIN; 3]));
         assert!(row.iter().all(|&p| (p - 1.0 / 3.0).abs() < 1e-6), "{row:?}");
+    }
+
+    #[test]
+    fn every_softmax_copy_agrees_with_the_portable_loop() {
+        let mut seed = 12345u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32
+        };
+        for n in 1..70 {
+            let row: Vec<f32> = (0..n).map(|_| next() * 20.0 - 10.0).collect();
+            let mask: Vec<f32> = (0..n)
+                .map(|i| if i > 0 && next() < 0.3 { f32::MIN } else { 0.0 })
+                .collect();
+            for m in [None, Some(&mask[..])] {
+                let (mut got, mut want) = (row.clone(), row.clone());
+                softmax_row(&mut got, m);
+                softmax_row_generic(&mut want, m);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-6, "n {n}: {g} vs {w}");
+                }
+                let sum: f32 = got.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "n {n}: sum {sum}");
+            }
+        }
     }
 
     #[test]

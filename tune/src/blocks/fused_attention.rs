@@ -8,7 +8,9 @@
 //! queries cannot see (a causal mask leaves about 3/8 of the score matrix unused at 256
 //! tokens), and uses the vectorised softmax of [`super::fastmath`].
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, TensorId};
 
 use super::attention::mask::NEG;
 use super::fastmath::softmax_row;
@@ -22,22 +24,60 @@ const QUERY_BLOCK: usize = 64;
 /// with the panel padding of the scores, and exactly the triangle for `P V`).
 const PACKED_QUERY_BLOCK: usize = 6;
 
-/// An additive mask `[mask_batch, 1, q_len, k_len]` with `mask_batch` 1 or the batch.
+/// An additive mask `[mask_batch, 1, q_len, k_len]` with `mask_batch` 1 or the batch, and
+/// where each of its rows ends.
 pub struct MaskRows {
     data: Vec<f32>,
     batch: usize,
     q_len: usize,
     k_len: usize,
+    /// Per row, [`MaskRows::row_end`].
+    ends: Vec<usize>,
 }
 
 impl MaskRows {
     pub fn new(data: Vec<f32>, batch: usize, q_len: usize, k_len: usize) -> Self {
+        let ends = data
+            .chunks(k_len.max(1))
+            .take(batch * q_len)
+            .map(|row| match row.iter().rposition(|&m| m > NEG / 2.0) {
+                Some(i) => i + 1,
+                None => k_len,
+            })
+            .collect();
         Self {
             data,
             batch,
             q_len,
             k_len,
+            ends,
         }
+    }
+
+    /// The rows of a `[mask_batch, 1, q_len, k_len]` f32 mask tensor, read once per tensor:
+    /// every layer of a forward pass gets the same mask, and copying it out per layer was a
+    /// visible share of the attention's time.
+    pub fn of_tensor(m: &Tensor, batch: usize, q_len: usize, k_len: usize) -> Result<Arc<Self>> {
+        static LAST: Mutex<Option<(TensorId, Arc<MaskRows>)>> = Mutex::new(None);
+        let id = m.id();
+        if let Ok(last) = LAST.lock() {
+            if let Some((lid, rows)) = last.as_ref() {
+                let fits = rows.batch == batch && rows.q_len == q_len && rows.k_len == k_len;
+                if *lid == id && fits {
+                    return Ok(rows.clone());
+                }
+            }
+        }
+        let rows = Arc::new(Self::new(
+            m.flatten_all()?.to_vec1::<f32>()?,
+            batch,
+            q_len,
+            k_len,
+        ));
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some((id, rows.clone()));
+        }
+        Ok(rows)
     }
 
     fn row(&self, b: usize, q: usize) -> &[f32] {
@@ -49,18 +89,15 @@ impl MaskRows {
     /// One past the last key row `q` may see; `k_len` for a fully masked row, whose output the
     /// unfused path makes the mean of every value.
     fn row_end(&self, b: usize, q: usize) -> usize {
-        let row = self.row(b, q);
-        match row.iter().rposition(|&m| m > NEG / 2.0) {
-            Some(i) => i + 1,
-            None => self.k_len,
-        }
+        let b = if self.batch == 1 { 0 } else { b };
+        self.ends[b * self.q_len + q]
     }
 }
 
 /// `q: [b, heads, t, d]`, `k`, `v: [b, kv_heads, s, d]`, any strides; output `[b, t, heads * d]`.
 pub struct FusedAttention {
     pub scale: f32,
-    pub mask: Option<MaskRows>,
+    pub mask: Option<Arc<MaskRows>>,
 }
 
 struct View4 {
@@ -492,8 +529,16 @@ impl FusedAttention {
                 );
             }
             for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
-                let mask = self.mask.as_ref().map(|m| &m.row(bi, r0 + r)[..kend]);
-                softmax_row(row, mask);
+                match &self.mask {
+                    // Keys past the row's end are masked: exactly zero after the softmax.
+                    Some(m) => {
+                        let end = m.row_end(bi, r0 + r).min(kend);
+                        let (live, dead) = row.split_at_mut(end);
+                        softmax_row(live, Some(&m.row(bi, r0 + r)[..end]));
+                        dead.fill(0.0);
+                    }
+                    None => softmax_row(row, None),
+                }
             }
             // SAFETY: as above; the output rows r0..r0+rows are this task's.
             unsafe {

@@ -134,6 +134,35 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// `o = x / sqrt(mean(x^2) + eps) * w` for each row of `w.len()` values.
+#[inline(always)]
+fn norm_rows_generic(o: &mut [std::mem::MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let ms = sum_of_squares(x) / n as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            o.write(x * r * w);
+        }
+    }
+}
+
+/// The loop above compiled for AVX-512 (the same lanes and operations, so the same values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+unsafe fn norm_rows_avx512(o: &mut [std::mem::MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
+    norm_rows_generic(o, x, w, eps)
+}
+
+fn norm_rows(o: &mut [std::mem::MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::fastmath::has_avx512() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { norm_rows_avx512(o, x, w, eps) };
+    }
+    norm_rows_generic(o, x, w, eps)
+}
+
 /// RMSNorm with a one-pass backward, for training on CPU f32: the composition of primitive ops
 /// it replaces makes five full-size temporaries forward and more backward.
 struct FusedRmsNorm {
@@ -174,26 +203,34 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         if n == 0 || !x.len().is_multiple_of(n) {
             candle_core::bail!("fused rms-norm: rows of {} for a weight of {n}", x.len());
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = super::fastmath::uninit_buffer(x.len());
         let eps = self.eps;
-        let row = |o: &mut [f32], x: &[f32]| {
-            let ms = sum_of_squares(x) / n as f32;
-            let r = 1.0 / (ms + eps).sqrt();
-            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * r * w;
-            }
-        };
-        // Threads only pay off for training-sized inputs.
-        if x.len() <= 1 << 18 {
-            out.chunks_mut(n)
-                .zip(x.chunks(n))
-                .for_each(|(o, x)| row(o, x));
+        let rows = x.len() / n;
+        // A decoding step's row or two runs here; a prompt's rows split over the spin pool
+        // (its helpers are awake between the projections around the norm).
+        let tasks = if x.len() < 1 << 14 {
+            1
         } else {
+            super::spin_pool::threads().min(rows)
+        };
+        let op = out.as_mut_ptr() as usize;
+        let work = |task: usize| {
+            let (r0, r1) = (task * rows / tasks, (task + 1) * rows / tasks);
+            // SAFETY: tasks own disjoint row ranges of `out` (rows x n), which outlives the job.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (op as *mut std::mem::MaybeUninit<f32>).add(r0 * n),
+                    (r1 - r0) * n,
+                )
+            };
+            norm_rows(o, &x[r0 * n..r1 * n], w, eps);
+        };
+        if !super::spin_pool::run(tasks, &work) {
             use rayon::prelude::*;
-            out.par_chunks_mut(n)
-                .zip(x.par_chunks(n))
-                .for_each(|(o, x)| row(o, x));
+            (0..tasks).into_par_iter().for_each(work);
         }
+        // SAFETY: the tasks cover every row, and `norm_rows` writes each element of its rows.
+        let out = unsafe { super::fastmath::assume_init(out) };
         Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -305,6 +305,17 @@ pub fn pack_panels(
     for (p, panel) in dst.chunks_exact_mut(k * PANEL).enumerate() {
         let c0 = p * PANEL;
         let cols = (n - c0).min(PANEL);
+        if rs == 1 && cs != 1 {
+            // A transposed source (attention's keys): read each column's contiguous run and
+            // write it down the panel, rather than gathering one float per cache line.
+            for j in 0..cols {
+                let col = &src[(c0 + j) * cs..(c0 + j) * cs + k];
+                for (i, &v) in col.iter().enumerate() {
+                    panel[i * PANEL + j] = v * scale;
+                }
+            }
+            continue;
+        }
         for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
             let base = i * rs + c0 * cs;
             if cs == 1 && scale == 1.0 {

@@ -279,16 +279,34 @@ impl RopeTables {
         let half = self.half;
         let base = (if self.batched { bi * self.t } else { 0 } + ti) * half;
         let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
-        for head in row.chunks_exact_mut(2 * half).take(heads) {
-            let (x1, x2) = head.split_at_mut(half);
-            for i in 0..half {
-                let (c, s) = (cos[i], sin[i]);
-                let (a, b) = (x1[i], x2[i]);
-                x1[i] = a * c - b * s;
-                x2[i] = a * s + b * c;
-            }
+        #[cfg(target_arch = "x86_64")]
+        if super::fastmath::has_avx512() {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { rotate_heads_avx512(row, heads, cos, sin) };
+        }
+        rotate_heads(row, heads, cos, sin)
+    }
+}
+
+/// Rotates the first `heads` heads of `2 * cos.len()` values of `row`.
+#[inline(always)]
+fn rotate_heads(row: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in row.chunks_exact_mut(2 * half).take(heads) {
+        let (x1, x2) = head.split_at_mut(half);
+        for (((x1, x2), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(cos).zip(sin) {
+            let (a, b) = (*x1, *x2);
+            *x1 = a * c - b * s;
+            *x2 = a * s + b * c;
         }
     }
+}
+
+/// [`rotate_heads`] compiled for AVX-512 (the same operations, so the same values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+unsafe fn rotate_heads_avx512(row: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
+    rotate_heads(row, heads, cos, sin)
 }
 
 #[derive(Clone)]
