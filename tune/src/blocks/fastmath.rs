@@ -305,9 +305,27 @@ mod avx512 {
             i += 16;
         }
     }
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+    /// [`super::silu_mul`] on 16-lane vectors: `g / (1 + exp(-g)) * u`.
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
-        super::silu_mul_generic(gate, up, out)
+        let n = gate.len().min(up.len()).min(out.len());
+        let (g, u, o) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr() as *mut f32);
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < n {
+            let k = lanes(i, n);
+            // SAFETY: lanes(i, n) covers only indices below n, inside all three slices.
+            let (gv, uv) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(k, g.add(i)),
+                    _mm512_maskz_loadu_ps(k, u.add(i)),
+                )
+            };
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+            let v = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), uv);
+            unsafe { _mm512_mask_storeu_ps(o.add(i), k, v) };
+            i += 16;
+        }
     }
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
     pub unsafe fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {

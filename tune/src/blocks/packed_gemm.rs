@@ -210,7 +210,19 @@ impl PackedWeight {
         // thread each panel is its own task, claimed as threads come free: a thread that was
         // descheduled for a moment (a shared VM) then costs its share, not the whole tail.
         let tasks: Vec<(usize, usize, usize, usize)> = if panels >= 2 * threads && m >= 2 * ROWS {
-            (0..panels).map(|p| (p, p + 1, 0, m)).collect()
+            // Panels that would leave threads idle at the end (43 panels on 2 threads) are
+            // split by rows instead, one share per thread.
+            let whole = panels - panels % threads;
+            let blocks = m.div_ceil(ROWS);
+            let mut tasks: Vec<_> = (0..whole).map(|p| (p, p + 1, 0, m)).collect();
+            for p in whole..panels {
+                tasks.extend((0..threads).filter_map(|i| {
+                    let r0 = (i * blocks / threads) * ROWS;
+                    let r1 = (((i + 1) * blocks / threads) * ROWS).min(m);
+                    (r1 > r0).then_some((p, p + 1, r0, r1))
+                }));
+            }
+            tasks
         } else if panels >= threads || m < 2 * ROWS {
             let t = threads.min(panels);
             (0..t)
