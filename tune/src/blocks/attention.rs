@@ -181,7 +181,7 @@ impl Attention {
         let joint = if fused { self.packed_qkv(x) } else { None };
         let (q, k, v, tracked) = if let Some(joint) = joint {
             let tables = match rope {
-                Some((cos, sin)) => Some(RopeTables::new(cos, sin, b, t, c.head_dim)?),
+                Some((cos, sin)) => Some(RopeTables::of(cos, sin, b, t, c.head_dim)?),
                 None => None,
             };
             // [b, t, heads + 2 kv_heads, d]: q, k and v are views of it, q and k rotated.
