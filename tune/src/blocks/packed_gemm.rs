@@ -379,25 +379,57 @@ pub unsafe fn panel_matmul(
             };
             (unsafe { o.add(r * ors) }, ors, cols, res_r)
         };
-        let mut r = 0;
-        while r + ROWS <= m {
-            unsafe { kernel::<ROWS>(k, (x.add(r * xrs), xrs), w, at(r), epilogue) };
-            r += ROWS;
-        }
-        let (xr, or) = (unsafe { x.add(r * xrs) }, at(r));
+        // A narrow last panel of stored columns (attention scores end mid-panel) runs only
+        // the vectors it needs: causal scores would otherwise compute about a quarter more.
+        let vectors = match epilogue {
+            Epilogue::Store => cols.div_ceil(16),
+            Epilogue::Gated(_) => 4,
+        };
         unsafe {
-            match m - r {
-                1 => kernel::<1>(k, (xr, xrs), w, or, epilogue),
-                2 => kernel::<2>(k, (xr, xrs), w, or, epilogue),
-                3 => kernel::<3>(k, (xr, xrs), w, or, epilogue),
-                4 => kernel::<4>(k, (xr, xrs), w, or, epilogue),
-                5 => kernel::<5>(k, (xr, xrs), w, or, epilogue),
-                _ => {}
+            match vectors {
+                1 => panel_rows::<1>(k, (x, xrs), m, w, &at, epilogue),
+                2 => panel_rows::<2>(k, (x, xrs), m, w, &at, epilogue),
+                3 => panel_rows::<3>(k, (x, xrs), m, w, &at, epilogue),
+                _ => panel_rows::<4>(k, (x, xrs), m, w, &at, epilogue),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (x, xrs, m, k, panels, pk, n, p0, p1, out, ors, epilogue, res);
+}
+
+/// Every row of `x` through one panel, `V` column vectors wide, in register blocks of [`ROWS`]
+/// rows; `at(r)` gives the output (and residual) of row `r`.
+///
+/// # Safety
+/// As [`panel_matmul`], for this panel.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn panel_rows<const V: usize>(
+    k: usize,
+    (x, xrs): (*const f32, usize),
+    m: usize,
+    w: *const f32,
+    at: &dyn Fn(usize) -> (*mut f32, usize, usize, *const f32),
+    epilogue: Epilogue,
+) {
+    let mut r = 0;
+    // SAFETY (all below): forwarded from the caller; rows r.. of x lie inside it.
+    while r + ROWS <= m {
+        unsafe { kernel::<ROWS, V>(k, (x.add(r * xrs), xrs), w, at(r), epilogue) };
+        r += ROWS;
+    }
+    let (xr, or) = (unsafe { x.add(r * xrs) }, at(r));
+    unsafe {
+        match m - r {
+            1 => kernel::<1, V>(k, (xr, xrs), w, or, epilogue),
+            2 => kernel::<2, V>(k, (xr, xrs), w, or, epilogue),
+            3 => kernel::<3, V>(k, (xr, xrs), w, or, epilogue),
+            4 => kernel::<4, V>(k, (xr, xrs), w, or, epilogue),
+            5 => kernel::<5, V>(k, (xr, xrs), w, or, epilogue),
+            _ => {}
+        }
+    }
 }
 
 /// The machine's f32 FMA throughput on `threads` threads, in GFLOP/s: independent AVX-512 FMA
@@ -457,10 +489,11 @@ unsafe fn fma_chains(iters: usize) -> f32 {
 
 /// `R` rows of `x` (row stride `xrs`) times one packed panel of `k` rows, written to `out` (row
 /// stride `n`) through the epilogue, the first `cols` output columns only, plus `res` (same
-/// layout as `out`) unless it is null.
+/// layout as `out`) unless it is null. Only the first `V` of the panel's four column vectors
+/// are computed (`V` is 4 for [`Epilogue::Gated`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(
+unsafe fn kernel<const R: usize, const V: usize>(
     k: usize,
     (x, xrs): (*const f32, usize),
     w: *const f32,
@@ -468,26 +501,25 @@ unsafe fn kernel<const R: usize>(
     epilogue: Epilogue,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     let mut wp = w;
     for kk in 0..k {
         // SAFETY: the panel holds k rows of PANEL floats; x holds R rows of k.
         unsafe {
-            let w0 = _mm512_loadu_ps(wp);
-            let w1 = _mm512_loadu_ps(wp.add(16));
-            let w2 = _mm512_loadu_ps(wp.add(32));
-            let w3 = _mm512_loadu_ps(wp.add(48));
+            let mut wv = [_mm512_setzero_ps(); V];
+            for (v, lane) in wv.iter_mut().enumerate() {
+                *lane = _mm512_loadu_ps(wp.add(16 * v));
+            }
             for (r, a) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(*x.add(r * xrs + kk));
-                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-                a[2] = _mm512_fmadd_ps(xv, w2, a[2]);
-                a[3] = _mm512_fmadd_ps(xv, w3, a[3]);
+                for (lane, &wl) in a.iter_mut().zip(&wv) {
+                    *lane = _mm512_fmadd_ps(xv, wl, *lane);
+                }
             }
             wp = wp.add(PANEL);
         }
     }
-    if let Epilogue::Gated(act) = epilogue {
+    if let (Epilogue::Gated(act), true) = (epilogue, V == 4) {
         // One activation call for the whole register block (the padding columns of a last
         // partial panel are zero products, harmless to activate): per-row calls were a
         // noticeable share of a gated MLP's time.
@@ -496,6 +528,8 @@ unsafe fn kernel<const R: usize>(
         let mut up = [0f32; ROWS * HALF];
         let mut act_out = [std::mem::MaybeUninit::<f32>::uninit(); ROWS * HALF];
         for (r, a) in acc.iter().enumerate() {
+            // V is 4 here: gate, gate, up, up.
+            let a = a.as_slice();
             // SAFETY: each buffer holds ROWS >= R rows of HALF floats.
             unsafe {
                 _mm512_storeu_ps(gate.as_mut_ptr().add(r * HALF), a[0]);
