@@ -267,6 +267,25 @@ mod avx512 {
         if mask.is_some_and(|m| m.len() < row.len()) {
             return super::softmax_row_generic(row, mask);
         }
+        // SAFETY: the mask covers the row (checked above).
+        let inv = _mm512_set1_ps(1.0 / unsafe { exp_shifted_row(row, mask) });
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let mut i = 0;
+        while i < n {
+            let k = lanes(i, n);
+            // SAFETY: lanes(i, n) covers only indices below n.
+            let x = unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) };
+            unsafe { _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(x, inv)) };
+            i += 16;
+        }
+    }
+
+    /// `row = exp(row + mask - max)` in place; returns the sum (the softmax's denominator).
+    ///
+    /// # Safety
+    /// A mask must be at least as long as the row; the CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_shifted_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
         let n = row.len();
         let p = row.as_mut_ptr();
         let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -296,14 +315,7 @@ mod avx512 {
             vsum = _mm512_mask_add_ps(vsum, k, vsum, e);
             i += 16;
         }
-        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(vsum));
-        i = 0;
-        while i < n {
-            let k = lanes(i, n);
-            let x = unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) };
-            unsafe { _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(x, inv)) };
-            i += 16;
-        }
+        _mm512_reduce_add_ps(vsum)
     }
     /// [`super::silu_mul`] on 16-lane vectors: `g / (1 + exp(-g)) * u`.
     #[target_feature(enable = "avx512f")]
@@ -350,6 +362,28 @@ pub(crate) fn has_avx512() -> bool {
 fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// The softmax of one row without its last division: `row = exp(row + mask - max)` in place,
+/// returning the sum to divide by. A caller that multiplies the row into something smaller
+/// (attention's `P V`) divides that instead. `mask`, if given, must be as long as the row.
+pub fn exp_shifted_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && mask.is_none_or(|m| m.len() >= row.len()) {
+        // SAFETY: the CPU supports the features the function was compiled for; the mask covers
+        // the row.
+        return unsafe { avx512::exp_shifted_row(row, mask) };
+    }
+    if let Some(m) = mask {
+        for (x, &a) in row.iter_mut().zip(m) {
+            *x += a;
+        }
+    }
+    let max = lane_max(row);
+    for x in row.iter_mut() {
+        *x = exp_approx(*x - max);
+    }
+    lane_sum(row)
 }
 
 /// In-place softmax of one row after adding an optional additive mask row of the same length.
@@ -501,6 +535,11 @@ mod tests {
                 }
                 let sum: f32 = got.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "n {n}: sum {sum}");
+                let mut shifted = row.clone();
+                let total = exp_shifted_row(&mut shifted, m);
+                for (e, w) in shifted.iter().zip(&want) {
+                    assert!((e / total - w).abs() < 1e-6, "n {n}: {} vs {w}", e / total);
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, TensorId};
 
 use super::attention::mask::NEG;
-use super::fastmath::softmax_row;
+use super::fastmath::{exp_shifted_row, softmax_row};
 
 /// Queries per block: a block computes scores only up to the last key any of its rows sees.
 const QUERY_BLOCK: usize = 64;
@@ -33,11 +33,13 @@ pub struct MaskRows {
     k_len: usize,
     /// Per row, [`MaskRows::row_end`].
     ends: Vec<usize>,
+    /// Per row, whether every value before its end is 0 (a causal row needs no add).
+    plain: Vec<bool>,
 }
 
 impl MaskRows {
     pub fn new(data: Vec<f32>, batch: usize, q_len: usize, k_len: usize) -> Self {
-        let ends = data
+        let ends: Vec<usize> = data
             .chunks(k_len.max(1))
             .take(batch * q_len)
             .map(|row| match row.iter().rposition(|&m| m > NEG / 2.0) {
@@ -45,12 +47,18 @@ impl MaskRows {
                 None => k_len,
             })
             .collect();
+        let plain = data
+            .chunks(k_len.max(1))
+            .zip(&ends)
+            .map(|(row, &end)| row[..end.min(row.len())].iter().all(|&m| m == 0.0))
+            .collect();
         Self {
             data,
             batch,
             q_len,
             k_len,
             ends,
+            plain,
         }
     }
 
@@ -91,6 +99,16 @@ impl MaskRows {
     fn row_end(&self, b: usize, q: usize) -> usize {
         let b = if self.batch == 1 { 0 } else { b };
         self.ends[b * self.q_len + q]
+    }
+
+    /// The mask values row `q` must add before its end, `None` when they are all 0.
+    fn live_row(&self, b: usize, q: usize, end: usize) -> Option<&[f32]> {
+        let bm = if self.batch == 1 { 0 } else { b };
+        if self.plain[bm * self.q_len + q] {
+            None
+        } else {
+            Some(&self.row(b, q)[..end])
+        }
     }
 }
 
@@ -528,17 +546,20 @@ impl FusedAttention {
                     std::ptr::null(),
                 );
             }
-            for (r, row) in sc.chunks_exact_mut(kend).enumerate() {
-                match &self.mask {
+            // Unnormalised probabilities; each output row is divided by its sum after `P V`,
+            // d values instead of kend.
+            let mut sums = [0f32; PACKED_QUERY_BLOCK];
+            for ((r, row), sum) in sc.chunks_exact_mut(kend).enumerate().zip(&mut sums) {
+                *sum = match &self.mask {
                     // Keys past the row's end are masked: exactly zero after the softmax.
                     Some(m) => {
                         let end = m.row_end(bi, r0 + r).min(kend);
                         let (live, dead) = row.split_at_mut(end);
-                        softmax_row(live, Some(&m.row(bi, r0 + r)[..end]));
                         dead.fill(0.0);
+                        exp_shifted_row(live, m.live_row(bi, r0 + r, end))
                     }
-                    None => softmax_row(row, None),
-                }
+                    None => exp_shifted_row(row, None),
+                };
             }
             // SAFETY: as above; the output rows r0..r0+rows are this task's.
             unsafe {
@@ -551,6 +572,14 @@ impl FusedAttention {
                     super::packed_gemm::Epilogue::Store,
                     std::ptr::null(),
                 );
+            }
+            for (r, &sum) in sums.iter().enumerate().take(rows) {
+                let inv = 1.0 / sum;
+                // SAFETY: as above: row r0 + r of this task's output, d floats.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.add((r0 + r) * ors), d) };
+                for v in o {
+                    *v *= inv;
+                }
             }
         }
     }
