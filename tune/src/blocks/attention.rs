@@ -410,6 +410,15 @@ pub mod mask {
         bidirectional: Option<&[Vec<bool>]>,
     ) -> Result<Tensor> {
         let k_len = past + q_len;
+        if key_valid.is_none() && bidirectional.is_none() {
+            // Plain causal: each row is a run of zeros then NEG, filled as two slices.
+            let mut data = vec![NEG; batch * q_len * k_len];
+            for (i, row) in data.chunks_exact_mut(k_len.max(1)).enumerate() {
+                let q = i % q_len.max(1);
+                row[..(past + q + 1).min(k_len)].fill(0.0);
+            }
+            return Tensor::from_vec(data, (batch, 1, q_len, k_len), device);
+        }
         build(batch, q_len, k_len, device, |b, q, k| {
             let valid = key_valid.map(|v| v[b][k]).unwrap_or(true);
             let causal_ok = k <= past + q;
@@ -539,6 +548,18 @@ mod tests {
             let plain = attn.forward_unfused(&x, None, None, None).expect("unfused");
             let diff = max_diff(&fused, &plain.detach());
             assert!(diff < 1e-5, "no mask: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn plain_causal_mask_equals_the_general_builder() {
+        let dev = Device::Cpu;
+        for (b, t, past) in [(1, 1, 0), (2, 5, 0), (1, 7, 3), (3, 4, 9)] {
+            let fast = mask::causal(b, t, past, &dev, None, None).expect("mask");
+            let general = mask::build(b, t, past + t, &dev, |_, q, k| k <= past + q).expect("mask");
+            let v = |m: &Tensor| m.flatten_all().and_then(|m| m.to_vec1::<f32>());
+            assert_eq!(fast.dims(), general.dims());
+            assert_eq!(v(&fast).expect("values"), v(&general).expect("values"));
         }
     }
 

@@ -206,15 +206,17 @@ impl PackedWeight {
         let panels = self.n.div_ceil(self.epilogue.cols());
         let threads = super::spin_pool::threads();
         // Split output columns when there are enough panels; otherwise split rows, so a narrow
-        // projection over many tokens still uses every thread. With at least two panels per
-        // thread each panel is its own task, claimed as threads come free: a thread that was
-        // descheduled for a moment (a shared VM) then costs its share, not the whole tail.
+        // projection over many tokens still uses every thread. Each thread takes a contiguous
+        // run of panels (measured faster here than handing out single panels, most of all in
+        // the shared machine's slow spells), and panels that would leave threads idle at the
+        // end (43 panels on 2 threads) are split by rows, one share per thread, claimed by
+        // whichever thread comes free.
         let tasks: Vec<(usize, usize, usize, usize)> = if panels >= 2 * threads && m >= 2 * ROWS {
-            // Panels that would leave threads idle at the end (43 panels on 2 threads) are
-            // split by rows instead, one share per thread.
             let whole = panels - panels % threads;
             let blocks = m.div_ceil(ROWS);
-            let mut tasks: Vec<_> = (0..whole).map(|p| (p, p + 1, 0, m)).collect();
+            let mut tasks: Vec<_> = (0..threads)
+                .map(|i| (i * whole / threads, (i + 1) * whole / threads, 0, m))
+                .collect();
             for p in whole..panels {
                 tasks.extend((0..threads).filter_map(|i| {
                     let r0 = (i * blocks / threads) * ROWS;
