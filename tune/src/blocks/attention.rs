@@ -481,8 +481,16 @@ mod tests {
     /// and a head_dim that leaves panels partly filled.
     #[test]
     fn fused_kernel_matches_the_unfused_path() {
+        // head_dim 16 tiles the kernel's 64-column panels (q and k rotate inside the projection
+        // tasks); 24 does not (a separate rotary pass).
+        for d in [16, 24] {
+            fused_kernel_matches_the_unfused_path_at(d);
+        }
+    }
+
+    fn fused_kernel_matches_the_unfused_path_at(d: usize) {
         let dev = Device::Cpu;
-        let (b, t, past, hidden, d) = (2, 150, 37, 48, 16);
+        let (b, t, past, hidden) = (2, 150, 37, 48);
         let rope = super::super::RotaryEmbedding::new(
             &super::super::RopeConfig {
                 theta: 10_000.0,

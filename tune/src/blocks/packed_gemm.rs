@@ -43,6 +43,11 @@ impl Epilogue {
     }
 }
 
+/// A step run on each finished output block of [`PackedWeight::matmul_then`]: the output's
+/// base pointer, the block's columns and rows.
+pub type FinishBlock<'a> =
+    dyn Fn(*mut f32, std::ops::Range<usize>, std::ops::Range<usize>) + Sync + 'a;
+
 /// Bytes held by packed weights in this process, against [`budget_bytes`].
 static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -182,6 +187,21 @@ impl PackedWeight {
         residual: Option<&[f32]>,
         out: &mut [std::mem::MaybeUninit<f32>],
     ) -> candle_core::Result<()> {
+        self.matmul_then(x, m, residual, out, None)
+    }
+
+    /// [`PackedWeight::matmul_add`], then `finish(out, columns, rows)` on each block of the
+    /// output as soon as its task has stored it (while it is still in this core's cache): the
+    /// rotary embedding of q and k. `out` points at the m x n output; blocks cover whole
+    /// panels' columns and are disjoint, and `finish` may rewrite its block in place.
+    pub fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: Option<&[f32]>,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        finish: Option<&FinishBlock<'_>>,
+    ) -> candle_core::Result<()> {
         if let Some(r) = residual {
             if r.len() != m * self.n || !matches!(self.epilogue, Epilogue::Store) {
                 candle_core::bail!(
@@ -257,6 +277,10 @@ impl PackedWeight {
                     (p0, p1),
                     (r0, r1),
                 )
+            }
+            if let Some(finish) = finish {
+                let per = self.epilogue.cols();
+                finish(op as *mut f32, p0 * per..(p1 * per).min(self.n), r0..r1);
             }
         };
         if !super::spin_pool::run(tasks.len(), &|i| run(&tasks[i])) {

@@ -105,10 +105,38 @@ impl CustomOp1 for QkvRope {
         }
         let n = self.weight.n();
         let mut out = super::fastmath::uninit_buffer(m * n);
-        self.weight.matmul(&data[a..b], m, &mut out)?;
+        // With heads that tile a panel (head_dim dividing 64) each task rotates its own block
+        // of q and k right after computing it; otherwise a second pass rotates them.
+        let in_task = self.rope.as_ref().filter(|rope| {
+            let d = self.head_dim;
+            d > 0
+                && rope.half * 2 == d
+                && super::packed_gemm::PANEL.is_multiple_of(d)
+                && self.rotated.is_multiple_of(d)
+                && m.is_multiple_of(rope.t)
+                && (!rope.batched || rope.cos.len() == m * rope.half)
+        });
+        let rotate_block =
+            |op: *mut f32, cols: std::ops::Range<usize>, rows: std::ops::Range<usize>| {
+                let (Some(rope), true) = (in_task, cols.start < self.rotated) else {
+                    return;
+                };
+                let end = cols.end.min(self.rotated);
+                let heads = (end - cols.start) / self.head_dim;
+                // SAFETY: `op` points at the m x n output; this task alone wrote (and now
+                // rewrites) these columns of these rows.
+                unsafe { rope.rotate_block(op.add(cols.start), n, rows, heads) };
+            };
+        self.weight.matmul_then(
+            &data[a..b],
+            m,
+            None,
+            &mut out,
+            in_task.is_some().then_some(&rotate_block as _),
+        )?;
         // SAFETY: the packed kernel writes every element of the m x n output.
         let mut out = unsafe { super::fastmath::assume_init(out) };
-        if let Some(rope) = &self.rope {
+        if let (Some(rope), None) = (&self.rope, in_task) {
             let d = self.head_dim;
             if d == 0 || rope.half * 2 != d || !self.rotated.is_multiple_of(d) {
                 candle_core::bail!("packed-qkv: rotary tables do not fit head_dim {d}");
@@ -130,13 +158,9 @@ impl CustomOp1 for QkvRope {
             let op = out.as_mut_ptr() as usize;
             let rotate = |task: usize| {
                 let (r0, r1) = (task * m / tasks, (task + 1) * m / tasks);
-                for r in r0..r1 {
-                    // SAFETY: tasks own disjoint rows of `out` (m rows of n), which outlives
-                    // the job.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut((op as *mut f32).add(r * n), n) };
-                    rope.rotate_in_place(r, row, heads);
-                }
+                // SAFETY: tasks own disjoint rows of `out` (m rows of n, the rotated heads
+                // first), which outlives the job.
+                unsafe { rope.rotate_block(op as *mut f32, n, r0..r1, heads) };
             };
             if !super::spin_pool::run(tasks, &rotate) {
                 (0..tasks).for_each(rotate);

@@ -339,6 +339,58 @@ impl RopeTables {
         }
         rotate_heads(row, heads, cos, sin)
     }
+
+    /// [`RopeTables::rotate_in_place`] for rows `rows` of a row-major block: row `r` starts at
+    /// `first + r * stride` and holds `heads` heads from there. One dispatch for the block: per
+    /// row, the checks cost as much as the rotation.
+    ///
+    /// # Safety
+    /// Every row's `heads * 2 * half` floats from its start must be valid for reads and writes,
+    /// and no other thread may touch them meanwhile.
+    pub unsafe fn rotate_block(
+        &self,
+        first: *mut f32,
+        stride: usize,
+        rows: std::ops::Range<usize>,
+        heads: usize,
+    ) {
+        let each = |r: usize| {
+            let (bi, ti) = (r / self.t, r % self.t);
+            let base = (if self.batched { bi * self.t } else { 0 } + ti) * self.half;
+            // SAFETY: forwarded from the caller.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(first.add(r * stride), heads * 2 * self.half)
+            };
+            (
+                row,
+                &self.cos[base..base + self.half],
+                &self.sin[base..base + self.half],
+            )
+        };
+        #[cfg(target_arch = "x86_64")]
+        if super::fastmath::has_avx512() {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { rotate_rows_avx512(rows, heads, &each) };
+        }
+        for r in rows {
+            let (row, cos, sin) = each(r);
+            rotate_heads(row, heads, cos, sin);
+        }
+    }
+}
+
+/// The rows of [`RopeTables::rotate_block`], compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+unsafe fn rotate_rows_avx512<'a>(
+    rows: std::ops::Range<usize>,
+    heads: usize,
+    each: &dyn Fn(usize) -> (&'a mut [f32], &'a [f32], &'a [f32]),
+) {
+    for r in rows {
+        let (row, cos, sin) = each(r);
+        rotate_heads(row, heads, cos, sin);
+    }
 }
 
 /// Rotates the first `heads` heads of `2 * cos.len()` values of `row`.
