@@ -83,18 +83,7 @@ impl Attention {
     /// f32 input and weights, no bias, no active adapter.
     fn packed_qkv(&self, x: &Tensor) -> Option<&PackedQkv> {
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let eligible = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && !x.track_op()
-            && projs.iter().all(|p| {
-                let w = p.weight_t();
-                p.bias.is_none()
-                    && p.lora.active().is_none()
-                    && w.dtype() == DType::F32
-                    && !w.track_op()
-                    && w.is_contiguous()
-            });
-        if !eligible {
+        if !projs.iter().all(|p| p.plain_inference_for(x)) {
             return None;
         }
         let (q, k, v) = (

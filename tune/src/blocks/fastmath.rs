@@ -74,8 +74,9 @@ fn lane_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// `row = exp(row + mask - max)` in place; returns the sum.
 #[inline(always)]
-fn softmax_row_generic(row: &mut [f32], mask: Option<&[f32]>) {
+fn exp_shifted_row_generic(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
     if let Some(m) = mask {
         for (x, &a) in row.iter_mut().zip(m) {
             *x += a;
@@ -85,7 +86,12 @@ fn softmax_row_generic(row: &mut [f32], mask: Option<&[f32]>) {
     for x in row.iter_mut() {
         *x = exp_approx(*x - max);
     }
-    let inv = 1.0 / lane_sum(row);
+    lane_sum(row)
+}
+
+#[inline(always)]
+fn softmax_row_generic(row: &mut [f32], mask: Option<&[f32]>) {
+    let inv = 1.0 / exp_shifted_row_generic(row, mask);
     for x in row.iter_mut() {
         *x *= inv;
     }
@@ -374,16 +380,7 @@ pub fn exp_shifted_row(row: &mut [f32], mask: Option<&[f32]>) -> f32 {
         // the row.
         return unsafe { avx512::exp_shifted_row(row, mask) };
     }
-    if let Some(m) = mask {
-        for (x, &a) in row.iter_mut().zip(m) {
-            *x += a;
-        }
-    }
-    let max = lane_max(row);
-    for x in row.iter_mut() {
-        *x = exp_approx(*x - max);
-    }
-    lane_sum(row)
+    exp_shifted_row_generic(row, mask)
 }
 
 /// In-place softmax of one row after adding an optional additive mask row of the same length.

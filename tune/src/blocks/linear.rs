@@ -82,6 +82,20 @@ impl Linear {
             .as_ref()
     }
 
+    /// Whether `x` goes through this layer as plain inference, the case the fused CPU kernels
+    /// (packed projections, residual adds, joint q/k/v, gated MLP) handle: an untracked CPU
+    /// f32 input, a frozen contiguous f32 weight, no bias and no active adapter.
+    pub fn plain_inference_for(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && !x.track_op()
+            && self.bias.is_none()
+            && self.lora.active().is_none()
+            && self.wt.dtype() == candle_core::DType::F32
+            && !self.wt.track_op()
+            && self.wt.is_contiguous()
+    }
+
     pub fn in_dim(&self) -> usize {
         self.wt.dims().first().copied().unwrap_or(0)
     }
@@ -151,16 +165,9 @@ impl Linear {
     /// packed kernel when the plain inference path applies: untracked CPU f32, no bias, no
     /// active adapter. Bit for bit the separate add's result either way.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let fused = self.bias.is_none()
-            && self.lora.active().is_none()
-            && x.device().is_cpu()
-            && x.dtype() == candle_core::DType::F32
+        let fused = self.plain_inference_for(x)
             && residual.dtype() == candle_core::DType::F32
-            && !x.track_op()
             && !residual.track_op()
-            && !self.wt.track_op()
-            && self.wt.is_contiguous()
-            && self.wt.dtype() == candle_core::DType::F32
             && x.dims().last() == Some(&self.in_dim())
             && residual.dims().last() == Some(&self.out_dim())
             && x.dims()[..x.rank() - 1] == residual.dims()[..residual.rank() - 1];

@@ -275,17 +275,7 @@ impl Mlp {
             _ => return Ok(None),
         };
         let (gw, uw) = (self.gate.weight_t(), up.weight_t());
-        let eligible = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && !x.track_op()
-            && [gw, uw].iter().all(|w| {
-                w.dtype() == DType::F32 && !w.track_op() && w.is_contiguous() && w.rank() == 2
-            })
-            && self.gate.bias.is_none()
-            && up.bias.is_none()
-            && self.gate.lora.active().is_none()
-            && up.lora.active().is_none();
-        if !eligible {
+        if !(self.gate.plain_inference_for(x) && up.plain_inference_for(x)) {
             return Ok(None);
         }
         let packed = self.packed_gate_up.get_or_init(|| {

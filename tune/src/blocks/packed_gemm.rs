@@ -162,6 +162,23 @@ impl PackedWeight {
         self.k
     }
 
+    /// [`PackedWeight::matmul_add`] into a fresh `[m, n]` storage, for the candle ops below.
+    fn product_storage(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let mut out = crate::blocks::fastmath::uninit_buffer(m * self.n);
+        self.matmul_add(x, m, residual, &mut out)?;
+        // SAFETY: the packed kernel writes every element of the m x n output.
+        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((m, self.n)),
+        ))
+    }
+
     pub fn n(&self) -> usize {
         self.n
     }
@@ -636,15 +653,7 @@ impl candle_core::CustomOp1 for PackedMatmul {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("packed-matmul: input must be contiguous");
         };
-        let n = self.0.n();
-        let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
-        self.0.matmul(&data[start..end], m, &mut out)?;
-        // SAFETY: the packed kernel writes every element of the m x n output.
-        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((m, n)),
-        ))
+        self.0.product_storage(&data[start..end], m, None)
     }
 }
 
@@ -681,14 +690,7 @@ impl candle_core::CustomOp2 for PackedMatmulAdd {
         else {
             candle_core::bail!("packed-matmul-add: input and residual must be contiguous");
         };
-        let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
-        self.0.matmul_add(&x[a..b], m, Some(&r[c..d]), &mut out)?;
-        // SAFETY: the packed kernel writes every element of the m x n output.
-        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((m, n)),
-        ))
+        self.0.product_storage(&x[a..b], m, Some(&r[c..d]))
     }
 }
 

@@ -104,18 +104,25 @@ impl CustomOp1 for QkvRope {
             );
         }
         let n = self.weight.n();
+        if let Some(rope) = &self.rope {
+            let d = self.head_dim;
+            if d == 0 || rope.half * 2 != d || !self.rotated.is_multiple_of(d) {
+                candle_core::bail!("packed-qkv: rotary tables do not fit head_dim {d}");
+            }
+            if m % rope.t != 0 || (rope.batched && rope.cos.len() != m * rope.half) {
+                candle_core::bail!(
+                    "packed-qkv: {m} rows for rotary tables of {} positions",
+                    rope.t
+                );
+            }
+        }
         let mut out = super::fastmath::uninit_buffer(m * n);
         // With heads that tile a panel (head_dim dividing 64) each task rotates its own block
         // of q and k right after computing it; otherwise a second pass rotates them.
-        let in_task = self.rope.as_ref().filter(|rope| {
-            let d = self.head_dim;
-            d > 0
-                && rope.half * 2 == d
-                && super::packed_gemm::PANEL.is_multiple_of(d)
-                && self.rotated.is_multiple_of(d)
-                && m.is_multiple_of(rope.t)
-                && (!rope.batched || rope.cos.len() == m * rope.half)
-        });
+        let in_task = self
+            .rope
+            .as_ref()
+            .filter(|_| super::packed_gemm::PANEL.is_multiple_of(self.head_dim));
         let rotate_block =
             |op: *mut f32, cols: std::ops::Range<usize>, rows: std::ops::Range<usize>| {
                 let (Some(rope), true) = (in_task, cols.start < self.rotated) else {
@@ -137,17 +144,7 @@ impl CustomOp1 for QkvRope {
         // SAFETY: the packed kernel writes every element of the m x n output.
         let mut out = unsafe { super::fastmath::assume_init(out) };
         if let (Some(rope), None) = (&self.rope, in_task) {
-            let d = self.head_dim;
-            if d == 0 || rope.half * 2 != d || !self.rotated.is_multiple_of(d) {
-                candle_core::bail!("packed-qkv: rotary tables do not fit head_dim {d}");
-            }
-            if m % rope.t != 0 || (rope.batched && rope.cos.len() != m * rope.half) {
-                candle_core::bail!(
-                    "packed-qkv: {m} rows for rotary tables of {} positions",
-                    rope.t
-                );
-            }
-            let heads = self.rotated / d;
+            let heads = self.rotated / self.head_dim;
             let threads = super::spin_pool::threads();
             // Small inputs (a decoding step) rotate on this thread: a job costs more.
             let tasks = if m * self.rotated < 1 << 14 {

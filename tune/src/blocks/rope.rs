@@ -324,25 +324,10 @@ impl RopeTables {
         })
     }
 
-    /// Rotates, in place, the `heads` heads of `2 * half` values at the start of `row`, the
-    /// token of flat row index `row_index` (`batch * t + position`); the same arithmetic as
-    /// [`rope_thd`].
-    pub fn rotate_in_place(&self, row_index: usize, row: &mut [f32], heads: usize) {
-        let (bi, ti) = (row_index / self.t, row_index % self.t);
-        let half = self.half;
-        let base = (if self.batched { bi * self.t } else { 0 } + ti) * half;
-        let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
-        #[cfg(target_arch = "x86_64")]
-        if super::fastmath::has_avx512() {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { rotate_heads_avx512(row, heads, cos, sin) };
-        }
-        rotate_heads(row, heads, cos, sin)
-    }
-
-    /// [`RopeTables::rotate_in_place`] for rows `rows` of a row-major block: row `r` starts at
-    /// `first + r * stride` and holds `heads` heads from there. One dispatch for the block: per
-    /// row, the checks cost as much as the rotation.
+    /// Rotates, in place, rows `rows` of a row-major block: row `r` (the token of flat index
+    /// `batch * t + position`) starts at `first + r * stride` and holds `heads` heads of
+    /// `2 * half` values from there; the same arithmetic as [`rope_thd`]. One dispatch for the
+    /// block: per row, the checks cost as much as the rotation.
     ///
     /// # Safety
     /// Every row's `heads * 2 * half` floats from its start must be valid for reads and writes,
@@ -405,13 +390,6 @@ fn rotate_heads(row: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
             *x2 = a * s + b * c;
         }
     }
-}
-
-/// [`rotate_heads`] compiled for AVX-512 (the same operations, so the same values).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
-unsafe fn rotate_heads_avx512(row: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
-    rotate_heads(row, heads, cos, sin)
 }
 
 #[derive(Clone)]
