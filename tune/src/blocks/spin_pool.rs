@@ -5,8 +5,9 @@
 //! each, separated by short single-threaded steps (norms, residual adds). Rayon parks an idle
 //! worker after a few microseconds of spinning; waking a parked vCPU on a VM takes tens to
 //! hundreds of microseconds, paid on nearly every kernel. Here helpers keep polling for
-//! [`SPIN`] after their last job (yielding the CPU to anything else runnable) and only then
-//! park, so a forward pass wakes them once.
+//! [`spin`] after their last job (yielding the CPU to anything else runnable) and only then
+//! park, so a forward pass wakes them once. `RUDDER_SPIN_US` sets that window (default 3000
+//! µs; 0 parks at once, for a machine where other work needs the cores between passes).
 //!
 //! One job runs at a time: a caller that finds the pool busy (another thread's forward pass,
 //! or a call from inside a job) gets `false` back and uses rayon instead.
@@ -16,8 +17,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle helper keeps polling before it parks.
-const SPIN: Duration = Duration::from_millis(3);
+/// How long an idle helper keeps polling before it parks: `RUDDER_SPIN_US` microseconds
+/// (3000 when unset or unreadable).
+fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("RUDDER_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(3000);
+        Duration::from_micros(us)
+    })
+}
 
 /// One parallel loop: `f(0..tasks)`, claimed an index at a time.
 struct Job {
@@ -68,6 +79,7 @@ impl Pool {
         let mut seen = self.epoch.load(Ordering::Acquire);
         let mut idle_since = Instant::now();
         let mut polls = 0u32;
+        let spin = spin();
         loop {
             let e = self.epoch.load(Ordering::Acquire);
             if e != seen {
@@ -81,11 +93,11 @@ impl Pool {
                 continue;
             }
             polls = polls.wrapping_add(1);
-            if polls < 2000 {
+            if polls < 2000 && !spin.is_zero() {
                 std::hint::spin_loop();
                 continue;
             }
-            if idle_since.elapsed() < SPIN {
+            if idle_since.elapsed() < spin {
                 std::thread::yield_now();
                 continue;
             }
@@ -231,6 +243,46 @@ mod tests {
         if threads() > 1 && outer {
             assert_eq!(declined.load(Ordering::Relaxed), 4);
             assert_eq!(inner.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    /// With `RUDDER_SPIN_US=0` helpers park as soon as a job ends, and each job still wakes
+    /// them and runs every index once. Runs itself in a child process, where the variable is
+    /// set before the pool reads it.
+    #[test]
+    fn helpers_park_at_once_and_still_wake_with_no_spin() {
+        const NAME: &str =
+            "blocks::spin_pool::tests::helpers_park_at_once_and_still_wake_with_no_spin";
+        if std::env::var("RUDDER_SPIN_US").as_deref() != Ok("0") {
+            let exe = std::env::current_exe().expect("test binary");
+            let status = std::process::Command::new(exe)
+                .args(["--exact", NAME, "--test-threads", "1"])
+                .env("RUDDER_SPIN_US", "0")
+                .status()
+                .expect("child test process");
+            assert!(status.success(), "the child run failed: {status}");
+            return;
+        }
+        assert_eq!(spin(), Duration::ZERO);
+        let p = pool();
+        for _ in 0..100 {
+            // Wait (bounded) for every helper to park, then hand them a job.
+            let start = Instant::now();
+            while p.parked.lock().map_or(0, |n| *n) < p.helpers
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::yield_now();
+            }
+            assert_eq!(
+                *p.parked.lock().expect("lock"),
+                p.helpers,
+                "helpers did not park"
+            );
+            let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+            assert!(run(8, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            }));
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
     }
 }
