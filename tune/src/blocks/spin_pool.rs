@@ -255,12 +255,19 @@ mod tests {
             "blocks::spin_pool::tests::helpers_park_at_once_and_still_wake_with_no_spin";
         if std::env::var("RUDDER_SPIN_US").as_deref() != Ok("0") {
             let exe = std::env::current_exe().expect("test binary");
-            let status = std::process::Command::new(exe)
+            let child = std::process::Command::new(exe)
                 .args(["--exact", NAME, "--test-threads", "1"])
                 .env("RUDDER_SPIN_US", "0")
-                .status()
+                .output()
                 .expect("child test process");
-            assert!(status.success(), "the child run failed: {status}");
+            assert!(
+                child.status.success()
+                    && String::from_utf8_lossy(&child.stdout).contains("1 passed"),
+                "the child run failed: {}\n{}{}",
+                child.status,
+                String::from_utf8_lossy(&child.stdout),
+                String::from_utf8_lossy(&child.stderr)
+            );
             return;
         }
         assert_eq!(spin(), Duration::ZERO);

@@ -123,14 +123,10 @@ fn unsupported(dec: &Decoder) -> Option<String> {
         return Some("an adapter on lm_head".into());
     }
     for l in &dec.layers {
-        let a = &l.self_attn;
-        let m = &l.mlp;
-        let Some(up) = &m.up else {
+        if l.mlp.up.is_none() {
             return Some("an ungated MLP".into());
-        };
-        for lin in [
-            &a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate, up, &m.down,
-        ] {
+        }
+        for lin in projections(l) {
             if lin.bias.is_some() || lin.weight_t().dtype() != DType::F32 {
                 return Some("a biased or non-f32 projection".into());
             }
@@ -148,6 +144,15 @@ fn unsupported(dec: &Decoder) -> Option<String> {
         }
     }
     None
+}
+
+/// A layer's projections: q, k, v, o, gate, up (when gated) and down.
+fn projections(l: &crate::models::decoder::DecoderLayer) -> impl Iterator<Item = &Linear> {
+    let (a, m) = (&l.self_attn, &l.mlp);
+    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate]
+        .into_iter()
+        .chain(m.up.as_ref())
+        .chain([&m.down])
 }
 
 /// Above this many frozen weights (2 GB per f32 copy) the copies are not made.
@@ -178,16 +183,7 @@ fn base_ids(dec: &Decoder) -> Vec<TensorId> {
         dec.norm.weight.id(),
     ];
     for l in &dec.layers {
-        let a = &l.self_attn;
-        let m = &l.mlp;
-        ids.extend(
-            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate, &m.down]
-                .iter()
-                .map(|lin| lin.weight_t().id()),
-        );
-        if let Some(up) = &m.up {
-            ids.push(up.weight_t().id());
-        }
+        ids.extend(projections(l).map(|lin| lin.weight_t().id()));
         ids.push(l.input_layernorm.weight.id());
         ids.push(l.post_attention_layernorm.weight.id());
     }
@@ -209,13 +205,9 @@ impl LoraBackprop {
                 .layers
                 .iter()
                 .map(|l| {
-                    let a = &l.self_attn;
-                    let m = &l.mlp;
-                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate, &m.down]
-                        .iter()
+                    projections(l)
                         .map(|x| x.weight_t().elem_count())
                         .sum::<usize>()
-                        + m.up.as_ref().map_or(0, |u| u.weight_t().elem_count())
                 })
                 .sum::<usize>();
         if elems > MAX_COPIED_ELEMENTS {
@@ -232,13 +224,7 @@ impl LoraBackprop {
     pub fn covers(dec: &Decoder, params: &[(String, candle_core::Var)]) -> bool {
         let mut ids = Vec::new();
         for l in &dec.layers {
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            let mut lins = vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate, &m.down];
-            if let Some(up) = &m.up {
-                lins.push(up);
-            }
-            for lin in lins {
+            for lin in projections(l) {
                 if let Some(ad) = lin.lora.active() {
                     ids.push(ad.a.id());
                     ids.push(ad.b.id());

@@ -43,11 +43,24 @@ pub fn causal_lm_loss(
     batch: &[&SftExample],
     pad: u32,
 ) -> candle_core::Result<(Tensor, usize)> {
-    let lm = LmBatch::new(batch, pad)?;
-    let ids = Tensor::from_vec(lm.ids.clone(), (lm.batch, lm.seq), decoder.device())?;
+    let mut lm = LmBatch::new(batch, pad)?;
+    let ids = std::mem::take(&mut lm.ids);
+    let ids = Tensor::from_vec(ids, (lm.batch, lm.seq), decoder.device())?;
     let (logits, _) = decoder.forward_ids(&ids, 0, None, None, false)?;
     let loss = super::cross_entropy::weighted_cross_entropy(&logits, &lm.targets, &lm.weights)?;
     Ok((loss, lm.counted))
+}
+
+/// Adds each micro-batch gradient to its running sum (a parameter with no gradient yet takes
+/// the new one as is).
+fn accumulate(grads: &mut [Option<Tensor>], new: Vec<Option<Tensor>>) -> Result<()> {
+    for (g, new) in grads.iter_mut().zip(new) {
+        *g = match (g.take(), new) {
+            (Some(a), Some(b)) => Some((a + b).context("accumulate")?),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
 }
 
 /// A right-padded batch laid out for next-token prediction: one target and loss weight per
@@ -306,16 +319,15 @@ impl SftTrainer {
                 for (loss, n, part) in parts {
                     let w = n as f64 / counted as f64;
                     loss_sum += loss * w;
-                    for (g, new) in grads.iter_mut().zip(part) {
-                        let new = match new {
-                            Some(t) if w != 1.0 => Some((t * w).context("scale gradient")?),
-                            other => other,
-                        };
-                        *g = match (g.take(), new) {
-                            (Some(a), Some(b)) => Some((a + b).context("accumulate")?),
-                            (a, b) => a.or(b),
-                        };
-                    }
+                    let scaled = part
+                        .into_iter()
+                        .map(|new| match new {
+                            Some(t) if w != 1.0 => t.affine(w, 0.0).map(Some),
+                            other => Ok(other),
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                        .context("scale gradient")?;
+                    accumulate(&mut grads, scaled)?;
                 }
                 (loss_sum, grads)
             }
@@ -370,15 +382,7 @@ impl SftTrainer {
                 * w;
             let scaled = (loss * w).context("scale loss")?;
             let store = scaled.backward().context("backward")?;
-            for (g, new) in grads
-                .iter_mut()
-                .zip(collect_grads(&self.opt.params, &store))
-            {
-                *g = match (g.take(), new) {
-                    (Some(a), Some(b)) => Some((a + b).context("accumulate")?),
-                    (a, b) => a.or(b),
-                };
-            }
+            accumulate(&mut grads, collect_grads(&self.opt.params, &store))?;
         }
         Ok((loss_sum, grads))
     }
