@@ -22,6 +22,12 @@ pub use rope::{RopeConfig, RotaryEmbedding};
 
 use candle_core::{Result, Tensor, D};
 
+/// A whole number from environment variable `name`; `None` when unset or unreadable (the
+/// tuning knobs then keep their defaults).
+pub(crate) fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
 /// Softmax over the last dimension, differentiable when needed.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {

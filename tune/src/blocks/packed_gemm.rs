@@ -54,10 +54,7 @@ static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The most memory packed copies may take (they double a weight's footprint): 4 GiB, or
 /// `RUDDER_PACKED_WEIGHTS_MIB`. Past it, further layers keep gemm.
 fn budget_bytes() -> usize {
-    std::env::var("RUDDER_PACKED_WEIGHTS_MIB")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(4 << 30, |mib| mib << 20)
+    super::env_number("RUDDER_PACKED_WEIGHTS_MIB").map_or(4 << 30, |mib| (mib as usize) << 20)
 }
 
 /// A `[k, n]` weight (`W^T`) in panels of [`PANEL`] columns.

@@ -21,13 +21,7 @@ use std::time::{Duration, Instant};
 /// (3000 when unset or unreadable).
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("RUDDER_SPIN_US")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(3000);
-        Duration::from_micros(us)
-    })
+    *SPIN.get_or_init(|| Duration::from_micros(super::env_number("RUDDER_SPIN_US").unwrap_or(3000)))
 }
 
 /// One parallel loop: `f(0..tasks)`, claimed an index at a time.
