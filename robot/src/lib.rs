@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod control;
+pub mod driving;
 pub mod embodiment;
 pub mod kinematic;
 pub mod policy;

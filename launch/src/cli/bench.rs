@@ -300,7 +300,7 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
 
 fn vla(a: VlaBenchArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    let dir = crate::cli::eval::resolve_checkpoint(&a.policy)?;
+    let dir = rudder_tune::train::checkpoint::resolve(&a.policy)?;
     let policy = rudder_policy::VlaPolicy::load(&dir)
         .with_context(|| format!("loading {}", dir.display()))?;
     let size = policy.image_size() as u32;

@@ -294,31 +294,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A checkpoint folder, or a run folder's `latest` checkpoint.
-pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let latest = path.join("latest");
-    if latest.is_file() {
-        let name = std::fs::read_to_string(&latest)
-            .with_context(|| format!("reading {}", latest.display()))?;
-        let dir = path.join(name.trim());
-        if dir.join("config.json").is_file() {
-            return Ok(dir);
-        }
-        bail!(
-            "{}: points at {}, which has no config.json",
-            latest.display(),
-            dir.display()
-        );
-    }
-    bail!(
-        "{}: neither a checkpoint folder (config.json) nor a training run (latest)",
-        path.display()
-    )
-}
-
 type SharedEnv = Arc<Mutex<TabletopEnv>>;
 
 /// The simulator as the loop's embodiment, with the UR5 state layout `rudder launch` uses.
@@ -456,7 +431,7 @@ pub fn evaluate(
     mut progress: impl FnMut(&EpisodeOutcome),
 ) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
-    let dir = resolve_checkpoint(&o.policy)?;
+    let dir = rudder_tune::train::checkpoint::resolve(&o.policy)?;
     let info: Option<TrainingInfo> = std::fs::read_to_string(dir.join("training.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());

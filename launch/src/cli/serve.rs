@@ -40,7 +40,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_frame_mib == 0 {
         anyhow::bail!("--max-frame-mib must be > 0");
     }
-    let dir = super::eval::resolve_checkpoint(&args.policy)?;
+    let dir = rudder_tune::train::checkpoint::resolve(&args.policy)?;
     let policy = rudder_policy::VlaPolicy::load(&dir)
         .with_context(|| format!("loading policy {}", dir.display()))?;
     let cfg = ServeConfig {

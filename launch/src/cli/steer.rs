@@ -130,7 +130,7 @@ pub fn run(cmd: SteerCommand, rec: &super::RecordingFlags) -> anyhow::Result<Exi
 fn open(model: &std::path::Path, device: &str) -> anyhow::Result<SteerModel> {
     let device = rudder_tune::verify::parse_device(device)?;
     let dir = if model.join("latest").is_file() {
-        super::eval::resolve_checkpoint(model)?
+        rudder_tune::train::checkpoint::resolve(model)?
     } else {
         model.to_path_buf()
     };

@@ -225,7 +225,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     let suite = Suite::parse(&a.suite)?;
-    let dir = super::eval::resolve_checkpoint(&a.policy)?;
+    let dir = rudder_tune::train::checkpoint::resolve(&a.policy)?;
     let model = SteerModel::open(&dir, &Device::Cpu)
         .with_context(|| format!("opening {} for steering", dir.display()))?;
     let geo = model.geometry();

@@ -294,7 +294,7 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
     };
     let mut trainer = match (&a.init, a.lora) {
         (Some(init), true) => {
-            let base = crate::cli::eval::resolve_checkpoint(init)?;
+            let base = rudder_tune::train::checkpoint::resolve(init)?;
             let targets: Vec<&str> = a.lora_targets.iter().map(String::as_str).collect();
             let lc = rudder_tune::peft::LoraConfig::new(a.lora_r, a.lora_alpha, &targets);
             VlaTrainer::new_lora(cfg, &data, &base, lc)

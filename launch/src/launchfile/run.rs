@@ -115,7 +115,7 @@ pub(crate) fn checkpoint_policy(
     if !cameras {
         bail!("task.camera_size: a VLA checkpoint needs camera images; set camera_size = 64 (or the model's image size)");
     }
-    let dir = crate::cli::eval::resolve_checkpoint(path)
+    let dir = rudder_tune::train::checkpoint::resolve(path)
         .with_context(|| format!("policy.checkpoint = {}", path.display()))?;
     let model = TabletopVla::load(&dir)?.inner;
     let steering = if lf.steering.enabled {

@@ -65,6 +65,27 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// A model folder to load: `path` itself when it holds `config.json`, else the checkpoint a
+/// training run's `latest` names (which must hold one). The error says which of the two
+/// `path` was expected to be.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("config.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    match latest(path)? {
+        Some(dir) if dir.join("config.json").is_file() => Ok(dir),
+        Some(dir) => Err(TuneError::Invalid(format!(
+            "{}: points at {}, which has no config.json",
+            path.join("latest").display(),
+            dir.display()
+        ))),
+        None => Err(TuneError::Invalid(format!(
+            "{}: neither a checkpoint folder (config.json) nor a training run (latest)",
+            path.display()
+        ))),
+    }
+}
+
 /// Removes all but the newest `keep` `checkpoint-*` folders.
 pub fn prune(root: &Path, keep: usize) -> Result<()> {
     let mut dirs: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
