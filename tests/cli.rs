@@ -198,23 +198,23 @@ fn help_shows_examples() {
     }
 }
 
-/// `--record`, `--connect` and `--no-viz` are global: before or after the subcommand; commands
-/// that record nothing refuse a destination with a hint, and take `--no-viz` as the no-op it is
-/// there.
+/// `--record`, `--connect` and `--no-viz` belong to the commands that record (`launch`,
+/// `steer sweep`): there they work and show in `--help`; every other command refuses them as
+/// unknown arguments, and `--help` does not offer them.
 #[test]
-fn recording_flags_are_global_and_refused_where_nothing_records() {
+fn recording_flags_only_on_commands_that_record() {
     let dir = tempfile::tempdir().unwrap();
-    let rrd = dir.path().join("before.rrd");
+    let rrd = dir.path().join("after.rrd");
     let out = rudder()
         .current_dir(root())
-        .arg("--record")
-        .arg(&rrd)
         .args([
             "launch",
             "tests/golden/tabletop_short.toml",
             "--lockstep",
             "--quiet",
+            "--record",
         ])
+        .arg(&rrd)
         .output()
         .unwrap();
     assert!(
@@ -223,28 +223,37 @@ fn recording_flags_are_global_and_refused_where_nothing_records() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::metadata(&rrd).unwrap().len() > 1000);
-    let out = rudder()
-        .args(["sim", "driving", "--scenarios", "1", "--record"])
-        .arg(dir.path().join("nothing.rrd"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rudder launch"), "{err}");
-    let out = rudder()
-        .current_dir(root())
-        .args([
+    for args in [
+        &["sim", "driving", "--scenarios", "1", "--record", "x.rrd"][..],
+        &[
             "model",
             "verify",
             "--model",
             "fixtures/hf-tiny/llama",
             "--no-viz",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ][..],
+        &[
+            "--record",
+            "x.rrd",
+            "launch",
+            "tests/golden/tabletop_short.toml",
+        ][..],
+    ] {
+        let out = rudder().current_dir(root()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    for (cmd, offers) in [
+        (&["launch", "--help"][..], true),
+        (&["steer", "sweep", "--help"][..], true),
+        (&["eval", "--help"][..], false),
+        (&["sim", "driving", "--help"][..], false),
+        (&["train", "vla", "--help"][..], false),
+    ] {
+        let out = rudder().args(cmd).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(help.contains("--no-viz"), offers, "{cmd:?}: {help}");
+        assert_eq!(help.contains("--connect"), offers, "{cmd:?}: {help}");
+    }
 }

@@ -37,9 +37,12 @@ pub struct LaunchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub recording: super::RecordingFlags,
 }
 
-pub fn run(a: LaunchArgs, rec: &super::RecordingFlags) -> anyhow::Result<ExitCode> {
+pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let rec = &a.recording;
     let lf = LaunchFile::load(&a.file)?;
     if a.episodes == 0 {
         anyhow::bail!("--episodes must be at least 1");

@@ -26,34 +26,24 @@ pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    #[command(flatten)]
-    pub recording: RecordingFlags,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Where Rerun data goes, for the commands that record (`launch`); accepted before or after the
-/// subcommand.
+/// Where Rerun data goes: flattened into the subcommands that record (`launch`, `steer sweep`)
+/// and only those, so `--help` of every other command does not offer them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RecordingFlags {
     /// Write the Rerun recording here (default: the launch file's `recording.rrd`).
-    #[arg(long, global = true, value_name = "FILE.rrd")]
+    #[arg(long, value_name = "FILE.rrd")]
     pub record: Option<std::path::PathBuf>,
     /// Stream to a running viewer (`rerun`, or `rerun --serve-grpc`) instead of writing a file,
     /// e.g. rerun+http://127.0.0.1:9876/proxy.
-    #[arg(long, global = true, value_name = "URL", conflicts_with = "record")]
+    #[arg(long, value_name = "URL", conflicts_with = "record")]
     pub connect: Option<String>,
     /// No Rerun recording at all.
-    #[arg(long, global = true, conflicts_with_all = ["record", "connect"])]
+    #[arg(long, conflicts_with_all = ["record", "connect"])]
     pub no_viz: bool,
-}
-
-impl RecordingFlags {
-    /// A destination was asked for. (`--no-viz` is harmless on a command that never records, so
-    /// scripts can pass it everywhere.)
-    fn any(&self) -> bool {
-        self.record.is_some() || self.connect.is_some()
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,18 +89,8 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let records = matches!(
-        cli.command,
-        Command::Launch(_) | Command::Steer(steer::SteerCommand::Sweep(_))
-    );
-    if cli.recording.any() && !records {
-        anyhow::bail!(
-            "--record / --connect apply to commands that record a Rerun stream: \
-             `rudder launch FILE --record out.rrd`, `rudder steer sweep ... --record sweep.rrd`"
-        );
-    }
     match cli.command {
-        Command::Launch(l) => launch::run(l, &cli.recording),
+        Command::Launch(l) => launch::run(l),
         Command::Model(m) => model::run(m),
         Command::Bench(b) => bench::run(b),
         Command::Train(t) => train::run(t),
@@ -118,6 +98,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demos(d) => sim::demos(d),
         Command::Serve(s) => serve::run(s),
         Command::Eval(e) => eval::run(e),
-        Command::Steer(s) => steer::run(s, &cli.recording),
+        Command::Steer(s) => steer::run(s),
     }
 }

@@ -43,7 +43,7 @@ rudder steer bench --model fixtures/hf-tiny/llama --clusters out/dict.toml --set
 rudder steer clusters --model runs/vla/latest --size 10 --layers 1.. --out dict.toml\n  \
 rudder steer sweep --policy runs/vla --dict dict.toml --cluster fast_10 --alphas 0,2,4,8,16 --episodes 2 --json\n  \
 rudder steer sweep --policy runs/vla --dict dict.toml --cluster up_10 --tasks 0,1 --record sweep.rrd")]
-    Sweep(super::steer_sweep::SweepArgs),
+    Sweep(SweepCommand),
 }
 
 #[derive(Debug, Args)]
@@ -117,12 +117,21 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-pub fn run(cmd: SteerCommand, rec: &super::RecordingFlags) -> anyhow::Result<ExitCode> {
+/// `steer sweep`'s arguments with the recording flags, which only the commands that record take.
+#[derive(Debug, Args)]
+pub struct SweepCommand {
+    #[command(flatten)]
+    pub sweep: super::steer_sweep::SweepArgs,
+    #[command(flatten)]
+    pub recording: super::RecordingFlags,
+}
+
+pub fn run(cmd: SteerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SteerCommand::Inspect(a) => inspect(a),
         SteerCommand::Clusters(a) => clusters(a),
         SteerCommand::Bench(a) => bench(a),
-        SteerCommand::Sweep(a) => super::steer_sweep::run(a, rec),
+        SteerCommand::Sweep(c) => super::steer_sweep::run(c.sweep, &c.recording),
     }
 }
 
