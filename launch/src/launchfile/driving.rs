@@ -6,9 +6,10 @@ use super::LaunchFile;
 use crate::viz::driving::{DrivingRecorder, METRIC_EVERY};
 use crate::viz::VizOptions;
 use anyhow::{bail, Context};
+use rudder_robot::driving::{Observation, Planner, PlannerSetup, Trajectory};
 use rudder_sim::driving::generator::{generate, SCENARIO_TYPES};
+use rudder_sim::driving::map::Map;
 use rudder_sim::driving::metrics::{evaluate, ScenarioMetrics};
-use rudder_sim::driving::planners::{Observation, Planner, Trajectory};
 use rudder_sim::driving::scenario::{Scenario, DT};
 use rudder_sim::driving::simulation::{simulate, History, Mode};
 use rudder_sim::driving::{nuplan_db, PlannerKind};
@@ -37,19 +38,19 @@ pub struct DrivingReport {
 
 /// Keeps every trajectory the planner returned (what the recording draws as the plan).
 struct PlanTap {
-    inner: Box<dyn Planner>,
+    inner: Box<dyn Planner<Map>>,
     plans: Vec<Trajectory>,
 }
 
-impl Planner for PlanTap {
+impl Planner<Map> for PlanTap {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn initialize(&mut self, scenario: &Scenario) {
+    fn initialize(&mut self, setup: &PlannerSetup<'_, Map>) {
         self.plans.clear();
-        self.inner.initialize(scenario)
+        self.inner.initialize(setup)
     }
-    fn plan(&mut self, obs: &Observation<'_>) -> Trajectory {
+    fn plan(&mut self, obs: &Observation<'_, Map>) -> Trajectory {
         let t = self.inner.plan(obs);
         self.plans.push(t.clone());
         t

@@ -13,11 +13,11 @@ use rerun::blueprint::{
     Vertical,
 };
 use rerun::RecordingStream;
-use rudder_sim::driving::geometry::P2;
+use rudder_robot::driving::{AgentObs, Category, Trajectory, P2};
 use rudder_sim::driving::metrics::{ScenarioMetrics, METRIC_NAMES};
-use rudder_sim::driving::planners::Trajectory;
-use rudder_sim::driving::scenario::{AgentObs, Category, Scenario, DT};
+use rudder_sim::driving::scenario::{AgentBox, Scenario, DT};
 use rudder_sim::driving::simulation::History;
+use rudder_sim::driving::vehicle::Pacifica;
 
 /// The layout a driving recording opens with.
 pub fn driving_blueprint() -> Blueprint {

@@ -3,13 +3,15 @@
 //! and of the score (CLS-NR or CLS-R), and the simulation speed.
 
 use super::generator;
+use super::map::Map;
 use super::metrics::{self, ScenarioMetrics, METRIC_NAMES};
 use super::nuplan_db;
-use super::planners::{ConstantVelocityPlanner, IdmPlanner, LogReplayPlanner, Planner};
+use super::planners::{ConstantVelocityPlanner, IdmPlanner, LogReplayPlanner};
 use super::scenario::{Scenario, DT};
 use super::simulation::simulate;
 pub use super::simulation::Mode;
 use super::DrivingError;
+use rudder_robot::driving::Planner;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,7 +35,7 @@ impl PlannerKind {
             _ => None,
         }
     }
-    pub fn build(self) -> Box<dyn Planner> {
+    pub fn build(self) -> Box<dyn Planner<Map>> {
         match self {
             PlannerKind::LogReplay => Box::<LogReplayPlanner>::default(),
             PlannerKind::ConstantVelocity => Box::<ConstantVelocityPlanner>::default(),

@@ -4,68 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A point in the map frame (metres).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct P2 {
-    pub x: f64,
-    pub y: f64,
-}
-
-// Plain methods rather than operator traits keep the arithmetic explicit in hot loops.
-#[allow(clippy::should_implement_trait)]
-impl P2 {
-    pub const fn new(x: f64, y: f64) -> Self {
-        Self { x, y }
-    }
-    pub fn sub(self, o: P2) -> P2 {
-        P2::new(self.x - o.x, self.y - o.y)
-    }
-    pub fn add(self, o: P2) -> P2 {
-        P2::new(self.x + o.x, self.y + o.y)
-    }
-    pub fn scale(self, k: f64) -> P2 {
-        P2::new(self.x * k, self.y * k)
-    }
-    pub fn dot(self, o: P2) -> f64 {
-        self.x * o.x + self.y * o.y
-    }
-    pub fn cross(self, o: P2) -> f64 {
-        self.x * o.y - self.y * o.x
-    }
-    pub fn norm(self) -> f64 {
-        self.x.hypot(self.y)
-    }
-    pub fn dist(self, o: P2) -> f64 {
-        self.sub(o).norm()
-    }
-    pub fn is_finite(self) -> bool {
-        self.x.is_finite() && self.y.is_finite()
-    }
-}
-
-/// Wraps an angle to (-pi, pi].
-pub fn wrap_angle(a: f64) -> f64 {
-    let two_pi = std::f64::consts::TAU;
-    let mut r = a.rem_euclid(two_pi);
-    if r > std::f64::consts::PI {
-        r -= two_pi;
-    }
-    r
-}
-
-/// A pose in the plane.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct Pose {
-    pub x: f64,
-    pub y: f64,
-    pub heading: f64,
-}
-
-impl Pose {
-    pub fn p(&self) -> P2 {
-        P2::new(self.x, self.y)
-    }
-}
+// Points, poses and angle wrapping are the planner interface's vocabulary (robot crate).
+pub use rudder_robot::driving::{wrap_angle, Pose, P2};
 
 /// Axis-aligned bounds, used by the grid index and as a cheap prefilter.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use super::geometry::{wrap_angle, OrientedBox, Polyline, P2};
 use super::map::{Lane, LaneId, LaneKind, LightStatus, Map};
-use super::scenario::{AgentObs, AgentState, Category, Scenario};
+use super::scenario::{AgentBox, AgentObs, AgentState, Category, Scenario};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IdmParams {

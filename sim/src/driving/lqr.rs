@@ -6,8 +6,8 @@
 //! curvature-rate penalties). Below the stopping speed a proportional controller takes over.
 
 use super::geometry::wrap_angle;
-use super::planners::Trajectory;
 use super::vehicle::{EgoState, WHEELBASE};
+use rudder_robot::driving::Trajectory;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LqrTracker {

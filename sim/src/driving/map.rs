@@ -8,16 +8,8 @@ use super::DrivingError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// Lane or lane connector id (nuPlan uses integer ids for both, in one namespace).
-pub type LaneId = u64;
-
-/// nuPlan distinguishes lanes (on road segments) from connectors (through intersections);
-/// several metrics treat them differently (speed limit on connectors, TTC in intersections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LaneKind {
-    Lane,
-    Connector,
-}
+// Ids, lane kinds and light states are what planners see of the map (robot crate).
+pub use rudder_robot::driving::{LaneId, LaneKind, LightStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lane {
@@ -111,36 +103,6 @@ pub struct StopLine {
 pub struct Crosswalk {
     pub id: u64,
     pub polygon: Vec<P2>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LightStatus {
-    Green,
-    Yellow,
-    Red,
-    Unknown,
-}
-
-impl LightStatus {
-    /// Parses nuPlan's `traffic_light_status.status` strings.
-    pub fn parse(s: &str) -> Option<LightStatus> {
-        match s.to_ascii_lowercase().as_str() {
-            "green" => Some(LightStatus::Green),
-            "yellow" => Some(LightStatus::Yellow),
-            "red" => Some(LightStatus::Red),
-            "unknown" => Some(LightStatus::Unknown),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LightStatus::Green => "green",
-            LightStatus::Yellow => "yellow",
-            LightStatus::Red => "red",
-            LightStatus::Unknown => "unknown",
-        }
-    }
 }
 
 /// A signal controlling one connector, cycling through `phases` (status, seconds) from
@@ -385,6 +347,25 @@ impl Map {
             .flat_map(move |c| self.grid.lanes[c].iter())
             .map(move |&i| &self.lanes[i as usize])
             .filter(move |l| l.contains(p))
+    }
+
+    /// Lanes and connectors whose bounds come within `radius` of `p`, each once (what a
+    /// planner gathers around the ego).
+    pub fn lanes_near(&self, p: P2, radius: f64) -> Vec<&Lane> {
+        let b = Aabb {
+            min: P2::new(p.x - radius, p.y - radius),
+            max: P2::new(p.x + radius, p.y + radius),
+        };
+        let mut seen: Vec<u32> = Vec::new();
+        for c in self.grid.cells_of(b) {
+            for &i in &self.grid.lanes[c] {
+                if !seen.contains(&i) && self.lanes[i as usize].bounds().contains(p, radius) {
+                    seen.push(i);
+                }
+            }
+        }
+        seen.sort_unstable();
+        seen.into_iter().map(|i| &self.lanes[i as usize]).collect()
     }
 
     pub fn on_any_lane(&self, p: P2) -> bool {

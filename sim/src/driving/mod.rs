@@ -4,8 +4,11 @@
 //!   types, [`nuplan_db`] loads nuPlan-schema SQLite logs with a map file of ours beside them.
 //! - [`vehicle`] (kinematic bicycle with actuator lags) driven by [`lqr`] (nuPlan's two-stage
 //!   tracker); [`idm`] drives reactive agents and the IDM planner.
-//! - [`simulation`] runs one scenario with a [`planners::Planner`]; [`metrics`] scores it
-//!   exactly as nuplan-devkit does; [`campaign`] runs many and aggregates.
+//! - [`simulation`] runs one scenario with a planner; [`metrics`] scores it exactly as
+//!   nuplan-devkit does; [`campaign`] runs many and aggregates.
+//! - The planner interface (`Planner`, `Observation`, `Trajectory`, the ego and object states)
+//!   is `rudder_robot::driving`, so planners need not depend on sim; [`planners`] holds the
+//!   three baselines and [`map_view`] lets them (and any other) read [`map::Map`].
 
 pub mod campaign;
 pub mod generator;
@@ -13,6 +16,7 @@ pub mod geometry;
 pub mod idm;
 pub mod lqr;
 pub mod map;
+pub mod map_view;
 pub mod metrics;
 pub mod nuplan_db;
 pub mod planners;
@@ -22,7 +26,6 @@ pub mod simulation;
 pub mod vehicle;
 
 pub use campaign::{run_campaign, CampaignReport, Mode, PlannerKind};
-pub use planners::{Observation, Planner, Trajectory, TrajectoryPoint};
 
 use thiserror::Error;
 

@@ -1,97 +1,16 @@
-//! The planner interface and the three baselines: log replay (the expert), constant velocity,
-//! and nuPlan's IDM planner along the route.
+//! The three baselines, implementing the robot crate's planner interface: log replay (the
+//! expert) and constant velocity for any map, nuPlan's IDM planner on sim's own map (it walks
+//! the lane graph with the IDM machinery the reactive agents share).
 
-use super::geometry::{wrap_angle, P2};
+use super::geometry::wrap_angle;
 use super::idm::{find_leader, follow_lanes, IdmParams, LanePath, Obstacle};
 use super::map::{LaneId, LightStatus, Map};
-use super::scenario::{AgentObs, Scenario, DT, HISTORY_STEPS};
-use super::vehicle::{EgoState, EGO_LENGTH, EGO_WIDTH, REAR_TO_CENTER};
-use serde::{Deserialize, Serialize};
+use super::scenario::AgentBox;
+use super::vehicle::{Pacifica, EGO_LENGTH, EGO_WIDTH, REAR_TO_CENTER};
+use rudder_robot::driving::{
+    MapView, Observation, Planner, PlannerSetup, Trajectory, TrajectoryPoint,
+};
 use std::collections::HashSet;
-
-/// One planned rear-axle state at absolute simulation time `t` (s).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct TrajectoryPoint {
-    pub t: f64,
-    pub x: f64,
-    pub y: f64,
-    pub heading: f64,
-    pub speed: f64,
-}
-
-/// A planned trajectory, time-ordered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Trajectory {
-    pub points: Vec<TrajectoryPoint>,
-}
-
-impl Trajectory {
-    pub fn end_time(&self) -> f64 {
-        self.points.last().map(|p| p.t).unwrap_or(f64::NEG_INFINITY)
-    }
-
-    /// Linear interpolation in time (heading along the shorter arc), clamped to the ends.
-    pub fn state_at(&self, t: f64) -> TrajectoryPoint {
-        let pts = &self.points;
-        match pts.len() {
-            0 => TrajectoryPoint::default(),
-            1 => pts[0],
-            n => {
-                if t <= pts[0].t {
-                    return pts[0];
-                }
-                if t >= pts[n - 1].t {
-                    return pts[n - 1];
-                }
-                let i = pts.partition_point(|p| p.t <= t).clamp(1, n - 1);
-                let (a, b) = (pts[i - 1], pts[i]);
-                let span = (b.t - a.t).max(1e-12);
-                let u = (t - a.t) / span;
-                TrajectoryPoint {
-                    t,
-                    x: a.x + u * (b.x - a.x),
-                    y: a.y + u * (b.y - a.y),
-                    heading: wrap_angle(a.heading + u * wrap_angle(b.heading - a.heading)),
-                    speed: a.speed + u * (b.speed - a.speed),
-                }
-            }
-        }
-    }
-
-    /// Usable by the tracker: at least one point, finite, strictly increasing times.
-    pub fn is_valid(&self) -> bool {
-        !self.points.is_empty()
-            && self.points.iter().all(|p| {
-                p.t.is_finite()
-                    && p.x.is_finite()
-                    && p.y.is_finite()
-                    && p.heading.is_finite()
-                    && p.speed.is_finite()
-            })
-            && self.points.windows(2).all(|w| w[1].t > w[0].t)
-    }
-}
-
-/// What a planner sees each step.
-pub struct Observation<'a> {
-    pub step: usize,
-    pub time_s: f64,
-    pub ego: &'a EgoState,
-    /// Simulated ego states so far, the current one last.
-    pub ego_history: &'a [EgoState],
-    pub agents: &'a [AgentObs],
-    pub lights: &'a [(LaneId, LightStatus)],
-    pub map: &'a Map,
-    pub route: &'a [LaneId],
-}
-
-/// A driving policy. `initialize` receives the whole scenario because the log-replay baseline
-/// needs the expert; other planners must use only the route and the map from it.
-pub trait Planner: Send {
-    fn name(&self) -> &'static str;
-    fn initialize(&mut self, _scenario: &Scenario) {}
-    fn plan(&mut self, obs: &Observation<'_>) -> Trajectory;
-}
 
 /// Replays the expert's logged trajectory.
 #[derive(Default)]
@@ -99,16 +18,17 @@ pub struct LogReplayPlanner {
     expert: Vec<TrajectoryPoint>,
 }
 
-impl Planner for LogReplayPlanner {
+impl<M: MapView + ?Sized> Planner<M> for LogReplayPlanner {
     fn name(&self) -> &'static str {
         "log_replay"
     }
-    fn initialize(&mut self, s: &Scenario) {
-        self.expert = s.expert[HISTORY_STEPS.min(s.expert.len())..]
+    fn initialize(&mut self, s: &PlannerSetup<'_, M>) {
+        self.expert = s
+            .expert
             .iter()
             .enumerate()
             .map(|(k, e)| TrajectoryPoint {
-                t: k as f64 * DT,
+                t: k as f64 * s.dt,
                 x: e.x,
                 y: e.y,
                 heading: e.heading,
@@ -116,7 +36,7 @@ impl Planner for LogReplayPlanner {
             })
             .collect();
     }
-    fn plan(&mut self, obs: &Observation<'_>) -> Trajectory {
+    fn plan(&mut self, obs: &Observation<'_, M>) -> Trajectory {
         let from = obs.step.min(self.expert.len().saturating_sub(1));
         Trajectory {
             points: self.expert[from..].to_vec(),
@@ -128,11 +48,11 @@ impl Planner for LogReplayPlanner {
 #[derive(Default)]
 pub struct ConstantVelocityPlanner;
 
-impl Planner for ConstantVelocityPlanner {
+impl<M: MapView + ?Sized> Planner<M> for ConstantVelocityPlanner {
     fn name(&self) -> &'static str {
         "constant_velocity"
     }
-    fn plan(&mut self, obs: &Observation<'_>) -> Trajectory {
+    fn plan(&mut self, obs: &Observation<'_, M>) -> Trajectory {
         let v = obs.ego.vehicle;
         let (s, c) = v.heading.sin_cos();
         Trajectory {
@@ -163,11 +83,13 @@ pub struct IdmPlanner {
 const PLANNER_SAMPLES: usize = 16;
 const PLANNER_SAMPLE_DT: f64 = 0.5;
 
-impl Planner for IdmPlanner {
+// On sim's own map, not any `MapView`: the IDM machinery it shares with the reactive agents
+// (`follow_lanes`, `LanePath`) walks `Map`'s lanes and polylines.
+impl Planner<Map> for IdmPlanner {
     fn name(&self) -> &'static str {
         "idm"
     }
-    fn initialize(&mut self, s: &Scenario) {
+    fn initialize(&mut self, s: &PlannerSetup<'_, Map>) {
         self.route_order = s
             .route
             .iter()
@@ -175,7 +97,7 @@ impl Planner for IdmPlanner {
             .collect();
         self.roadblocks = self.route_order.iter().copied().collect();
     }
-    fn plan(&mut self, obs: &Observation<'_>) -> Trajectory {
+    fn plan(&mut self, obs: &Observation<'_, Map>) -> Trajectory {
         let ego = obs.ego;
         let map = obs.map;
         let c = ego.center();
@@ -273,7 +195,6 @@ impl Planner for IdmPlanner {
                 speed,
             });
         }
-        let _ = P2::default();
         Trajectory { points }
     }
 }

@@ -5,6 +5,7 @@
 use super::geometry::{OrientedBox, P2};
 use super::map::{LaneId, LightStatus, Map};
 use super::DrivingError;
+use rudder_robot::driving::PlannerSetup;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -15,68 +16,8 @@ pub const HORIZON_STEPS: usize = 150;
 /// 2 s of history before the initial sample.
 pub const HISTORY_STEPS: usize = 20;
 
-/// nuPlan's tracked-object categories, grouped as the collision metric groups them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    Vehicle,
-    Pedestrian,
-    Bicycle,
-    TrafficCone,
-    Barrier,
-    CzoneSign,
-    GenericObject,
-}
-
-impl Category {
-    /// nuPlan's `category.name` strings.
-    pub fn parse(s: &str) -> Option<Category> {
-        Some(match s {
-            "vehicle" => Category::Vehicle,
-            "pedestrian" => Category::Pedestrian,
-            "bicycle" => Category::Bicycle,
-            "traffic_cone" => Category::TrafficCone,
-            "barrier" => Category::Barrier,
-            "czone_sign" => Category::CzoneSign,
-            "generic_object" => Category::GenericObject,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Vehicle => "vehicle",
-            Category::Pedestrian => "pedestrian",
-            Category::Bicycle => "bicycle",
-            Category::TrafficCone => "traffic_cone",
-            Category::Barrier => "barrier",
-            Category::CzoneSign => "czone_sign",
-            Category::GenericObject => "generic_object",
-        }
-    }
-    /// Agents move; objects are static by definition (nuPlan's STOPPED_TRACK rule).
-    pub fn is_agent(self) -> bool {
-        matches!(
-            self,
-            Category::Vehicle | Category::Pedestrian | Category::Bicycle
-        )
-    }
-}
-
-/// One sample of a tracked object (box centre, map frame).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct AgentState {
-    pub x: f64,
-    pub y: f64,
-    pub heading: f64,
-    pub vx: f64,
-    pub vy: f64,
-}
-
-impl AgentState {
-    pub fn speed(&self) -> f64 {
-        self.vx.hypot(self.vy)
-    }
-}
+// The object and ego samples are what planners observe (robot crate).
+pub use rudder_robot::driving::{AgentObs, AgentState, Category, EgoPose};
 
 /// A tracked object over the scenario. `states[k]` is the sample at step
 /// `k - HISTORY_STEPS`; `None` where the object was not observed.
@@ -97,18 +38,14 @@ impl Track {
     }
 }
 
-/// What the simulator, planners and metrics see of an object at one step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AgentObs {
-    pub id: u64,
-    pub category: Category,
-    pub state: AgentState,
-    pub length: f64,
-    pub width: f64,
+/// An object's footprint. A sim-side trait because the box type is the simulator's geometry;
+/// planners outside sim build theirs from `length` and `width`.
+pub trait AgentBox {
+    fn bbox(&self) -> OrientedBox;
 }
 
-impl AgentObs {
-    pub fn bbox(&self) -> OrientedBox {
+impl AgentBox for AgentObs {
+    fn bbox(&self) -> OrientedBox {
         OrientedBox::new(
             P2::new(self.state.x, self.state.y),
             self.state.heading,
@@ -116,20 +53,6 @@ impl AgentObs {
             self.width,
         )
     }
-    /// Speed along the object's heading (nuPlan's constant-velocity projection in TTC).
-    pub fn speed(&self) -> f64 {
-        self.state.speed()
-    }
-}
-
-/// One sample of the logged ego (rear axle).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct EgoPose {
-    pub x: f64,
-    pub y: f64,
-    pub heading: f64,
-    pub speed: f64,
-    pub acceleration: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +77,17 @@ impl Scenario {
 
     pub fn ego_initial(&self) -> EgoPose {
         self.expert[HISTORY_STEPS.min(self.expert.len().saturating_sub(1))]
+    }
+
+    /// What a planner learns before the first step: the map, the route, and the expert from
+    /// the initial sample on (for the log-replay baseline only).
+    pub fn planner_setup(&self) -> PlannerSetup<'_, Map> {
+        PlannerSetup {
+            map: self.map.as_ref(),
+            route: &self.route,
+            expert: &self.expert[HISTORY_STEPS.min(self.expert.len())..],
+            dt: DT,
+        }
     }
 
     /// Expert pose at simulation step `step` (clamped to the last sample).

@@ -4,10 +4,11 @@
 
 use super::idm::ReactiveAgents;
 use super::lqr::LqrTracker;
-use super::planners::{Observation, Planner};
+use super::map::Map;
 use super::scenario::{AgentObs, Scenario, DT};
-use super::vehicle::EgoState;
+use super::vehicle::{EgoState, Pacifica};
 use super::DrivingError;
+use rudder_robot::driving::{Observation, Planner};
 use rudder_robot::types::VehicleCommand;
 
 /// Whether agents replay the log (CLS-NR) or follow their lanes with IDM (CLS-R).
@@ -28,7 +29,7 @@ pub struct History {
 /// Runs `scenario` to its end with `planner`.
 pub fn simulate(
     scenario: &Scenario,
-    planner: &mut dyn Planner,
+    planner: &mut dyn Planner<Map>,
     mode: Mode,
 ) -> Result<History, DrivingError> {
     scenario.validate()?;
@@ -40,7 +41,7 @@ pub fn simulate(
         Mode::Reactive => Some(ReactiveAgents::new(scenario)),
         Mode::NonReactive => None,
     };
-    planner.initialize(scenario);
+    planner.initialize(&scenario.planner_setup());
     let mut hist = History {
         ego: Vec::with_capacity(n),
         agents: Vec::with_capacity(n),
@@ -63,7 +64,7 @@ pub fn simulate(
             ego_history: &hist.ego,
             agents: &agents,
             lights,
-            map: &scenario.map,
+            map: scenario.map.as_ref(),
             route: &scenario.route,
         });
         if !traj.is_valid() {

@@ -1,12 +1,11 @@
 //! The ego: nuPlan's kinematic bicycle at the rear axle with first-order actuator lags and
 //! explicit Euler integration, on the Chrysler Pacifica's dimensions. The state is the robot
-//! crate's [`VehicleState`] plus what the metrics need (steering rate, yaw rate and yaw
-//! acceleration). `VehicleState::step_bicycle` is not used: it integrates at the midpoint,
+//! crate's [`EgoState`] ([`VehicleState`] plus steering rate, yaw rate and yaw acceleration,
+//! which the metrics need); the [`Pacifica`] trait adds the body and the model to it. `VehicleState::step_bicycle` is not used: it integrates at the midpoint,
 //! while nuPlan's model is explicit Euler, and scores must match nuPlan's.
 
 use super::geometry::{wrap_angle, OrientedBox, P2};
 use rudder_robot::types::{VehicleCommand, VehicleLimits, VehicleState};
-use serde::{Deserialize, Serialize};
 
 /// Pacifica (nuPlan's ego) dimensions.
 pub const EGO_WIDTH: f64 = 2.297;
@@ -33,23 +32,22 @@ pub fn ego_limits() -> VehicleLimits {
     }
 }
 
-/// Full ego state at one simulation sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct EgoState {
-    pub time_s: f64,
-    /// Rear-axle pose, longitudinal speed and acceleration, tyre angle.
-    pub vehicle: VehicleState,
-    pub steering_rate: f64,
-    pub yaw_rate: f64,
-    pub yaw_acceleration: f64,
+/// The ego state lives in the robot crate (it is what a planner observes).
+pub use rudder_robot::driving::EgoState;
+
+/// What the simulator knows of the ego beyond its state: the Pacifica's body (centre,
+/// footprint) and nuPlan's vehicle model. A trait because [`EgoState`] is the robot crate's.
+pub trait Pacifica {
+    fn center(&self) -> P2;
+    fn footprint(&self) -> OrientedBox;
+    /// Acceleration of the box centre in the body frame (longitudinal, lateral).
+    fn center_acceleration(&self) -> (f64, f64);
+    /// One step of nuPlan's kinematic bicycle under an ideal command.
+    fn propagate(&self, ideal: VehicleCommand, ideal_steering_rate: f64, dt: f64) -> EgoState;
 }
 
-impl EgoState {
-    pub fn rear_axle(&self) -> P2 {
-        P2::new(self.vehicle.x, self.vehicle.y)
-    }
-
-    pub fn center(&self) -> P2 {
+impl Pacifica for EgoState {
+    fn center(&self) -> P2 {
         let h = self.vehicle.heading;
         P2::new(
             self.vehicle.x + REAR_TO_CENTER * h.cos(),
@@ -57,14 +55,14 @@ impl EgoState {
         )
     }
 
-    pub fn footprint(&self) -> OrientedBox {
+    fn footprint(&self) -> OrientedBox {
         OrientedBox::new(self.center(), self.vehicle.heading, EGO_LENGTH, EGO_WIDTH)
     }
 
     /// Acceleration of the box centre in the body frame (longitudinal, lateral): the rear-axle
     /// acceleration plus the rigid-body terms for a point `REAR_TO_CENTER` ahead (centripetal
     /// -w^2 d along x; v w + alpha d across).
-    pub fn center_acceleration(&self) -> (f64, f64) {
+    fn center_acceleration(&self) -> (f64, f64) {
         let v = &self.vehicle;
         let w = self.yaw_rate;
         (
@@ -76,7 +74,7 @@ impl EgoState {
     /// One step of nuPlan's kinematic bicycle under an ideal command (acceleration and steering
     /// rate from the tracker): first the commands pass the first-order lags, then the state is
     /// integrated with explicit Euler and the tyre angle is clipped.
-    pub fn propagate(&self, ideal: VehicleCommand, ideal_steering_rate: f64, dt: f64) -> EgoState {
+    fn propagate(&self, ideal: VehicleCommand, ideal_steering_rate: f64, dt: f64) -> EgoState {
         let _ = ideal.steering_angle;
         let s = &self.vehicle;
         let accel = s.acceleration
@@ -106,29 +104,6 @@ impl EgoState {
             steering_rate,
             yaw_rate,
             yaw_acceleration: (yaw_rate - self.yaw_rate) / dt,
-        }
-    }
-
-    /// An ego at a logged pose, steering angle inferred as zero (the log has no tyre angle).
-    pub fn from_pose(
-        time_s: f64,
-        x: f64,
-        y: f64,
-        heading: f64,
-        speed: f64,
-        acceleration: f64,
-    ) -> Self {
-        EgoState {
-            time_s,
-            vehicle: VehicleState {
-                x,
-                y,
-                heading,
-                speed,
-                acceleration,
-                steering_angle: 0.0,
-            },
-            ..Default::default()
         }
     }
 }

@@ -4,8 +4,8 @@
 
 use super::super::geometry::wrap_angle;
 use super::super::map::Map;
-use super::super::scenario::{AgentObs, Category};
-use super::super::vehicle::EgoState;
+use super::super::scenario::{AgentBox, AgentObs, Category};
+use super::super::vehicle::{EgoState, Pacifica};
 use std::collections::HashSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! acceleration are SG derivatives 1 and 2 of the unwrapped heading (window 5, order 2 and 3).
 
 use super::super::savgol::savgol;
-use super::super::vehicle::EgoState;
+use super::super::vehicle::{EgoState, Pacifica};
 
 pub const MIN_LON_ACCEL: f64 = -4.05;
 pub const MAX_LON_ACCEL: f64 = 2.40;

@@ -4,7 +4,7 @@
 
 use super::super::geometry::point_polygon_distance;
 use super::super::map::Map;
-use super::super::vehicle::EgoState;
+use super::super::vehicle::{EgoState, Pacifica};
 
 pub const TOLERANCE: f64 = 0.3;
 

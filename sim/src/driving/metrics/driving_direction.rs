@@ -4,7 +4,7 @@
 //! else 0.
 
 use super::super::map::Map;
-use super::super::vehicle::EgoState;
+use super::super::vehicle::{EgoState, Pacifica};
 
 pub const COMPLIANCE_THRESHOLD: f64 = 2.0;
 pub const VIOLATION_THRESHOLD: f64 = 6.0;

@@ -7,7 +7,7 @@
 use super::super::geometry::P2;
 use super::super::map::{LaneId, Map};
 use super::super::scenario::EgoPose;
-use super::super::vehicle::{EgoState, REAR_TO_CENTER};
+use super::super::vehicle::{EgoState, Pacifica, REAR_TO_CENTER};
 
 pub const MIN_PROGRESS: f64 = 2.0;
 pub const MAKING_PROGRESS_RATIO: f64 = 0.2;

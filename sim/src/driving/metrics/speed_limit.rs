@@ -3,7 +3,7 @@
 //! violations, else max(0, 1 - sum(overspeed) x mean dt / (2.23 x duration)).
 
 use super::super::map::Map;
-use super::super::vehicle::EgoState;
+use super::super::vehicle::{EgoState, Pacifica};
 
 pub const MAX_OVERSPEED_INTEGRAL: f64 = 2.23;
 

@@ -7,8 +7,8 @@
 
 use super::super::geometry::wrap_angle;
 use super::super::map::{LaneKind, Map};
-use super::super::scenario::AgentObs;
-use super::super::vehicle::EgoState;
+use super::super::scenario::{AgentBox, AgentObs};
+use super::super::vehicle::{EgoState, Pacifica};
 
 pub const HORIZON: f64 = 3.0;
 pub const STEP: f64 = 0.1;
