@@ -3,7 +3,12 @@
 //! Blocks ([`blocks`]) with Hub-compatible parameter names, models ([`models`]) loaded from
 //! `config.json` + safetensors, named hook points ([`hooks`]), greedy generation with a KV
 //! cache ([`generate`]), checkpoint I/O ([`checkpoint`]) and reference comparison ([`verify`]).
+//!
+//! The CPU kernels behind the blocks (packed AVX-512 matmul, fused attention, vectorised
+//! softmax and activations) and their spinning thread pool live in `kernels`, private to the
+//! crate; [`bench`] is their only public face (thread count and FMA peak for benchmarks).
 
+pub mod bench;
 pub mod blocks;
 pub mod checkpoint;
 pub mod config;
@@ -11,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod intruder;
+mod kernels;
 pub mod load;
 pub mod lora;
 pub mod models;

@@ -245,11 +245,7 @@ fn llama(a: LlamaArgs) -> anyhow::Result<ExitCode> {
     // faster than gemm, so gemm's rate is no longer the right yardstick for the forward pass.
     let fma_peak = device
         .is_cpu()
-        .then(|| {
-            rudder_tune::blocks::packed_gemm::fma_peak_gflops(
-                rudder_tune::blocks::spin_pool::threads(),
-            )
-        })
+        .then(|| rudder_tune::bench::fma_peak_gflops(rudder_tune::bench::threads()))
         .flatten();
     out.insert("fma_peak_gflops".into(), serde_json::json!(fma_peak));
     let vocab = dec.cfg.vocab_size as u32;

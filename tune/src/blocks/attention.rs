@@ -3,14 +3,23 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::fused_attention::{FusedAttention, MaskRows};
+use super::linear::Linear;
 use super::qkv::PackedQkv;
 use super::rope::{apply_rope, rope_thd, RopeTables};
-use super::{softmax_last, Linear};
 use crate::hooks::{HookPoint, Hooks, Site};
+use crate::kernels::fused_attention::{FusedAttention, MaskRows};
+
+/// Softmax over the last dimension, differentiable when needed.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionConfig {
@@ -365,8 +374,9 @@ fn fused_mask_fits(m: &Tensor, b: usize, t: usize) -> bool {
 pub mod mask {
     use candle_core::{Device, Result, Tensor};
 
-    /// A large negative number instead of -inf so fully masked rows (padding) give finite output.
-    pub const NEG: f32 = f32::MIN;
+    /// A large negative number instead of -inf so fully masked rows (padding) give finite output
+    /// (the value the fused attention kernel takes for a hidden key).
+    pub const NEG: f32 = crate::kernels::fused_attention::NEG;
 
     /// `allowed(b, q, k)` decides each entry; returns `[batch, 1, q_len, k_len]`.
     pub fn build(
@@ -480,8 +490,8 @@ mod tests {
     fn fused_kernel_matches_the_unfused_path_at(d: usize) {
         let dev = Device::Cpu;
         let (b, t, past, hidden) = (2, 150, 37, 48);
-        let rope = super::super::RotaryEmbedding::new(
-            &super::super::RopeConfig {
+        let rope = super::super::rope::RotaryEmbedding::new(
+            &super::super::rope::RopeConfig {
                 theta: 10_000.0,
                 head_dim: d,
                 scaling: super::super::rope::RopeScaling::None,
@@ -575,8 +585,8 @@ mod tests {
     fn fused_kernel_gradients_match_autograd() {
         let dev = Device::Cpu;
         let (b, t, past, hidden, d) = (2, 90, 11, 32, 8);
-        let rope = super::super::RotaryEmbedding::new(
-            &super::super::RopeConfig {
+        let rope = super::super::rope::RotaryEmbedding::new(
+            &super::super::rope::RopeConfig {
                 theta: 10_000.0,
                 head_dim: d,
                 scaling: super::super::rope::RopeScaling::None,

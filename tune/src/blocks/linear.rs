@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedMatmulAdd, PackedWeight};
+use crate::kernels::packed_gemm::{with_cpu_f32, PackedMatmul, PackedMatmulAdd, PackedWeight};
 
 use crate::lora::LoraSlot;
 
@@ -136,7 +136,7 @@ impl Linear {
                     .apply_op1_no_bwd(&PackedMatmul(pw.clone()))?,
                 None => x2
                     .contiguous()?
-                    .apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?,
+                    .apply_op2_no_bwd(&self.wt, &crate::kernels::matmul::ColumnSplitGemm)?,
             }
         } else {
             x2.matmul(&self.wt)?
@@ -242,7 +242,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             candle_core::bail!("frozen-matmul: input must be contiguous");
         };
         let x = Tensor::from_slice(&data[start..end], (m, k), &candle_core::Device::Cpu)?;
-        let y = x.apply_op2_no_bwd(&self.wt, &super::matmul::ColumnSplitGemm)?;
+        let y = x.apply_op2_no_bwd(&self.wt, &crate::kernels::matmul::ColumnSplitGemm)?;
         let n = y.dim(1)?;
         let v = y.flatten_all()?.to_vec1::<f32>()?;
         Ok((

@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Result, Tensor, TensorId};
 use candle_nn::VarBuilder;
 
-use super::packed_gemm::{with_cpu_f32, PackedMatmul, PackedWeight};
-use super::{fastmath, Linear};
+use super::linear::Linear;
 use crate::hooks::{HookPoint, Hooks, Site};
+use crate::kernels::fastmath;
+use crate::kernels::packed_gemm::{with_cpu_f32, PackedMatmul, PackedWeight};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -269,7 +270,7 @@ impl Mlp {
         let Some(up) = &self.up else {
             return Ok(None);
         };
-        let act: super::packed_gemm::GateFn = match self.act {
+        let act: crate::kernels::packed_gemm::GateFn = match self.act {
             Activation::Silu => fastmath::silu_mul,
             Activation::GeluTanh => fastmath::gelu_tanh_mul,
             _ => return Ok(None),
@@ -362,7 +363,7 @@ mod tests {
             let out = mlp.forward(&x, None, pt).expect("forward");
             let d = diff(&out, &reference(&mlp));
             assert!(d < 1e-5, "{act:?}: max diff {d}");
-            if super::super::packed_gemm::available() {
+            if crate::kernels::packed_gemm::available() {
                 assert!(mlp.packed_gate_up.get().is_some_and(|p| p.is_some()));
             }
             mlp.gate.set_weight_t(

@@ -156,7 +156,7 @@ unsafe fn norm_rows_avx512(o: &mut [std::mem::MaybeUninit<f32>], x: &[f32], w: &
 
 fn norm_rows(o: &mut [std::mem::MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
-    if super::fastmath::has_avx512() {
+    if crate::kernels::fastmath::has_avx512() {
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { norm_rows_avx512(o, x, w, eps) };
     }
@@ -203,7 +203,7 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         if n == 0 || !x.len().is_multiple_of(n) {
             candle_core::bail!("fused rms-norm: rows of {} for a weight of {n}", x.len());
         }
-        let mut out = super::fastmath::uninit_buffer(x.len());
+        let mut out = crate::kernels::fastmath::uninit_buffer(x.len());
         let eps = self.eps;
         let rows = x.len() / n;
         // A decoding step's row or two runs here; a prompt's rows split over the spin pool
@@ -211,7 +211,7 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         let tasks = if x.len() < 1 << 14 {
             1
         } else {
-            super::spin_pool::threads().min(rows)
+            crate::kernels::spin_pool::threads().min(rows)
         };
         let op = out.as_mut_ptr() as usize;
         let work = |task: usize| {
@@ -225,12 +225,12 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
             };
             norm_rows(o, &x[r0 * n..r1 * n], w, eps);
         };
-        if !super::spin_pool::run(tasks, &work) {
+        if !crate::kernels::spin_pool::run(tasks, &work) {
             use rayon::prelude::*;
             (0..tasks).into_par_iter().for_each(work);
         }
         // SAFETY: the tasks cover every row, and `norm_rows` writes each element of its rows.
-        let out = unsafe { super::fastmath::assume_init(out) };
+        let out = unsafe { crate::kernels::fastmath::assume_init(out) };
         Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, TensorId};
 
-use super::packed_gemm::{with_cpu_f32, PackedWeight};
 use super::rope::RopeTables;
+use crate::kernels::packed_gemm::{with_cpu_f32, PackedWeight};
 
 /// q, k and v weights packed together, with the ids of the tensors they came from: a replaced
 /// weight (a merged adapter) no longer matches, and the separate projections run instead.
@@ -116,13 +116,13 @@ impl CustomOp1 for QkvRope {
                 );
             }
         }
-        let mut out = super::fastmath::uninit_buffer(m * n);
+        let mut out = crate::kernels::fastmath::uninit_buffer(m * n);
         // With heads that tile a panel (head_dim dividing 64) each task rotates its own block
         // of q and k right after computing it; otherwise a second pass rotates them.
         let in_task = self
             .rope
             .as_ref()
-            .filter(|_| super::packed_gemm::PANEL.is_multiple_of(self.head_dim));
+            .filter(|_| crate::kernels::packed_gemm::PANEL.is_multiple_of(self.head_dim));
         let rotate_block =
             |op: *mut f32, cols: std::ops::Range<usize>, rows: std::ops::Range<usize>| {
                 let (Some(rope), true) = (in_task, cols.start < self.rotated) else {
@@ -142,10 +142,10 @@ impl CustomOp1 for QkvRope {
             in_task.is_some().then_some(&rotate_block as _),
         )?;
         // SAFETY: the packed kernel writes every element of the m x n output.
-        let mut out = unsafe { super::fastmath::assume_init(out) };
+        let mut out = unsafe { crate::kernels::fastmath::assume_init(out) };
         if let (Some(rope), None) = (&self.rope, in_task) {
             let heads = self.rotated / self.head_dim;
-            let threads = super::spin_pool::threads();
+            let threads = crate::kernels::spin_pool::threads();
             // Small inputs (a decoding step) rotate on this thread: a job costs more.
             let tasks = if m * self.rotated < 1 << 14 {
                 1
@@ -159,7 +159,7 @@ impl CustomOp1 for QkvRope {
                 // first), which outlives the job.
                 unsafe { rope.rotate_block(op as *mut f32, n, r0..r1, heads) };
             };
-            if !super::spin_pool::run(tasks, &rotate) {
+            if !crate::kernels::spin_pool::run(tasks, &rotate) {
                 (0..tasks).for_each(rotate);
             }
         }

@@ -353,7 +353,7 @@ impl RopeTables {
             )
         };
         #[cfg(target_arch = "x86_64")]
-        if super::fastmath::has_avx512() {
+        if crate::kernels::fastmath::has_avx512() {
             // SAFETY: the CPU supports the features the function was compiled for.
             return unsafe { rotate_rows_avx512(rows, heads, &each) };
         }
@@ -427,7 +427,7 @@ impl candle_core::CustomOp1 for RopeThd {
         if d == 0 || x.is_empty() {
             return Ok((candle_core::CpuStorage::F32(Vec::new()), l.shape().clone()));
         }
-        let mut out = super::fastmath::uninit_buffer(x.len());
+        let mut out = crate::kernels::fastmath::uninit_buffer(x.len());
         let rotate = |row: usize, o: &mut [std::mem::MaybeUninit<f32>], x: &[f32]| {
             let (bi, ti) = (row / t, row % t);
             let base = (if self.batched { bi * t } else { 0 } + ti) * half;
@@ -456,7 +456,7 @@ impl candle_core::CustomOp1 for RopeThd {
         }
         // SAFETY: every row's `h` heads of `d` values were written above (d is even, so the
         // two halves cover each head; the tables were checked against d / 2).
-        let out = unsafe { super::fastmath::assume_init(out) };
+        let out = unsafe { crate::kernels::fastmath::assume_init(out) };
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
 

@@ -10,7 +10,7 @@ use candle_core::DType;
 use rayon::prelude::*;
 
 use super::decoder::Decoder;
-use crate::blocks::fastmath;
+use crate::kernels::fastmath;
 
 /// Shapes of one pass.
 #[derive(Clone, Copy)]

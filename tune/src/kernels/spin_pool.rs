@@ -245,12 +245,13 @@ mod tests {
     /// set before the pool reads it.
     #[test]
     fn helpers_park_at_once_and_still_wake_with_no_spin() {
-        const NAME: &str =
-            "blocks::spin_pool::tests::helpers_park_at_once_and_still_wake_with_no_spin";
         if std::env::var("RUDDER_SPIN_US").as_deref() != Ok("0") {
+            // This test's name as the harness knows it: its module path without the crate.
+            let (_, module) = module_path!().split_once("::").expect("a module path");
+            let name = format!("{module}::helpers_park_at_once_and_still_wake_with_no_spin");
             let exe = std::env::current_exe().expect("test binary");
             let child = std::process::Command::new(exe)
-                .args(["--exact", NAME, "--test-threads", "1"])
+                .args(["--exact", &name, "--test-threads", "1"])
                 .env("RUDDER_SPIN_US", "0")
                 .output()
                 .expect("child test process");

@@ -166,10 +166,10 @@ impl PackedWeight {
         m: usize,
         residual: Option<&[f32]>,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let mut out = crate::blocks::fastmath::uninit_buffer(m * self.n);
+        let mut out = super::fastmath::uninit_buffer(m * self.n);
         self.matmul_add(x, m, residual, &mut out)?;
         // SAFETY: the packed kernel writes every element of the m x n output.
-        let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+        let out = unsafe { super::fastmath::assume_init(out) };
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((m, self.n)),
@@ -181,7 +181,9 @@ impl PackedWeight {
     }
 
     /// `out[m, n] = x[m, k] @ W^T`, both row-major and contiguous, on the spin pool (rayon when
-    /// the pool is busy).
+    /// the pool is busy). The blocks call [`PackedWeight::matmul_add`] directly; the tests
+    /// call this.
+    #[cfg(test)]
     pub fn matmul(
         &self,
         x: &[f32],
@@ -191,7 +193,8 @@ impl PackedWeight {
         self.matmul_add(x, m, None, out)
     }
 
-    /// [`PackedWeight::matmul`] plus `residual` (`m x n`, row-major), added as each register
+    /// `out[m, n] = x[m, k] @ W^T` (both row-major and contiguous, on the spin pool; rayon when
+    /// the pool is busy) plus `residual` (`m x n`, row-major), added as each register
     /// block is stored: a residual connection without a separate pass over the activations.
     /// The sum is `product + residual` in f32, bit for bit what a separate add gives.
     pub fn matmul_add(
@@ -730,10 +733,10 @@ mod tests {
                 .map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0)
                 .collect();
             let pw = PackedWeight::new(&wt, k, n).expect("packed");
-            let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
+            let mut out = crate::kernels::fastmath::uninit_buffer(m * n);
             pw.matmul(&x, m, &mut out).expect("shapes");
             // SAFETY: matmul writes every element of the m x n output.
-            let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+            let out = unsafe { crate::kernels::fastmath::assume_init(out) };
             let want = reference(&x, &wt, m, k, n);
             let worst = out
                 .iter()
@@ -759,12 +762,12 @@ mod tests {
             let up: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 15_485_863) % 89) as f32 / 44.0 - 1.0)
                 .collect();
-            let pw = PackedWeight::new_gated(&gate, &up, k, n, crate::blocks::fastmath::silu_mul)
+            let pw = PackedWeight::new_gated(&gate, &up, k, n, crate::kernels::fastmath::silu_mul)
                 .expect("packed");
-            let mut out = crate::blocks::fastmath::uninit_buffer(m * n);
+            let mut out = crate::kernels::fastmath::uninit_buffer(m * n);
             pw.matmul(&x, m, &mut out).expect("shapes");
             // SAFETY: matmul writes every element of the m x n output.
-            let out = unsafe { crate::blocks::fastmath::assume_init(out) };
+            let out = unsafe { crate::kernels::fastmath::assume_init(out) };
             let (g, u) = (reference(&x, &gate, m, k, n), reference(&x, &up, m, k, n));
             for (i, &o) in out.iter().enumerate() {
                 let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];

@@ -12,8 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, TensorId};
 
-use super::attention::mask::NEG;
 use super::fastmath::{exp_shifted_row, softmax_row};
+
+/// The additive-mask value of a hidden key: a large negative number instead of -inf so fully
+/// masked rows (padding) give finite output. A row ends after its last entry above `NEG / 2`.
+/// The public `blocks::attention::mask::NEG` is this value.
+pub const NEG: f32 = f32::MIN;
 
 /// Queries per block: a block computes scores only up to the last key any of its rows sees.
 const QUERY_BLOCK: usize = 64;
