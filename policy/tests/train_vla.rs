@@ -116,7 +116,7 @@ fn train_resume_is_bit_exact() {
         );
     }
     // The weights after the last step agree exactly too.
-    for ((n, a), (_, b)) in full.opt.params.iter().zip(&resumed.opt.params) {
+    for ((n, a), (_, b)) in full.params().iter().zip(resumed.params()) {
         let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
         assert!(
@@ -253,7 +253,7 @@ fn tokens_checkpoint_loads_and_decodes_actions_in_range() {
             !dir.join("normalization.json").exists(),
             "tokens read no state"
         );
-        let spec = tr.action_tokens.clone().unwrap();
+        let spec = tr.action_tokens().cloned().unwrap();
         // q01 / q99 come from the demos' meta.json; the gripper is not normalised.
         assert_eq!(spec.q01, data.meta.action_q01);
         assert_eq!(spec.mask, [true, true, true, true, true, true, false]);
@@ -315,8 +315,8 @@ fn lora_fine_tune_trains_adapters_only_and_saves_peft_and_merged_weights() {
     cfg.lr = 1e-2;
     cfg.model.hidden = 999; // ignored: the base's architecture wins
     let mut tr = VlaTrainer::new_lora(cfg, &data, &base_dir, lora).unwrap();
-    assert_eq!(tr.cfg.model, base.cfg.model);
-    let names: Vec<&str> = tr.opt.params.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(tr.cfg().model, base.cfg().model);
+    let names: Vec<&str> = tr.params().iter().map(|(n, _)| n.as_str()).collect();
     assert!(names
         .iter()
         .all(|n| n.contains(".lora_A.") || n.contains(".lora_B.")));

@@ -449,7 +449,7 @@ fn killed_run_resumes_bit_identical() {
     for _ in 0..3 {
         tc.step(c.model.decoder().unwrap(), &data).unwrap();
     }
-    for ((na, va), (nc, vc)) in ta.opt.params.iter().zip(tc.opt.params.iter()) {
+    for ((na, va), (nc, vc)) in ta.params().iter().zip(tc.params().iter()) {
         assert_eq!(na, nc);
         assert_eq!(
             bits(va.as_tensor()),
@@ -468,8 +468,7 @@ fn checkpoint_truncated_mid_write_keeps_the_previous_one() {
     t.step(m.model.decoder().unwrap(), &data).unwrap();
     let first = t.save(ck.path(), 3, |_| Ok(())).unwrap();
     let saved_a: Vec<Vec<u32>> = t
-        .opt
-        .params
+        .params()
         .iter()
         .map(|(_, v)| bits(v.as_tensor()))
         .collect();
@@ -494,8 +493,7 @@ fn checkpoint_truncated_mid_write_keeps_the_previous_one() {
     t2.resume(ck.path()).unwrap();
     assert_eq!(t2.step_count(), 1);
     let restored: Vec<Vec<u32>> = t2
-        .opt
-        .params
+        .params()
         .iter()
         .map(|(_, v)| bits(v.as_tensor()))
         .collect();

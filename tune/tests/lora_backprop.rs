@@ -233,8 +233,7 @@ fn sft_trainer_uses_the_pass_and_trains_as_autograd_does() {
             .map(|_| tr.step(dec, &examples).unwrap().loss)
             .collect();
         let weights: Vec<Vec<f32>> = tr
-            .opt
-            .params
+            .params()
             .iter()
             .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
             .collect();

@@ -329,14 +329,13 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         "training VLA-{} ({} trainable parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
          {} episodes per task) for {} steps",
         {
-            let m = &trainer.cfg.model;
+            let m = &trainer.cfg().model;
             match m.head {
                 HeadKind::Flow => format!("flow, chunk {}", m.chunk),
                 HeadKind::Tokens => format!("tokens, {:?} decoding, chunk {}", m.decoding, m.chunk),
             }
         } + &trainer
-            .lora
-            .as_ref()
+            .lora()
             .map(|l| format!(", LoRA r {} on {}", l.config.r, l.base.display()))
             .unwrap_or_default(),
         trainer.num_parameters(),
@@ -550,13 +549,19 @@ fn sft(a: SftArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(s.step);
         bar.set_message(format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s",
-            s.loss, s.lr, s.tokens_per_s
+            s.loss,
+            s.lr,
+            s.items_per_s()
         ));
         if a.log_every > 0 && s.step % a.log_every == 0 {
             bar.suspend(|| {
                 println!(
                     "step {:>6}  loss {:.5}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s",
-                    s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s
+                    s.step,
+                    s.loss,
+                    s.lr,
+                    s.grad_norm,
+                    s.items_per_s()
                 )
             });
         }

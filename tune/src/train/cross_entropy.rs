@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 
-use crate::blocks::fastmath;
+use crate::kernels::fastmath;
 
 /// `-sum_r weight[r] * log softmax(logits[r])[target[r]]` over the rows of a `[.., vocab]`
 /// tensor, as a scalar. Rows with weight 0 (padding, the last position of a sequence) cost a

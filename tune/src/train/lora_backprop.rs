@@ -13,8 +13,9 @@
 use candle_core::{DType, Tensor, TensorId};
 use rayon::prelude::*;
 
-use super::sft::{LmBatch, SftExample};
-use crate::blocks::{fastmath, Activation, Linear};
+use super::lm_batch::{LmBatch, SftExample};
+use crate::blocks::{Activation, Linear};
+use crate::kernels::fastmath;
 use crate::models::decoder::Decoder;
 use crate::models::decoder_cpu::{matmul, rms_backward, rms_forward, Dims, Geometry};
 

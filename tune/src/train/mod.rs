@@ -1,16 +1,21 @@
 //! Training on candle autograd: AdamW as PyTorch computes it, the cosine schedule with warmup,
-//! gradient clipping and accumulation, a supervised fine-tuning loop, and resumable
-//! checkpoints written atomically.
+//! gradient clipping and accumulation, one trainer loop ([`Trainer`]) that every model family
+//! plugs into ([`Family`]), resumable checkpoints written atomically, and the supervised
+//! fine-tuning family.
 
 pub mod adamw;
 pub mod checkpoint;
 pub mod cross_entropy;
+pub mod lm_batch;
 pub mod lora_backprop;
 pub mod rng;
 pub mod schedule;
 pub mod sft;
+pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use lm_batch::{LmBatch, SftExample};
 pub use rng::Rng;
 pub use schedule::CosineSchedule;
-pub use sft::{SftConfig, SftExample, SftTrainer, StepStats};
+pub use sft::{SftConfig, SftInput, SftTrainer};
+pub use trainer::{Family, Gradients, MicroBatch, Snapshot, StepStats, Trainer, TrainerConfig};
