@@ -68,15 +68,7 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demos");
     let out = rudder()
-        .args([
-            "demos",
-            "--episodes",
-            "1",
-            "--size",
-            "32",
-            "--no-viz",
-            "--out",
-        ])
+        .args(["demos", "--episodes", "1", "--size", "32", "--out"])
         .arg(&data)
         .output()
         .unwrap();
