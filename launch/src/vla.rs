@@ -1,27 +1,108 @@
-//! A trained VLA checkpoint (flow or tokens head) behind the tabletop loop (`rudder eval`, `rudder steer sweep`,
-//! launch files with `policy.kind = "checkpoint"`), optionally steered.
+//! A trained VLA checkpoint (flow or tokens head) behind the tabletop loop (`rudder eval`,
+//! `rudder steer sweep`, launch files with `policy.kind = "checkpoint"`), optionally steered.
+//! The checkpoint is read once ([`LoadedVla`]); steering takes its geometry from the loaded
+//! model.
 //!
-//! The loop's tabletop observation state is the UR5 layout (6 joint positions, 6 velocities,
-//! gripper closure) followed by LIBERO's 8-value state; the policy was trained on the latter,
-//! so it gets the last 8 values.
+//! The policy was trained on LIBERO's 8-D state; the loop's observation carries it at the end
+//! of the tabletop layout (`ArmStateLayout::ur5_libero`), which is where it is read from.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::Context;
+use rudder_policy::train::TrainingInfo;
 use rudder_policy::VlaPolicy;
-use rudder_robot::{ActionChunk, Observation, Policy, PolicyError};
-use rudder_steering::{Dictionary, Geometry, SteerModel, Steerer, SteeringHandle};
-use rudder_tune::candle_core::Device;
+use rudder_robot::{ActionChunk, ArmStateLayout, Observation, Policy, PolicyError};
+use rudder_steering::{Dictionary, Geometry, Steerer, SteeringHandle};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// LIBERO's state size, the tail of the loop's tabletop state.
-const LIBERO_STATE: usize = 8;
+/// The loaded model, locked (a poisoned lock only means another thread panicked mid-call).
+pub fn lock_model(vla: &LoadedVla) -> MutexGuard<'_, VlaPolicy> {
+    lock(&vla.model)
+}
+
+/// Half of the trained chunk of 8, as openpi's LIBERO client does with its chunks (replan
+/// after 5 of 10): the steering sweep's and launch files' default, kept so their recorded runs
+/// reproduce. `rudder eval` follows whole chunks by default instead: on the goal suite a flow
+/// checkpoint solved 42/100 held-out episodes following all 8 points of each chunk, 22/100
+/// following 4 and 21/100 following 2 (the policy switches between modes of the demos when
+/// asked too often).
+pub const DEFAULT_REPLAN_STEPS: usize = 4;
+
+/// The observation layout the tabletop VLA reads.
+const LAYOUT: ArmStateLayout = ArmStateLayout::ur5_libero();
+
+/// A checkpoint read once: its folder, its training record and the model.
+#[derive(Clone)]
+pub struct LoadedVla {
+    /// The resolved checkpoint folder.
+    pub dir: PathBuf,
+    /// `training.json`, when the checkpoint has a readable one.
+    pub info: Option<TrainingInfo>,
+    pub model: Arc<Mutex<VlaPolicy>>,
+}
+
+impl LoadedVla {
+    /// Loads a checkpoint folder or a run folder's `latest`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let dir = rudder_tune::train::checkpoint::resolve(path)?;
+        let info = std::fs::read_to_string(dir.join("training.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let model = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            info,
+            model: Arc::new(Mutex::new(model)),
+        })
+    }
+
+    /// Points per chunk (at least 1): no chunk can be followed for longer.
+    pub fn horizon(&self) -> usize {
+        lock(&self.model).action_horizon().max(1)
+    }
+
+    /// The steering geometry of the prefix language model.
+    pub fn geometry(&self) -> Geometry {
+        Geometry::of(lock(&self.model).language_model())
+    }
+
+    /// A handle over `dictionary`'s clusters named in `alphas`, each set to its alpha.
+    pub fn steering(
+        &self,
+        dictionary: &Path,
+        alphas: &BTreeMap<String, f32>,
+    ) -> anyhow::Result<SteeringHandle> {
+        let geo = self.geometry();
+        let dict = Dictionary::load(dictionary)?;
+        dict.check(dictionary, geo.num_layers, geo.d_ff)?;
+        let names: Vec<String> = alphas.keys().cloned().collect();
+        let h = SteeringHandle::from_dictionary(&dict, Some(&names), geo)
+            .with_context(|| format!("steering clusters from {}", dictionary.display()))?;
+        for (n, a) in alphas {
+            h.set(n, Some(*a))?;
+        }
+        Ok(h)
+    }
+
+    /// The loop policy over this model: optionally steered, optionally keeping latencies.
+    pub fn policy(
+        &self,
+        steering: Option<&SteeringHandle>,
+        latency_ms: Option<Arc<Mutex<Vec<f64>>>>,
+    ) -> TabletopVla {
+        TabletopVla {
+            inner: Arc::clone(&self.model),
+            latency_ms,
+            steerer: steering.map(SteeringHandle::steerer),
+        }
+    }
+}
 
 pub struct TabletopVla {
     pub inner: Arc<Mutex<VlaPolicy>>,
@@ -30,31 +111,17 @@ pub struct TabletopVla {
     pub steerer: Option<Steerer>,
 }
 
-impl TabletopVla {
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let p = VlaPolicy::load(dir).with_context(|| format!("loading {}", dir.display()))?;
-        Ok(Self {
-            inner: Arc::new(Mutex::new(p)),
-            latency_ms: None,
-            steerer: None,
-        })
-    }
-}
-
 impl Policy for TabletopVla {
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
-        if obs.state.len() < LIBERO_STATE {
-            return Err(PolicyError::BadObservation {
+        let libero = LAYOUT
+            .eef_state(&obs.state)
+            .map_err(|e| PolicyError::BadObservation {
                 field: "state",
-                reason: format!(
-                    "{} values, LIBERO's state needs {LIBERO_STATE}",
-                    obs.state.len()
-                ),
-            });
-        }
+                reason: e.to_string(),
+            })?;
         let view = Observation {
             images: obs.images.clone(),
-            state: obs.state[obs.state.len() - LIBERO_STATE..].to_vec(),
+            state: libero.to_vec(),
             instruction: obs.instruction.clone(),
             timestamp: obs.timestamp,
         };
@@ -66,29 +133,4 @@ impl Policy for TabletopVla {
         }
         out
     }
-}
-
-/// The steering geometry of a checkpoint's prefix language model.
-pub fn geometry(dir: &Path) -> anyhow::Result<Geometry> {
-    let m = SteerModel::open(dir, &Device::Cpu)
-        .with_context(|| format!("opening {} for steering", dir.display()))?;
-    Ok(m.geometry())
-}
-
-/// A handle over `dictionary`'s clusters named in `alphas`, each set to its alpha.
-pub fn steering(
-    checkpoint: &Path,
-    dictionary: &Path,
-    alphas: &BTreeMap<String, f32>,
-) -> anyhow::Result<SteeringHandle> {
-    let geo = geometry(checkpoint)?;
-    let dict = Dictionary::load(dictionary)?;
-    dict.check(dictionary, geo.num_layers, geo.d_ff)?;
-    let names: Vec<String> = alphas.keys().cloned().collect();
-    let h = SteeringHandle::from_dictionary(&dict, Some(&names), geo)
-        .with_context(|| format!("steering clusters from {}", dictionary.display()))?;
-    for (n, a) in alphas {
-        h.set(n, Some(*a))?;
-    }
-    Ok(h)
 }

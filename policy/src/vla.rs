@@ -308,6 +308,21 @@ impl VlaPolicy {
         *self.last_chunk.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The prefix language model, whose FFN neurons steering sets (so a loaded policy can be
+    /// steered without reading its checkpoint again).
+    pub fn language_model(&self) -> &rudder_tune::models::decoder::Decoder {
+        match &self.model {
+            Head::Flow(m) => &m.vlm.language_model,
+            Head::Tokens { model, .. } => &model.language_model,
+        }
+    }
+
+    /// Whether the actions come from a pi0 action expert (which reads every prefix layer's
+    /// keys and values, but never the last layer's FFN output).
+    pub fn is_flow(&self) -> bool {
+        matches!(self.model, Head::Flow(_))
+    }
+
     /// Overrides policy.json's `inpainting`.
     pub fn set_inpainting(&mut self, inpainting: Inpainting) {
         self.settings.inpainting = inpainting;

@@ -2,7 +2,7 @@
 //! kinematic UR5. The loop does not know which.
 
 use crate::safety::JointLimits;
-use crate::types::{JointCommand, JointState, Observation};
+use crate::types::{ArmStateLayout, JointCommand, JointState, Observation};
 use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -24,8 +24,12 @@ pub enum EmbodimentError {
 pub trait Embodiment: Send {
     fn name(&self) -> &str;
     fn joint_names(&self) -> Vec<String>;
-    /// The rate the hardware (or simulator) expects commands at.
+    /// The rate the hardware (or simulator) expects commands at. The loop runs at this rate:
+    /// `ControlLoop::start` and `LockstepDriver::new` refuse a config that asks for another
+    /// (build it with `ControlConfig::for_embodiment`).
     fn control_rate_hz(&self) -> f64;
+    /// Where each value of `observe().state` sits.
+    fn state_layout(&self) -> ArmStateLayout;
     fn limits(&self) -> JointLimits;
     fn read_state(&mut self) -> Result<JointState, EmbodimentError>;
     fn observe(&mut self) -> Result<Observation, EmbodimentError>;

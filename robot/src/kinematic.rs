@@ -4,7 +4,7 @@
 
 use crate::embodiment::{Embodiment, EmbodimentError};
 use crate::safety::JointLimits;
-use crate::types::{JointCommand, JointState, Observation};
+use crate::types::{ArmStateLayout, JointCommand, JointState, Observation};
 use crate::ur5::{Joints, Ur5Model, UR_JOINT_NAMES};
 use std::time::Instant;
 
@@ -94,6 +94,10 @@ impl Embodiment for KinematicUr5 {
         self.rate_hz
     }
 
+    fn state_layout(&self) -> ArmStateLayout {
+        ArmStateLayout::ur5_joints()
+    }
+
     fn limits(&self) -> JointLimits {
         self.limits.clone()
     }
@@ -108,10 +112,13 @@ impl Embodiment for KinematicUr5 {
     }
 
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        let mut state = Vec::with_capacity(13);
-        state.extend_from_slice(&self.q);
-        state.extend_from_slice(&self.qd);
-        state.push(self.gripper);
+        let state = self
+            .state_layout()
+            .build(&self.q, &self.qd, self.gripper, None)
+            .map_err(|e| EmbodimentError::Sensor {
+                sensor: "joint state".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Observation {
             images: Default::default(),
             state,

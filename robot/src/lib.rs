@@ -10,18 +10,20 @@ pub mod policy;
 #[cfg(feature = "ros2")]
 pub mod ros2;
 pub mod safety;
+pub mod stats;
 pub mod types;
 pub mod ur5;
 
 pub use control::{
-    ControlConfig, ControlError, ControlLoop, HoldReason, LoopMetrics, LoopState, WatchdogConfig,
+    ControlConfig, ControlError, ControlLoop, HoldReason, LockstepDriver, LoopMetrics, LoopState,
+    WatchdogConfig,
 };
 pub use embodiment::{Embodiment, EmbodimentError};
 pub use kinematic::KinematicUr5;
 pub use policy::{Policy, PolicyError};
 pub use safety::{JointLimits, SafetyConfig, SafetyFilter, SafetyReport, WorkspaceBox};
 pub use types::{
-    Action, ActionChunk, ActionSpace, DataError, ImageRgb8, JointCommand, JointState, Observation,
-    VehicleCommand, VehicleLimits, VehicleState,
+    Action, ActionChunk, ActionSpace, ArmStateLayout, DataError, ImageRgb8, JointCommand,
+    JointState, Observation, VehicleCommand, VehicleLimits, VehicleState,
 };
 pub use ur5::{IkError, Joints, Ur5Model, Ur5Variant};

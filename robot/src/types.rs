@@ -18,6 +18,8 @@ pub enum DataError {
     },
     #[error("action chunk field `{field}`: {reason}")]
     Chunk { field: &'static str, reason: String },
+    #[error("observation state `{field}`: {reason}")]
+    State { field: &'static str, reason: String },
 }
 
 /// A packed RGB8 image, row-major, no padding between rows.
@@ -76,12 +78,190 @@ impl ImageRgb8 {
 pub struct Observation {
     /// Camera name (e.g. "agentview", "wrist") to image; ordered so serialisation is stable.
     pub images: std::collections::BTreeMap<String, ImageRgb8>,
-    /// Proprioceptive state; its layout is the embodiment's (UR5: 6 joint positions, then the
-    /// 6 joint velocities, then the gripper).
+    /// Proprioceptive state in the embodiment's `ArmStateLayout` (UR5: 6 joint positions, 6
+    /// joint velocities, the gripper; the tabletop simulator appends LIBERO's 8-D state).
     pub state: Vec<f64>,
     pub instruction: String,
     /// Seconds on the control loop's monotonic clock when the state was sampled.
     pub timestamp: f64,
+}
+
+/// Where each value of an arm's `Observation::state` sits: `dof` joint positions (rad), `dof`
+/// joint velocities (rad/s), the gripper closure (0 open .. 1 closed), then, when the
+/// embodiment computes it, LIBERO's 8-D end-effector state (TCP position in metres, its
+/// orientation as an axis-angle vector, the two finger positions).
+///
+/// The embodiment that fills an observation owns its layout (`Embodiment::state_layout`);
+/// policies and bridges read and build states through it instead of counting offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmStateLayout {
+    dof: usize,
+    eef: bool,
+}
+
+impl ArmStateLayout {
+    /// LIBERO's end-effector state: TCP position (3), axis-angle (3), finger positions (2).
+    pub const EEF_LEN: usize = 8;
+
+    /// Joints, velocities and gripper only (a real arm's joint states).
+    pub const fn joints(dof: usize) -> Self {
+        Self { dof, eef: false }
+    }
+
+    /// The UR5's joints, velocities and gripper (13 values).
+    pub const fn ur5_joints() -> Self {
+        Self::joints(6)
+    }
+
+    /// The tabletop UR5's full layout: the 13 joint values, then LIBERO's 8-D state (21).
+    pub const fn ur5_libero() -> Self {
+        Self { dof: 6, eef: true }
+    }
+
+    /// This layout with LIBERO's end-effector state appended.
+    pub const fn with_eef(self) -> Self {
+        Self {
+            dof: self.dof,
+            eef: true,
+        }
+    }
+
+    pub const fn dof(&self) -> usize {
+        self.dof
+    }
+
+    /// Values in a state of this layout.
+    pub const fn len(&self) -> usize {
+        2 * self.dof + 1 + if self.eef { Self::EEF_LEN } else { 0 }
+    }
+
+    /// Never true: a layout has at least the gripper.
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub const fn has_eef(&self) -> bool {
+        self.eef
+    }
+
+    pub fn positions(&self) -> std::ops::Range<usize> {
+        0..self.dof
+    }
+
+    pub fn velocities(&self) -> std::ops::Range<usize> {
+        self.dof..2 * self.dof
+    }
+
+    pub fn gripper(&self) -> usize {
+        2 * self.dof
+    }
+
+    /// Where LIBERO's 8-D state sits, if this layout has it.
+    pub fn eef(&self) -> Option<std::ops::Range<usize>> {
+        let start = 2 * self.dof + 1;
+        self.eef.then_some(start..start + Self::EEF_LEN)
+    }
+
+    /// A state of this layout. `eef` must be given exactly when the layout has it.
+    pub fn build(
+        &self,
+        positions: &[f64],
+        velocities: &[f64],
+        gripper: f64,
+        eef: Option<&[f64]>,
+    ) -> Result<Vec<f64>, DataError> {
+        let check = |field: &'static str, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(DataError::State {
+                    field,
+                    reason: format!("{got} values, the layout has {want}"),
+                })
+            }
+        };
+        check("positions", positions.len(), self.dof)?;
+        check("velocities", velocities.len(), self.dof)?;
+        match (eef, self.eef) {
+            (Some(e), true) => check("eef", e.len(), Self::EEF_LEN)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(DataError::State {
+                    field: "eef",
+                    reason: "given, but the layout has no end-effector state".into(),
+                })
+            }
+            (None, true) => {
+                return Err(DataError::State {
+                    field: "eef",
+                    reason: "missing: the layout ends with LIBERO's 8-D state".into(),
+                })
+            }
+        }
+        let mut state = Vec::with_capacity(self.len());
+        state.extend_from_slice(positions);
+        state.extend_from_slice(velocities);
+        state.push(gripper);
+        if let Some(e) = eef {
+            state.extend_from_slice(e);
+        }
+        Ok(state)
+    }
+
+    /// Checks that `state` has this layout's length.
+    fn check_len(&self, state: &[f64]) -> Result<(), DataError> {
+        if state.len() == self.len() {
+            Ok(())
+        } else {
+            Err(DataError::State {
+                field: "state",
+                reason: format!(
+                    "{} values, the layout ({} joints, velocities, gripper{}) has {}",
+                    state.len(),
+                    self.dof,
+                    if self.eef { ", LIBERO's 8-D state" } else { "" },
+                    self.len()
+                ),
+            })
+        }
+    }
+
+    /// The joint positions of `state`.
+    pub fn joint_positions<'a>(&self, state: &'a [f64]) -> Result<&'a [f64], DataError> {
+        self.check_len(state)?;
+        Ok(&state[self.positions()])
+    }
+
+    /// The joint velocities of `state`.
+    pub fn joint_velocities<'a>(&self, state: &'a [f64]) -> Result<&'a [f64], DataError> {
+        self.check_len(state)?;
+        Ok(&state[self.velocities()])
+    }
+
+    /// The gripper closure of `state`.
+    pub fn gripper_of(&self, state: &[f64]) -> Result<f64, DataError> {
+        self.check_len(state)?;
+        Ok(state[self.gripper()])
+    }
+
+    /// LIBERO's 8-D state at the end of `state` (an error if the layout has none).
+    pub fn eef_state<'a>(&self, state: &'a [f64]) -> Result<&'a [f64], DataError> {
+        self.check_len(state)?;
+        match self.eef() {
+            Some(r) => Ok(&state[r]),
+            None => Err(DataError::State {
+                field: "eef",
+                reason: "the layout has no end-effector state".into(),
+            }),
+        }
+    }
+
+    /// The joint part of `state` (positions, velocities, gripper), for appending an
+    /// end-effector state computed elsewhere.
+    pub fn joint_part<'a>(&self, state: &'a [f64]) -> Result<&'a [f64], DataError> {
+        self.check_len(state)?;
+        Ok(&state[..2 * self.dof + 1])
+    }
 }
 
 /// The action spaces a chunk can be declared in.
@@ -400,6 +580,26 @@ mod tests {
         ));
         let bad_dt = ActionChunk::new(ActionSpace::EefDelta7, 0.0, f64::NAN, vec![]);
         assert!(matches!(bad_dt, Err(DataError::Chunk { field: "dt", .. })));
+    }
+
+    #[test]
+    fn arm_state_layout_builds_and_slices() {
+        let full = ArmStateLayout::ur5_libero();
+        assert_eq!((full.len(), ArmStateLayout::ur5_joints().len()), (21, 13));
+        let q = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let qd = [0.1; 6];
+        let eef: Vec<f64> = (0..8).map(f64::from).collect();
+        let s = full.build(&q, &qd, 0.5, Some(&eef)).expect("layout");
+        assert_eq!(full.joint_positions(&s).expect("len"), &q);
+        assert_eq!(full.joint_velocities(&s).expect("len"), &qd);
+        assert_eq!(full.gripper_of(&s).expect("len"), 0.5);
+        assert_eq!(full.eef_state(&s).expect("eef"), eef.as_slice());
+        assert_eq!(full.joint_part(&s).expect("len").len(), 13);
+        assert!(full.eef_state(&s[..20]).is_err());
+        assert!(full.build(&q, &qd, 0.5, None).is_err());
+        let j = ArmStateLayout::ur5_joints();
+        assert!(j.eef_state(&s[..13]).is_err());
+        assert_eq!(j.with_eef(), full);
     }
 
     #[test]

@@ -554,3 +554,92 @@ fn threaded_loop_holds_on_policy_error_and_stall() {
     );
     assert_eq!(m.violations.total(), 0);
 }
+
+/// Answers with small end-effector steps for `good` observations, then with chunks no arm can
+/// follow (a vehicle's actions), counting the observations it saw.
+struct UnconvertibleAfter {
+    good: usize,
+    seen: Vec<f64>,
+}
+
+impl Policy for UnconvertibleAfter {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        self.seen.push(obs.timestamp);
+        let (space, step) = if self.seen.len() <= self.good {
+            (
+                ActionSpace::EefDelta7,
+                Action::EefDelta {
+                    dpos: [0.01, 0.0, 0.0],
+                    drot: [0.0; 3],
+                    gripper: 0.0,
+                },
+            )
+        } else {
+            (
+                ActionSpace::VehicleAccelSteer,
+                Action::VehicleAccelSteer {
+                    acceleration: 1.0,
+                    steering_angle: 0.0,
+                },
+            )
+        };
+        ActionChunk::new(space, obs.timestamp, 0.01, vec![step; 40])
+            .map_err(|e| PolicyError::Inference(e.to_string()))
+    }
+}
+
+/// The lockstep driver: replans every `n` ticks when the interval is `n` periods (the same
+/// rule as the threaded loop), drops and counts a chunk that cannot be converted while the
+/// arm keeps following the trajectory it has, and refuses a rate the embodiment does not run
+/// at.
+#[test]
+fn lockstep_driver_replans_by_loop_time_and_drops_unconvertible_chunks() {
+    let model = Ur5Model::ur5();
+    let rate = 100.0;
+    let mut arm = KinematicUr5::new(model, HOME)
+        .expect("valid")
+        .with_rate(rate);
+    let mut wrong = ControlConfig::ur5(model, 125.0);
+    wrong.safety.workspace = Some((model, bench_workspace()));
+    assert!(matches!(
+        rudder_robot::LockstepDriver::new(&mut arm, wrong),
+        Err(rudder_robot::ControlError::Config {
+            field: "rate_hz",
+            ..
+        })
+    ));
+    let mut cfg = ControlConfig::for_embodiment(&arm, model);
+    cfg.safety.workspace = Some((model, bench_workspace()));
+    cfg.replan_every(3);
+    let mut driver = rudder_robot::LockstepDriver::new(&mut arm, cfg).expect("driver");
+    let mut policy = UnconvertibleAfter {
+        good: 2,
+        seen: Vec::new(),
+    };
+    let mut states = Vec::new();
+    driver
+        .run(
+            &mut arm,
+            &mut policy,
+            |a| a.commands_received() >= 12,
+            |_, core| states.push(core.state()),
+        )
+        .expect("runs");
+    let ticks: Vec<u64> = policy
+        .seen
+        .iter()
+        .map(|t| (t * rate).round() as u64)
+        .collect();
+    assert_eq!(ticks, vec![0, 3, 6, 9]);
+    let m = driver.metrics();
+    assert_eq!((m.ticks, m.inferences), (12, 4));
+    assert_eq!((m.chunks_dropped, m.inference_errors), (2, 2), "{m:?}");
+    assert!(m.last_inference_error.is_some());
+    // The second chunk (planned at tick 3) is still followed after the drops: no hold.
+    assert!(
+        states[4..].iter().all(|s| *s == LoopState::Running),
+        "{states:?}"
+    );
+    assert_eq!(m.holds.inference_error, 0);
+    assert_eq!(m.violations.total(), 0);
+}

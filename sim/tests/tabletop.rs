@@ -565,7 +565,16 @@ mod tabletop {
         let mut sim = TabletopSim::new(env);
         assert_eq!(sim.control_rate_hz(), 20.0);
         let o = sim.observe().expect("observe");
-        assert_eq!(o.state.len(), 8);
+        // The loop's layout: joints, velocities and gripper, then LIBERO's 8-D state as the
+        // env computes it.
+        let layout = sim.state_layout();
+        assert_eq!(o.state.len(), 21);
+        let libero = sim.env_mut().observe().state;
+        assert_eq!(layout.eef_state(&o.state).expect("eef"), libero.as_slice());
+        assert_eq!(
+            layout.joint_positions(&o.state).expect("joints"),
+            sim.env().joints().as_slice()
+        );
         assert_eq!(o.images.len(), 2);
         let bad = JointCommand {
             positions: vec![0.0; 5],
@@ -573,7 +582,7 @@ mod tabletop {
         };
         assert!(sim.command(&bad).is_err());
         let z0 = sim.env().tcp()[2];
-        let cfg = ControlConfig::ur5(Ur5Model::ur5(), 20.0);
+        let cfg = ControlConfig::for_embodiment(&sim, Ur5Model::ur5());
         let lp = ControlLoop::start(sim, Descend, cfg).expect("loop starts");
         std::thread::sleep(Duration::from_millis(1500));
         let (sim, m) = lp.stop().expect("stops");

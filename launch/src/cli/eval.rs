@@ -12,25 +12,19 @@
 //! velocities and the gripper closure, which the chunk converter reads). It returns EefDelta7
 //! chunks that the loop converts to joint trajectories through IK.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::vla::TabletopVla;
+use crate::vla::LoadedVla;
 use anyhow::{bail, Context};
 use clap::Args;
-use rudder_policy::train::TrainingInfo;
-use rudder_policy::{Inpainting, VlaPolicy};
-use rudder_robot::control::{ControlCore, Health};
-use rudder_robot::{
-    ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand, JointLimits, JointState,
-    Observation, Policy, Ur5Model,
+use rudder_policy::Inpainting;
+use rudder_sim::tabletop::campaign::{
+    run_campaign, CampaignOptions, EpisodeOutcome, Instructions, Latency, LoopTiming, TaskOutcome,
 };
-use rudder_sim::tabletop::{
-    command_joints, load_suite, loop_observation, CameraConfig, Suite, TabletopEnv, CONTROL_HZ,
-};
+use rudder_sim::tabletop::{CameraConfig, Suite};
 use rudder_steering::SteeringHandle;
 use serde::Serialize;
 
@@ -72,10 +66,13 @@ pub struct EvalArgs {
     /// 1 = every tick) [default: the policy's whole chunk].
     #[arg(long)]
     pub replan_steps: Option<usize>,
-    /// Manner phrase for every episode's instruction ("" = the plain instruction, "quickly",
-    /// "from above", ...) [default: each episode's own, cycling through the task's manners].
-    #[arg(long)]
+    /// Manner phrase appended to every episode's instruction ("quickly", "from above", ...)
+    /// [default: the task's own instruction, as LIBERO evaluates].
+    #[arg(long, conflicts_with = "manners")]
     pub manner: Option<String>,
+    /// Cycle through the task's manner phrases by episode (episode k uses manner k mod n).
+    #[arg(long)]
+    pub manners: bool,
     /// Inpaint each new chunk with the unplayed tail of the previous one (flow policies;
     /// real-time chunking's inpainting) [default: the checkpoint's policy.json, else off].
     #[arg(long, value_enum)]
@@ -128,9 +125,9 @@ pub struct EvalOptions {
     /// Steering clusters with their alphas, applied to the prefix language model's FFNs at
     /// every inference (`rudder steer sweep`).
     pub steering: Option<SteeringHandle>,
-    /// One manner phrase for every episode (`Some("")`: the plain instruction); `None` keeps
-    /// each episode's own manner.
-    pub manner: Option<String>,
+    /// Which instruction each episode reads (the task's own, its manners in turn, or one
+    /// manner phrase).
+    pub instructions: Instructions,
     /// Speed and velocity over the first this many simulator steps only (the approach, before
     /// a failing episode's wandering dominates); `None`: the whole episode.
     pub speed_window: Option<usize>,
@@ -138,94 +135,6 @@ pub struct EvalOptions {
     pub inpainting: Option<Inpainting>,
     /// Folder for each episode's last camera frames (PNG).
     pub frames: Option<PathBuf>,
-}
-
-/// `instruction` with `manner` appended, as the task files compose them.
-pub fn with_manner(instruction: &str, manner: &str) -> String {
-    let m = manner.trim();
-    if m.is_empty() {
-        instruction.to_string()
-    } else {
-        format!("{instruction} {m}")
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EpisodeOutcome {
-    pub task_index: usize,
-    pub episode: usize,
-    pub instruction: String,
-    pub success: bool,
-    pub steps: usize,
-    /// Mean end-effector (TCP) speed over the episode's simulator steps (or the speed window's),
-    /// m/s.
-    pub mean_speed: f64,
-    /// Mean TCP velocity per base axis (x, y, z), m/s: the net displacement over the time.
-    pub mean_velocity: [f64; 3],
-}
-
-/// The first `steps` steps of a path (`steps + 1` points), or all of it.
-fn window(path: &[[f64; 3]], steps: Option<usize>) -> &[[f64; 3]] {
-    let end = steps.map_or(path.len(), |w| (w + 1).min(path.len()));
-    &path[..end]
-}
-
-/// Mean speed and mean velocity (m/s) of a TCP path sampled at the simulator's rate.
-fn path_stats(path: &[[f64; 3]]) -> (f64, [f64; 3]) {
-    if path.len() < 2 {
-        return (0.0, [0.0; 3]);
-    }
-    let steps = (path.len() - 1) as f64;
-    let dist: f64 = path
-        .windows(2)
-        .map(|w| {
-            let d: f64 = (0..3).map(|i| (w[1][i] - w[0][i]).powi(2)).sum();
-            d.sqrt()
-        })
-        .sum();
-    let first = path[0];
-    let last = path[path.len() - 1];
-    let vel = std::array::from_fn(|i| (last[i] - first[i]) / steps * CONTROL_HZ);
-    (dist / steps * CONTROL_HZ, vel)
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskOutcome {
-    pub task_index: usize,
-    pub task: String,
-    pub episodes: usize,
-    pub successes: usize,
-    pub success_rate: f64,
-    /// 95 % Wilson score interval.
-    pub ci95: [f64; 2],
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub count: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub mean_ms: f64,
-}
-
-/// The control loop's timing over all episodes of a real-time evaluation.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LoopTiming {
-    pub rate_hz: f64,
-    pub ticks: u64,
-    /// The worst episode's p99 of |actual period - nominal period|, microseconds.
-    pub worst_period_error_p99_us: f64,
-    /// The median episode's p50 of the same, microseconds.
-    pub median_period_error_p50_us: f64,
-    pub missed_ticks: u64,
-    pub deadline_overruns: u64,
-    pub hold_ticks: u64,
-    /// Inferences whose chunk was not followed: the policy failed, or its chunk could not be
-    /// turned into a trajectory (e.g. an unreachable first target).
-    pub inference_errors: u64,
-    /// The distinct last errors of the episodes that had any, with how many episodes ended on
-    /// each.
-    pub inference_error_kinds: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,187 +164,27 @@ pub struct EvalReport {
     pub runs: Vec<EpisodeOutcome>,
 }
 
-/// 95 % Wilson score interval for `s` successes in `n` trials.
-pub fn wilson95(s: usize, n: usize) -> [f64; 2] {
-    if n == 0 {
-        return [0.0, 1.0];
-    }
-    let z = 1.959_963_984_540_054_f64;
-    let n = n as f64;
-    let s = s as f64;
-    let p = s / n;
-    let z2 = z * z;
-    let denom = 1.0 + z2 / n;
-    let centre = (p + z2 / (2.0 * n)) / denom;
-    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    // Exact at the ends (the formula leaves rounding residue there).
-    let lo = if s == 0.0 {
-        0.0
-    } else {
-        (centre - half).max(0.0)
-    };
-    let hi = if s == n {
-        1.0
-    } else {
-        (centre + half).min(1.0)
-    };
-    [lo, hi]
-}
+pub use crate::vla::DEFAULT_REPLAN_STEPS;
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-type SharedEnv = Arc<Mutex<TabletopEnv>>;
-
-/// The simulator as the loop's embodiment, with the UR5 state layout `rudder launch` uses.
-struct EvalTabletop {
-    env: SharedEnv,
-    done: Arc<AtomicBool>,
-    max_steps: usize,
-    /// The TCP after every simulator step (the first entry: the initial pose).
-    tcp: Arc<Mutex<Vec<[f64; 3]>>>,
-}
-
-impl Embodiment for EvalTabletop {
-    fn name(&self) -> &str {
-        "sim-tabletop-ur5"
-    }
-    fn joint_names(&self) -> Vec<String> {
-        rudder_robot::ur5::UR_JOINT_NAMES
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-    fn control_rate_hz(&self) -> f64 {
-        CONTROL_HZ
-    }
-    fn limits(&self) -> JointLimits {
-        JointLimits::ur5()
-    }
-    fn read_state(&mut self) -> Result<JointState, EmbodimentError> {
-        let env = lock(&self.env);
-        Ok(JointState {
-            positions: env.joints().to_vec(),
-            velocities: env.joint_velocities().to_vec(),
-            gripper: Some(env.gripper_closure()),
-            sampled_at: Instant::now(),
-        })
-    }
-    fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        Ok(loop_observation(&mut lock(&self.env)))
-    }
-    fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
-        let q = command_joints(cmd)?;
-        let mut env = lock(&self.env);
-        if env.done() || env.steps() >= self.max_steps {
-            self.done.store(true, Ordering::Release);
-            return Ok(());
-        }
-        let r = env
-            .command_joints(&q, cmd.gripper)
-            .map_err(|reason| EmbodimentError::BadCommand {
-                field: "positions",
-                reason,
-            });
-        if env.done() || env.steps() >= self.max_steps {
-            self.done.store(true, Ordering::Release);
-        }
-        lock(&self.tcp).push(env.tcp());
-        r
-    }
-}
-
-/// Half of the trained chunk of 8, as openpi's LIBERO client does with its chunks (replan
-/// after 5 of 10): the steering sweep's default, kept so its recorded runs reproduce. `eval`
-/// follows whole chunks by default instead: on the goal suite a flow checkpoint solved 42/100
-/// held-out episodes following all 8 points of each chunk, 22/100 following 4 and 21/100
-/// following 2 (the policy switches between modes of the demos when asked too often).
-pub const DEFAULT_REPLAN_STEPS: usize = 4;
-
-fn loop_config(replan_steps: usize) -> ControlConfig {
-    let mut cfg = ControlConfig::ur5(Ur5Model::ur5(), CONTROL_HZ);
-    cfg.safety.workspace = Some((Ur5Model::ur5(), rudder_sim::tabletop::env::workspace()));
-    cfg.replan_interval = Duration::from_secs_f64(replan_steps.max(1) as f64 / CONTROL_HZ);
-    cfg
-}
-
-/// The loop's tick logic on this thread with simulated time (as `rudder launch --lockstep`):
-/// tick `k` observes, follows the newest chunk, commands, then infers when `k` is a multiple
-/// of `replan_steps` (the chunk arrives at tick `k + 1`).
-fn lockstep(
-    emb: &mut EvalTabletop,
-    policy: &mut impl Policy,
-    replan_steps: usize,
-) -> anyhow::Result<()> {
-    let cfg = loop_config(replan_steps);
-    let mut safety = cfg.safety.clone();
-    safety.dt = 1.0 / cfg.rate_hz;
-    let initial = emb.read_state()?;
-    let mut core = ControlCore::new(safety, cfg.watchdog, cfg.blend_window, &initial.positions)?;
-    let mut cmd = JointCommand {
-        positions: vec![0.0; 6],
-        gripper: None,
-    };
-    let mut pending = None;
-    let mut k: u64 = 0;
-    while !emb.done.load(Ordering::Acquire) {
-        let t = k as f64 / cfg.rate_hz;
-        emb.read_state()?;
-        let mut obs = emb.observe()?;
-        obs.timestamp = t;
-        if let Some(traj) = pending.take() {
-            core.offer(Arc::new(traj), t);
-        }
-        let health = Health {
-            state_age: 0.0,
-            ..Health::default()
-        };
-        core.step(t, &health, &mut cmd);
-        emb.command(&cmd)?;
-        if emb.done.load(Ordering::Acquire) {
-            break;
-        }
-        if !k.is_multiple_of(replan_steps.max(1) as u64) {
-            k += 1;
-            continue;
-        }
-        let chunk = policy
-            .infer(&obs)
-            .map_err(|e| anyhow::anyhow!("the policy failed at tick {k}: {e}"))?;
-        // As the threaded loop does, a chunk that cannot be converted (e.g. an unreachable
-        // first target) is dropped: the current trajectory runs on, then the watchdog holds.
-        match cfg.converter.convert(&chunk, &obs.state, obs.timestamp) {
-            Ok((traj, _)) => pending = Some(traj),
-            Err(e) => tracing::debug!("tick {k}: chunk dropped: {e}"),
-        }
-        k += 1;
-        if k > 100_000 {
-            bail!("lockstep episode did not end after {k} ticks");
-        }
-    }
-    Ok(())
-}
-
-/// Runs the evaluation `o` describes; `progress` is told after every episode.
+/// Runs the evaluation `o` describes (loading its checkpoint); `progress` is told after every
+/// episode.
 pub fn evaluate(
     o: &EvalOptions,
-    mut progress: impl FnMut(&EpisodeOutcome),
+    progress: impl FnMut(&EpisodeOutcome),
+) -> anyhow::Result<EvalReport> {
+    let vla = LoadedVla::load(&o.policy)?;
+    evaluate_loaded(o, &vla, progress)
+}
+
+/// [`evaluate`] with a checkpoint already loaded (`o.policy` is not read again).
+pub fn evaluate_loaded(
+    o: &EvalOptions,
+    vla: &LoadedVla,
+    progress: impl FnMut(&EpisodeOutcome),
 ) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
-    let dir = rudder_tune::train::checkpoint::resolve(&o.policy)?;
-    let info: Option<TrainingInfo> = std::fs::read_to_string(dir.join("training.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(i) = &info {
+    let info = vla.info.as_ref();
+    if let Some(i) = info {
         if i.suite != o.suite.name() {
             tracing::warn!(
                 "the policy was trained on suite {}, evaluating on {}",
@@ -444,9 +193,9 @@ pub fn evaluate(
             );
         }
     }
-    let trained = info.as_ref().map(|i| i.episodes_per_task);
+    let trained = info.map(|i| i.episodes_per_task);
     let first = o.first_episode.or(trained).unwrap_or(40);
-    let seed = o.seed.or(info.as_ref().map(|i| i.demo_seed)).unwrap_or(0);
+    let seed = o.seed.or(info.map(|i| i.demo_seed)).unwrap_or(0);
     if let Some(n) = trained {
         if (first..first + o.episodes).any(|k| k % 50 < n) {
             tracing::warn!(
@@ -456,125 +205,53 @@ pub fn evaluate(
             );
         }
     }
-    let mut policy = VlaPolicy::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
-    if let Some(i) = o.inpainting {
-        policy.set_inpainting(i);
-    }
-    let inpainting = policy.settings().inpainting;
-    let size = o.camera_size.unwrap_or(policy.image_size() as u32);
-    // A chunk cannot be followed for longer than it lasts (OpenVLA-style chunks of 1).
-    let horizon = policy.action_horizon().max(1);
-    let replan_steps = o.replan_steps.unwrap_or(horizon).clamp(1, horizon);
-    let policy = Arc::new(Mutex::new(policy));
-    let latency = Arc::new(Mutex::new(Vec::new()));
-    let tasks = load_suite(o.suite).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let indices: Vec<usize> = if o.tasks.is_empty() {
-        (0..tasks.len()).collect()
-    } else {
-        o.tasks.clone()
-    };
-    let mut runs = Vec::new();
-    let mut per_task = Vec::new();
-    let mut timing: Vec<rudder_robot::LoopMetrics> = Vec::new();
-    for &ti in &indices {
-        let task = tasks
-            .get(ti)
-            .with_context(|| format!("suite {} has no task {ti}", o.suite.name()))?;
-        let max_steps = o
-            .max_steps
-            .map_or(task.max_steps, |m| m.min(task.max_steps));
-        let mut successes = 0;
-        for episode in first..first + o.episodes {
-            let cams = Some(CameraConfig {
-                width: size,
-                height: size,
-            });
-            let env = match &o.manner {
-                None => TabletopEnv::new(task, seed, episode, cams),
-                Some(m) => TabletopEnv::with_instruction(
-                    task,
-                    seed,
-                    episode,
-                    &with_manner(&task.instruction, m),
-                    cams,
-                ),
-            }
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let instruction = env.instruction().to_string();
-            let tcp = Arc::new(Mutex::new(vec![env.tcp()]));
-            let shared: SharedEnv = Arc::new(Mutex::new(env));
-            let done = Arc::new(AtomicBool::new(false));
-            let mut emb = EvalTabletop {
-                env: Arc::clone(&shared),
-                done: Arc::clone(&done),
-                max_steps,
-                tcp: Arc::clone(&tcp),
-            };
-            let mut pol = TabletopVla {
-                inner: Arc::clone(&policy),
-                latency_ms: Some(Arc::clone(&latency)),
-                steerer: o.steering.as_ref().map(SteeringHandle::steerer),
-            };
-            // Every episode replays the same noise draws, whatever ran before it (and a sweep's
-            // conditions compare on equal noise).
-            lock(&policy).reset_noise();
-            if o.lockstep {
-                lockstep(&mut emb, &mut pol, replan_steps)?;
-            } else {
-                let lp = ControlLoop::start(emb, pol, loop_config(replan_steps))?;
-                // Simulated steps run at the control rate; allow for a slow start.
-                let limit = Duration::from_secs_f64(max_steps as f64 / CONTROL_HZ * 2.0 + 30.0);
-                let t0 = Instant::now();
-                while !done.load(Ordering::Acquire) && t0.elapsed() < limit {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let (_, m) = lp.stop()?;
-                timing.push(m);
-            }
-            let mut env = lock(&shared);
-            if let Some(dir) = &o.frames {
-                let tag = if env.success() { "success" } else { "failure" };
-                let obs = env.observe();
-                for (cam, img) in [("agentview", &obs.agentview), ("wrist", &obs.wrist)] {
-                    let Some(img) = img else { continue };
-                    let path = dir.join(format!("{}_ep{episode}_{tag}_{cam}.png", task.id));
-                    rudder_sim::tabletop::render::save_png(img, &path)
-                        .map_err(|e| anyhow::anyhow!("writing a frame: {e}"))?;
-                }
-            }
-            let (mean_speed, mean_velocity) = {
-                let path = lock(&tcp);
-                path_stats(window(&path, o.speed_window))
-            };
-            let out = EpisodeOutcome {
-                task_index: ti,
-                episode,
-                instruction,
-                success: env.success(),
-                steps: env.steps(),
-                mean_speed,
-                mean_velocity,
-            };
-            successes += out.success as usize;
-            progress(&out);
-            runs.push(out);
+    let (inpainting, size, horizon) = {
+        let mut policy = lock(&vla.model);
+        if let Some(i) = o.inpainting {
+            policy.set_inpainting(i);
         }
-        per_task.push(TaskOutcome {
-            task_index: ti,
-            task: task.id.clone(),
-            episodes: o.episodes,
-            successes,
-            success_rate: successes as f64 / o.episodes.max(1) as f64,
-            ci95: wilson95(successes, o.episodes),
-        });
-    }
-    let n = runs.len();
-    let s = runs.iter().filter(|r| r.success).count();
-    let mut lat = lock(&latency).clone();
-    lat.sort_by(f64::total_cmp);
+        (
+            policy.settings().inpainting,
+            o.camera_size.unwrap_or(policy.image_size() as u32),
+            // A chunk cannot be followed for longer than it lasts (OpenVLA-style chunks of 1).
+            policy.action_horizon().max(1),
+        )
+    };
+    let replan_steps = o.replan_steps.unwrap_or(horizon).clamp(1, horizon);
+    let latency = Arc::new(Mutex::new(Vec::new()));
+    let campaign = CampaignOptions {
+        suite: o.suite,
+        tasks: o.tasks.clone(),
+        first_episode: first,
+        episodes: o.episodes,
+        seed,
+        cameras: Some(CameraConfig {
+            width: size,
+            height: size,
+        }),
+        max_steps: o.max_steps,
+        lockstep: o.lockstep,
+        replan_steps,
+        instructions: o.instructions.clone(),
+        speed_window: o.speed_window,
+        frames: o.frames.clone(),
+    };
+    let result = run_campaign(
+        &campaign,
+        |_, _| {
+            // Every episode replays the same noise draws, whatever ran before it (and a
+            // sweep's conditions compare on equal noise).
+            lock(&vla.model).reset_noise();
+            vla.policy(o.steering.as_ref(), Some(Arc::clone(&latency)))
+        },
+        progress,
+    )?;
+    let n = result.runs.len();
+    let s = result.successes();
+    let lat = lock(&latency).clone();
     Ok(EvalReport {
         suite: o.suite.name().to_string(),
-        policy: dir,
+        policy: vla.dir.clone(),
         mode: if o.lockstep { "lockstep" } else { "realtime" },
         seed,
         first_episode: first,
@@ -583,52 +260,28 @@ pub fn evaluate(
         episodes: n,
         successes: s,
         success_rate: s as f64 / n.max(1) as f64,
-        ci95: wilson95(s, n),
+        ci95: result.ci95(),
         replan_steps,
         inpainting,
-        per_task,
-        latency: Latency {
-            count: lat.len(),
-            p50_ms: percentile(&lat, 0.5),
-            p99_ms: percentile(&lat, 0.99),
-            mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
-        },
-        loop_timing: loop_timing(&timing),
+        latency: Latency::of(lat),
+        loop_timing: LoopTiming::of(&result.loop_metrics),
+        per_task: result.per_task,
         wall_s: started.elapsed().as_secs_f64(),
-        runs,
+        runs: result.runs,
     })
 }
 
-fn loop_timing(episodes: &[rudder_robot::LoopMetrics]) -> Option<LoopTiming> {
-    let first = episodes.first()?;
-    let mut p50: Vec<f64> = episodes.iter().map(|m| m.period_error_us.p50).collect();
-    p50.sort_by(f64::total_cmp);
-    Some(LoopTiming {
-        rate_hz: first.rate_hz,
-        ticks: episodes.iter().map(|m| m.ticks).sum(),
-        worst_period_error_p99_us: episodes
-            .iter()
-            .map(|m| m.period_error_us.p99)
-            .fold(0.0, f64::max),
-        median_period_error_p50_us: p50[p50.len() / 2],
-        missed_ticks: episodes.iter().map(|m| m.missed_ticks).sum(),
-        deadline_overruns: episodes.iter().map(|m| m.deadline_overruns).sum(),
-        hold_ticks: episodes.iter().map(|m| m.hold_ticks).sum(),
-        inference_errors: episodes.iter().map(|m| m.inference_errors).sum(),
-        inference_error_kinds: {
-            let mut kinds: Vec<(String, usize)> = Vec::new();
-            for e in episodes
-                .iter()
-                .filter_map(|m| m.last_inference_error.as_ref())
-            {
-                match kinds.iter_mut().find(|(k, _)| k == e) {
-                    Some((_, n)) => *n += 1,
-                    None => kinds.push((e.clone(), 1)),
-                }
-            }
-            kinds
-        },
-    })
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `--manners` / `--manner P` / neither (the task's own instruction).
+pub fn instructions(cycle: bool, manner: Option<String>) -> Instructions {
+    match (cycle, manner) {
+        (true, _) => Instructions::CycleManners,
+        (false, Some(m)) => Instructions::Manner(m),
+        (false, None) => Instructions::Task,
+    }
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -647,7 +300,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         max_steps: a.max_steps,
         replan_steps: a.replan_steps.map(|r| r.max(1)),
         steering: None,
-        manner: a.manner.clone(),
+        instructions: instructions(a.manners, a.manner.clone()),
         speed_window: None,
         inpainting: a.inpainting.map(Inpainting::from),
         frames: a.frames.clone(),
@@ -740,20 +393,11 @@ mod tests {
     use super::*;
     use rudder_policy::dataset::DemoDataset;
     use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
-    use rudder_robot::{Action, ActionChunk, ActionSpace, PolicyError};
-
-    #[test]
-    fn wilson_interval() {
-        let [lo, hi] = wilson95(5, 10);
-        assert!(
-            (lo - 0.2366).abs() < 1e-3 && (hi - 0.7634).abs() < 1e-3,
-            "{lo} {hi}"
-        );
-        let [lo, hi] = wilson95(0, 10);
-        assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-3, "{hi}");
-        assert_eq!(wilson95(0, 100)[0], 0.0);
-        assert_eq!(wilson95(7, 7)[1], 1.0);
-    }
+    use rudder_robot::{
+        Action, ActionChunk, ActionSpace, LockstepDriver, Observation, Policy, PolicyError,
+    };
+    use rudder_sim::tabletop::campaign::{loop_config, EvaluatedTabletop};
+    use rudder_sim::tabletop::{load_suite, TabletopEnv, TabletopSim, CONTROL_HZ};
 
     /// Replays a demo's recorded actions, `horizon` at a time, as eef-delta chunks.
     struct DemoReplay {
@@ -807,13 +451,7 @@ mod tests {
         for ep in &data.episodes {
             let task = &tasks[ep.task_index];
             let env = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
-            let shared: SharedEnv = Arc::new(Mutex::new(env));
-            let mut emb = EvalTabletop {
-                env: Arc::clone(&shared),
-                done: Arc::new(AtomicBool::new(false)),
-                max_steps: task.max_steps,
-                tcp: Arc::new(Mutex::new(Vec::new())),
-            };
+            let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), task.max_steps);
             let actions: Vec<[f64; 7]> = (0..ep.steps)
                 .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
                 .collect();
@@ -827,8 +465,11 @@ mod tests {
                 direct.step(a);
             }
             assert!(direct.success(), "{}: direct replay failed", task.id);
-            lockstep(&mut emb, &mut replay, replan_steps).unwrap();
-            let env = lock(&shared);
+            let mut driver = LockstepDriver::new(&mut emb, loop_config(replan_steps)).unwrap();
+            driver
+                .run(&mut emb, &mut replay, |e| e.is_done(), |_, _| {})
+                .unwrap();
+            let env = emb.env();
             ok += env.success() as usize;
             report.push(format!(
                 "{}: success {} in {} steps (demo {})",
@@ -846,27 +487,16 @@ mod tests {
         );
     }
 
+    /// `rudder eval` reads the task's own instruction unless asked for manners (LIBERO's
+    /// protocol); `--manners` cycles them, `--manner P` fixes one.
     #[test]
-    fn speed_over_a_window_covers_only_its_first_steps() {
-        // 0.01 m per step for 3 steps, then still.
-        let path: Vec<[f64; 3]> = (0..10)
-            .map(|i| [0.01 * (i.min(3) as f64), 0.0, 0.0])
-            .collect();
-        let (whole, _) = path_stats(window(&path, None));
-        let (first, v) = path_stats(window(&path, Some(3)));
-        assert!((first - 0.01 * CONTROL_HZ).abs() < 1e-9, "{first}");
-        assert!((v[0] - 0.01 * CONTROL_HZ).abs() < 1e-9);
-        assert!((whole - 0.03 / 9.0 * CONTROL_HZ).abs() < 1e-9, "{whole}");
-        assert_eq!(window(&path, Some(100)).len(), 10);
-    }
-
-    #[test]
-    fn a_manner_phrase_is_appended_and_an_empty_one_keeps_the_plain_instruction() {
+    fn the_default_instruction_is_the_tasks_own() {
+        assert_eq!(instructions(false, None), Instructions::Task);
+        assert_eq!(instructions(true, None), Instructions::CycleManners);
         assert_eq!(
-            with_manner("pick up the bowl", "slowly"),
-            "pick up the bowl slowly"
+            instructions(false, Some("slowly".into())),
+            Instructions::Manner("slowly".into())
         );
-        assert_eq!(with_manner("pick up the bowl", "  "), "pick up the bowl");
     }
 
     /// A barely trained policy runs 2 short episodes through the loop (lockstep and real
@@ -905,8 +535,12 @@ mod tests {
                 // Lockstep follows whole chunks (the default), real time 2 points of each.
                 replan_steps: (!lockstep).then_some(2),
                 steering: None,
-                // Real time keeps each episode's own manner; lockstep forces one.
-                manner: lockstep.then(|| "quickly".to_string()),
+                // Real time cycles through each task's manners; lockstep forces one.
+                instructions: if lockstep {
+                    Instructions::Manner("quickly".to_string())
+                } else {
+                    Instructions::CycleManners
+                },
                 speed_window: lockstep.then_some(5),
                 // Real time inpaints, and lockstep writes the last frames.
                 inpainting: (!lockstep).then_some(Inpainting::Decay),

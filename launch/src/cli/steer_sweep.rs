@@ -14,15 +14,16 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rudder_steering::{Dictionary, SteerModel, SteeringHandle};
-use rudder_tune::candle_core::Device;
+use rudder_robot::stats::{wilson95, MeanCi};
+use rudder_steering::{Dictionary, SteeringHandle};
 use serde::Serialize;
 
-use super::eval::{evaluate, wilson95, EpisodeOutcome, EvalOptions};
+use super::eval::{evaluate_loaded, EvalOptions};
 use super::RecordingFlags;
 use crate::viz::plot::{LinePlot, Series};
 use crate::viz::{Sink, VizOptions};
-use rudder_sim::tabletop::Suite;
+use crate::vla::{LoadedVla, DEFAULT_REPLAN_STEPS};
+use rudder_sim::tabletop::{EpisodeOutcome, Instructions, Suite};
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
@@ -58,7 +59,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Chunk points the arm follows before the policy is asked again.
-    #[arg(long, default_value_t = crate::cli::eval::DEFAULT_REPLAN_STEPS)]
+    #[arg(long, default_value_t = DEFAULT_REPLAN_STEPS)]
     pub replan_steps: usize,
     /// Manner phrase for every episode's instruction in every condition ("" = the plain
     /// instruction) [default: each episode's own, cycling through the task's manners].
@@ -84,26 +85,8 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-/// A mean with its 95 % interval (mean +- 1.96 sd / sqrt(n)).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct MeanCi {
-    pub mean: f64,
-    pub ci95: [f64; 2],
-}
-
 fn mean_ci(v: &[f64]) -> MeanCi {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    let half = 1.96 * (var / n).sqrt();
-    MeanCi {
-        mean,
-        ci95: [mean - half, mean + half],
-    }
+    MeanCi::of(v)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,10 +159,7 @@ fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Cond
         mean_velocity: [axis(0), axis(1), axis(2)],
         speed_change: 0.0,
         speed_change_ci95: [0.0, 0.0],
-        direction_bias: [MeanCi {
-            mean: 0.0,
-            ci95: [0.0, 0.0],
-        }; 3],
+        direction_bias: [MeanCi::ZERO; 3],
     }
 }
 
@@ -225,10 +205,10 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     let suite = Suite::parse(&a.suite)?;
-    let dir = rudder_tune::train::checkpoint::resolve(&a.policy)?;
-    let model = SteerModel::open(&dir, &Device::Cpu)
-        .with_context(|| format!("opening {} for steering", dir.display()))?;
-    let geo = model.geometry();
+    // The checkpoint is read once: steering's geometry and every condition use this model.
+    let vla = LoadedVla::load(&a.policy)?;
+    let dir = vla.dir.clone();
+    let geo = vla.geometry();
     let dict = Dictionary::load(&a.dict)?;
     dict.check(&a.dict, geo.num_layers, geo.d_ff)?;
     let size = dict
@@ -263,7 +243,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         .clusters
         .get(&a.cluster)
         .map_or(0, |v| v.iter().filter(|&&f| f >= last).count());
-    if inert > 0 && matches!(model.loaded.model, rudder_tune::load::AnyModel::Pi0(_)) {
+    if inert > 0 && crate::vla::lock_model(&vla).is_flow() {
         eprintln!(
             "warning: {inert} of the {size} neurons of `{}` are in the last prefix layer, which \
              the action expert never reads: they cannot change the actions",
@@ -285,7 +265,11 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         max_steps: a.max_steps,
         replan_steps: Some(a.replan_steps.max(1)),
         steering: None,
-        manner: a.manner.clone(),
+        // The sweep keeps its recorded default: each episode's own manner, in turn.
+        instructions: match &a.manner {
+            Some(m) => Instructions::Manner(m.clone()),
+            None => Instructions::CycleManners,
+        },
         speed_window: a.speed_window,
         inpainting: None,
         frames: None,
@@ -320,9 +304,9 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
             o.steering = Some(handle.clone());
         }
         if let Some(m) = manner {
-            o.manner = Some(m.clone());
+            o.instructions = Instructions::Manner(m.clone());
         }
-        let r = evaluate(&o, |_| {})?;
+        let r = evaluate_loaded(&o, &vla, |_| {})?;
         if let Some(b) = &bar {
             b.inc(1);
         }
@@ -517,7 +501,8 @@ mod tests {
     use rudder_policy::dataset::DemoDataset;
     use rudder_policy::train::{ModelSpec, TrainConfig, VlaTrainer};
     use rudder_sim::tabletop::CameraConfig;
-    use rudder_steering::{build_dictionary, default_concepts, project_model};
+    use rudder_steering::{build_dictionary, default_concepts, project_model, SteerModel};
+    use rudder_tune::candle_core::Device;
 
     /// A tiny trained VLA, its dictionary (concept clusters through the BPE vocabulary, plus
     /// random controls) and a short sweep: JSON fields, the PNG, the Rerun file, and the
@@ -558,7 +543,7 @@ mod tests {
             tasks: vec![2],
             first_episode: None,
             max_steps: Some(6),
-            replan_steps: crate::cli::eval::DEFAULT_REPLAN_STEPS,
+            replan_steps: DEFAULT_REPLAN_STEPS,
             manner: Some(String::new()),
             reference_manners: vec!["quickly".into()],
             speed_window: Some(4),

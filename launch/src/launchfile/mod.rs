@@ -7,7 +7,8 @@ pub mod driving;
 pub mod ros2;
 pub mod run;
 
-use rudder_sim::tabletop::{load_suite, Suite, CONTROL_HZ};
+use rudder_robot::Ur5Model;
+use rudder_sim::tabletop::{load_suite, Suite, TabletopSim, CONTROL_HZ};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -285,19 +286,23 @@ impl LaunchFile {
         Ok(lf)
     }
 
-    /// The control rate this file asks for (its own, or the embodiment's default).
+    /// The control rate this file asks for: its own, or the one its embodiment runs at (the
+    /// simulator's step, the driving scenario's step, the arm controller's streaming rate).
     pub fn rate_hz(&self) -> f64 {
         self.control.rate_hz.unwrap_or(match self.embodiment.kind {
-            EmbodimentKind::SimTabletop => CONTROL_HZ,
-            EmbodimentKind::SimDriving => 10.0,
-            EmbodimentKind::Ros2Ur5 => {
-                if self.ros2.as_ref().is_some_and(|r| r.variant == "ur5e") {
-                    500.0
-                } else {
-                    125.0
-                }
-            }
+            EmbodimentKind::SimTabletop => TabletopSim::RATE_HZ,
+            EmbodimentKind::SimDriving => 1.0 / rudder_sim::driving::scenario::DT,
+            EmbodimentKind::Ros2Ur5 => self.ur5_model().control_rate_hz(),
         })
+    }
+
+    /// The arm model the `[ros2]` section names (UR5 unless it says "ur5e").
+    fn ur5_model(&self) -> Ur5Model {
+        if self.ros2.as_ref().is_some_and(|r| r.variant == "ur5e") {
+            Ur5Model::ur5e()
+        } else {
+            Ur5Model::ur5()
+        }
     }
 
     fn validate(&self, file: &str, src: &str) -> Result<(), LaunchError> {

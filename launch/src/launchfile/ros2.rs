@@ -14,14 +14,14 @@
 use super::{LaunchFile, PolicyKind};
 use crate::launchfile::run::{checkpoint_policy, LoggedPolicy};
 use crate::viz::{self, LoopSample, Record, Recorder, VizOptions};
-use crate::vla::TabletopVla;
 use anyhow::{bail, Context};
 use rudder_robot::ros2::{topics, CameraTopic, CommandMode, Ros2Ur5, Ros2Ur5Config};
 use rudder_robot::{
-    ActionChunk, ControlConfig, ControlLoop, LoopMetrics, Observation, Policy, PolicyError,
-    Ur5Model,
+    ActionChunk, ArmStateLayout, ControlConfig, ControlLoop, Embodiment, LoopMetrics, Observation,
+    Policy, PolicyError, Ur5Model,
 };
-use rudder_sim::tabletop::{libero_state, load_suite, width_of_closure, ShadowExpert, Suite};
+use rudder_sim::tabletop::campaign::suite_task;
+use rudder_sim::tabletop::{libero_state, width_of_closure, ShadowExpert, Suite};
 use rudder_steering::SteeringHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,29 +58,40 @@ impl Policy for DoneWatch {
     }
 }
 
-/// Feeds the checkpoint policy the tabletop loop's observation layout: the UR5's 13 values
-/// (joints, velocities, gripper) followed by LIBERO's 8-D state, computed here from the joint
-/// positions (forward kinematics) and the gripper reading.
+/// Feeds the checkpoint policy the tabletop loop's observation layout: the bridge's joint
+/// layout (joints, velocities, gripper) extended with LIBERO's 8-D state, computed here from
+/// the joint positions (forward kinematics) and the gripper reading.
 struct LiberoStateView<P> {
     inner: P,
     model: Ur5Model,
+    /// What the bridge observes.
+    layout: ArmStateLayout,
 }
 
 impl<P: Policy> Policy for LiberoStateView<P> {
     fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
-        if obs.state.len() < 13 {
-            return Err(PolicyError::BadObservation {
-                field: "state",
-                reason: format!(
-                    "{} values, the UR5 bridge gives 6 joints, 6 velocities and the gripper",
-                    obs.state.len()
-                ),
-            });
-        }
-        let q: [f64; 6] = std::array::from_fn(|i| obs.state[i]);
+        let bad = |e: rudder_robot::DataError| PolicyError::BadObservation {
+            field: "state",
+            reason: e.to_string(),
+        };
+        let joints = self.layout.joint_positions(&obs.state).map_err(bad)?;
+        let q: [f64; 6] = joints.try_into().map_err(|_| PolicyError::BadObservation {
+            field: "state",
+            reason: format!("{} joints, the UR5 has 6", joints.len()),
+        })?;
         let flange = self.model.fk(&q);
-        let mut state = obs.state[..13].to_vec();
-        state.extend_from_slice(&libero_state(&flange, width_of_closure(obs.state[12])));
+        let gripper = self.layout.gripper_of(&obs.state).map_err(bad)?;
+        let libero = libero_state(&flange, width_of_closure(gripper));
+        let state = self
+            .layout
+            .with_eef()
+            .build(
+                joints,
+                self.layout.joint_velocities(&obs.state).map_err(bad)?,
+                gripper,
+                Some(&libero),
+            )
+            .map_err(bad)?;
         let view = Observation {
             images: obs.images.clone(),
             state,
@@ -197,19 +208,18 @@ pub fn run_ur5(
     let Some(t) = &lf.task else {
         bail!("ros2.ur5 needs a [task] section (the scripted expert's task, or the instruction)");
     };
-    let suite = Suite::parse(&t.suite)?;
-    let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let task = tasks
-        .get(t.index)
-        .with_context(|| format!("suite {} has no task {}", suite.name(), t.index))?;
+    let task = suite_task(Suite::parse(&t.suite)?, t.index)?;
+    let task = &task;
     let mut cfg = bridge_config(lf)?;
     cfg.instruction = task.instruction_for(t.episode);
-    let rate = cfg.rate_hz;
     let vla = checkpoint_policy(lf, t.camera_size > 0)?;
     let arm = Ros2Ur5::connect(cfg).context(
         "connecting to the UR driver's topics (is the driver or `rudder sim ur5-driver` \
          running, with the same ROS_DOMAIN_ID?)",
     )?;
+    // The loop runs at the arm's rate (the launch file's `control.rate_hz`, else the model's).
+    let rate = arm.control_rate_hz();
+    let layout = arm.state_layout();
     let logger = match viz_opts {
         Some(v) => Some(viz::spawn_logger(v, lf.recording.queue)?),
         None => None,
@@ -232,12 +242,9 @@ pub fn run_ur5(
         ),
         Some((model, steering)) => {
             let policy = LiberoStateView {
-                inner: TabletopVla {
-                    inner: model,
-                    latency_ms: None,
-                    steerer: steering.as_ref().map(SteeringHandle::steerer),
-                },
+                inner: model.policy(steering.as_ref(), None),
                 model: Ur5Model::ur5(),
+                layout,
             };
             let ros = steering.map(|handle| RosSteering {
                 handle,
@@ -261,7 +268,7 @@ pub fn run_ur5(
         epoch,
         wall: true,
     };
-    let mut lc = ControlConfig::ur5(Ur5Model::ur5(), rate);
+    let mut lc = ControlConfig::for_embodiment(&arm, Ur5Model::ur5());
     // DDS and the 20 Hz expert: allow a slow first chunk before holding.
     lc.watchdog.inference_timeout = 1.0;
     let bridge = arm.handle();

@@ -1,29 +1,31 @@
 //! Runs a launch file: the tabletop simulator driven by robot's real-time `ControlLoop` (or,
-//! for reproducible recordings, the same tick logic stepped in lockstep on one thread), the
-//! scripted expert as a `robot::Policy`, and Rerun logging off the control thread.
+//! for reproducible recordings, robot's `LockstepDriver` stepping the same tick logic on one
+//! thread), the scripted expert or a VLA checkpoint as a `robot::Policy`, and Rerun logging
+//! off the control thread. Recording wraps the embodiment and the policy (`RecordedTabletop`,
+//! `LoggedPolicy`); it does not copy them.
 
 use super::{EmbodimentKind, LaunchFile, PolicyKind};
 use crate::viz::{
     self, chunk_tcp_path, EpisodeSetup, LoopSample, ObjectState, Record, Recorder, TickRecord,
     VizOptions, MAX_OBJECTS,
 };
-use crate::vla::TabletopVla;
+use crate::vla::{LoadedVla, DEFAULT_REPLAN_STEPS};
 use anyhow::{bail, Context};
-use rudder_policy::VlaPolicy;
-use rudder_robot::control::{ControlCore, Health, Histogram};
+use rudder_robot::control::Histogram;
 use rudder_robot::{
-    ActionChunk, ControlConfig, ControlLoop, Embodiment, EmbodimentError, JointCommand,
-    JointLimits, JointState, LoopMetrics, Observation, Policy, PolicyError, Ur5Model,
+    ActionChunk, ArmStateLayout, ControlConfig, ControlLoop, Embodiment, EmbodimentError,
+    JointCommand, JointLimits, JointState, LockstepDriver, LoopMetrics, Observation, Policy,
+    PolicyError, Ur5Model,
 };
+use rudder_sim::tabletop::campaign::{episode_env, suite_task};
 use rudder_sim::tabletop::physics::FLANGE_TO_TCP;
 use rudder_sim::tabletop::scene::Joint;
 use rudder_sim::tabletop::{
-    command_joints, load_suite, loop_observation, CameraConfig, ShadowExpert, Suite, TabletopEnv,
-    CONTROL_HZ,
+    command_joints, CameraConfig, ShadowExpert, Suite, TabletopEnv, TabletopSim,
 };
 use rudder_steering::SteeringHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How `rudder launch` was asked to run.
@@ -79,10 +81,6 @@ impl RunReport {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Runs what `lf` describes.
 pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
     match lf.embodiment.kind {
@@ -101,11 +99,10 @@ pub fn run(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport> {
 }
 
 /// `policy.kind = "checkpoint"`: the VLA (loaded once) and the launch file's steering.
-#[allow(clippy::type_complexity)]
 pub(crate) fn checkpoint_policy(
     lf: &LaunchFile,
     cameras: bool,
-) -> anyhow::Result<Option<(Arc<Mutex<VlaPolicy>>, Option<SteeringHandle>)>> {
+) -> anyhow::Result<Option<(LoadedVla, Option<SteeringHandle>)>> {
     if lf.policy.kind != PolicyKind::Checkpoint {
         return Ok(None);
     }
@@ -115,29 +112,28 @@ pub(crate) fn checkpoint_policy(
     if !cameras {
         bail!("task.camera_size: a VLA checkpoint needs camera images; set camera_size = 64 (or the model's image size)");
     }
-    let dir = rudder_tune::train::checkpoint::resolve(path)
-        .with_context(|| format!("policy.checkpoint = {}", path.display()))?;
-    let model = TabletopVla::load(&dir)?.inner;
+    let vla =
+        LoadedVla::load(path).with_context(|| format!("policy.checkpoint = {}", path.display()))?;
     let steering = if lf.steering.enabled {
         let dict = lf
             .steering
             .dictionary
             .as_ref()
             .context("steering.dictionary is missing")?;
-        Some(crate::vla::steering(&dir, dict, &lf.steering.alphas).context("[steering]")?)
+        Some(
+            vla.steering(dict, &lf.steering.alphas)
+                .context("[steering]")?,
+        )
     } else {
         None
     };
-    Ok(Some((model, steering)))
+    Ok(Some((vla, steering)))
 }
 
-/// The tabletop env shared by the embodiment (control thread) and the scripted expert
-/// (inference thread; scripted experts read the true scene, as LIBERO's do).
-type SharedEnv = Arc<Mutex<TabletopEnv>>;
-
-/// The simulator as the loop's embodiment, recording every tick.
-pub struct LoggedTabletop {
-    env: SharedEnv,
+/// The tabletop embodiment, recording every tick (off the control thread: the recorder only
+/// queues) and ending the episode at success or after `max_ticks`.
+pub struct RecordedTabletop {
+    inner: TabletopSim,
     rec: Recorder,
     rate_hz: f64,
     /// Ticks since the recording began (shared with the policy, which stamps its records).
@@ -149,12 +145,11 @@ pub struct LoggedTabletop {
     /// Time spent recording per tick (control thread), nanoseconds.
     pub log_cost: Histogram,
     measured: Vec<[f64; 6]>,
-    last_state: [f64; 6],
     episode_ticks: u64,
     max_ticks: Option<u64>,
 }
 
-impl LoggedTabletop {
+impl RecordedTabletop {
     fn objects(env: &TabletopEnv, rec: &mut TickRecord) {
         let objs = &env.world().scene.objects;
         let n = objs.len().min(MAX_OBJECTS);
@@ -169,55 +164,45 @@ impl LoggedTabletop {
         }
         rec.n_objects = n as u8;
     }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
 }
 
-impl Embodiment for LoggedTabletop {
+impl Embodiment for RecordedTabletop {
     fn name(&self) -> &str {
-        "sim-tabletop-ur5"
+        self.inner.name()
     }
 
     fn joint_names(&self) -> Vec<String> {
-        rudder_robot::ur5::UR_JOINT_NAMES
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        self.inner.joint_names()
     }
 
     fn control_rate_hz(&self) -> f64 {
-        CONTROL_HZ
+        self.inner.control_rate_hz()
+    }
+
+    fn state_layout(&self) -> ArmStateLayout {
+        self.inner.state_layout()
     }
 
     fn limits(&self) -> JointLimits {
-        JointLimits::ur5()
+        self.inner.limits()
     }
 
     fn read_state(&mut self) -> Result<JointState, EmbodimentError> {
-        let env = lock(&self.env);
-        let q = env.joints();
-        self.last_state = q;
-        Ok(JointState {
-            positions: q.to_vec(),
-            velocities: env.joint_velocities().to_vec(),
-            gripper: Some(env.gripper_closure()),
-            sampled_at: Instant::now(),
-        })
+        self.inner.read_state()
     }
 
-    /// State layout as `Observation` documents for the UR5: 6 joint positions, 6 joint
-    /// velocities, the gripper; then LIBERO's 8-D state (TCP, axis-angle, fingers).
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        Ok(loop_observation(&mut lock(&self.env)))
+        self.inner.observe()
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
         let q = command_joints(cmd)?;
-        let mut env = lock(&self.env);
-        let result =
-            env.command_joints(&q, cmd.gripper)
-                .map_err(|reason| EmbodimentError::BadCommand {
-                    field: "positions",
-                    reason,
-                });
+        let result = self.inner.command(cmd);
+        let env = self.inner.env();
         let measured = env.joints();
         self.measured.push(measured);
         self.episode_ticks += 1;
@@ -253,8 +238,7 @@ impl Embodiment for LoggedTabletop {
                 success: env.success(),
                 ..TickRecord::default()
             };
-            Self::objects(&env, &mut r);
-            drop(env);
+            Self::objects(env, &mut r);
             self.rec.send(Record::Tick(r));
             self.log_cost
                 .record(t0.elapsed().as_nanos().min(u64::MAX as u128) as u64);
@@ -327,11 +311,8 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
     let Some(t) = &lf.task else {
         bail!("sim.tabletop needs a [task] section");
     };
-    let suite = Suite::parse(&t.suite)?;
-    let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let task = tasks
-        .get(t.index)
-        .with_context(|| format!("suite {} has no task {}", suite.name(), t.index))?;
+    let task = suite_task(Suite::parse(&t.suite)?, t.index)?;
+    let task = &task;
     let rate = lf.rate_hz();
     let cameras = (t.camera_size > 0).then_some(CameraConfig {
         width: t.camera_size,
@@ -369,9 +350,8 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
     let vla = checkpoint_policy(lf, cameras.is_some())?;
     for k in 0..opts.episodes {
         let episode = t.episode + k;
-        let env =
-            TabletopEnv::new(task, t.seed, episode, cameras).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let instruction = env.instruction().to_string();
+        let instruction = task.instruction_for(episode);
+        let env = episode_env(task, t.seed, episode, &instruction, cameras)?;
         rec.send(Record::Episode(Box::new(EpisodeSetup {
             episode,
             task: task.id.clone(),
@@ -387,17 +367,12 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .with_period(1.0 / rate),
             ),
-            Some((model, steering)) => Box::new(TabletopVla {
-                inner: Arc::clone(model),
-                latency_ms: None,
-                steerer: steering.as_ref().map(SteeringHandle::steerer),
-            }),
+            Some((model, steering)) => Box::new(model.policy(steering.as_ref(), None)),
         };
         let max_steps = task.max_steps;
-        let shared: SharedEnv = Arc::new(Mutex::new(env));
         let done = Arc::new(AtomicBool::new(false));
-        let emb = LoggedTabletop {
-            env: Arc::clone(&shared),
+        let mut emb = RecordedTabletop {
+            inner: TabletopSim::new(env),
             rec: rec.clone(),
             rate_hz: rate,
             tick: Arc::clone(&tick),
@@ -407,11 +382,10 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             done: Arc::clone(&done),
             log_cost: Histogram::new(100, 100_000),
             measured: Vec::with_capacity(max_steps + 64),
-            last_state: [0.0; 6],
             episode_ticks: 0,
             max_ticks: lf.control.max_ticks,
         };
-        let policy = LoggedPolicy {
+        let mut policy = LoggedPolicy {
             inner,
             model: Ur5Model::ur5(),
             rec: rec.clone(),
@@ -428,15 +402,34 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
         cfg.blend_window = 0.0;
         if let Some((model, _)) = &vla {
             // A sampled VLA follows several points of each chunk (see `rudder eval`), never
-            // more than a chunk holds.
-            let horizon = lock(model).action_horizon().max(1);
-            let steps = crate::cli::eval::DEFAULT_REPLAN_STEPS.min(horizon);
-            cfg.replan_interval =
-                std::time::Duration::from_secs_f64(steps as f64 / rudder_sim::tabletop::CONTROL_HZ);
+            // more than a chunk holds: that many periods of the run's own rate.
+            let horizon = model.horizon();
+            cfg.replan_every(DEFAULT_REPLAN_STEPS.min(horizon));
         }
         let tick0 = tick.load(Ordering::Acquire);
         let (emb, metrics, clamped, held, interventions) = if opts.lockstep {
-            let (emb, s) = lockstep(emb, policy, &cfg, &rec, bar.as_ref())?;
+            let mut driver = LockstepDriver::new(&mut emb, cfg)?;
+            let base = tick.load(Ordering::Acquire);
+            driver.run(
+                &mut emb,
+                &mut policy,
+                RecordedTabletop::is_done,
+                |k, core| {
+                    let s = core.safety_report();
+                    rec.send(Record::Loop(LoopSample {
+                        sim_time: (base + k) as f64 / rate,
+                        clamped_commands: s.clamped_commands,
+                        held_commands: s.held_commands,
+                        interventions: s.interventions.total(),
+                        hold_ticks: core.hold_ticks(),
+                        ..LoopSample::default()
+                    }));
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                },
+            )?;
+            let s = driver.core().safety_report();
             (
                 emb,
                 None,
@@ -455,7 +448,8 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
                     let m = lp.metrics();
                     rec.send(Record::Loop(sample(&m, &tick, rate, epoch)));
                     if let Some(b) = &bar {
-                        let steps = lock(&shared).steps() as u64;
+                        // One simulator step per tick.
+                        let steps = tick.load(Ordering::Acquire) - tick0;
                         b.set_position(k as u64 * per_episode + steps.min(per_episode));
                     }
                 }
@@ -469,7 +463,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             );
             (emb, Some(m), c, h, i)
         };
-        let env = lock(&shared);
+        let env = emb.inner.env();
         let success = env.success();
         let steps = env.steps().min(max_steps);
         let ticks = tick.load(Ordering::Acquire) - tick0;
@@ -543,81 +537,4 @@ fn sample(m: &LoopMetrics, tick: &AtomicU64, rate: f64, epoch: Instant) -> LoopS
         period_error_p99_us: m.period_error_us.p99,
         inference_latency_p50_ms: m.inference_latency_ms.p50,
     }
-}
-
-/// The loop's tick logic (watchdog, chunk following, safety filter) stepped on this thread with
-/// simulated time: tick `k` observes, follows the chunk computed from tick `k - 1`'s
-/// observation (as the threaded loop does when inference is faster than a period), commands,
-/// then runs inference on its observation. Deterministic for a fixed seed.
-fn lockstep<P: Policy>(
-    mut emb: LoggedTabletop,
-    mut policy: P,
-    cfg: &ControlConfig,
-    rec: &Recorder,
-    bar: Option<&indicatif::ProgressBar>,
-) -> anyhow::Result<(LoggedTabletop, rudder_robot::SafetyReport)> {
-    let mut safety = cfg.safety.clone();
-    safety.dt = 1.0 / cfg.rate_hz;
-    let initial = emb.read_state()?;
-    let mut core = ControlCore::new(safety, cfg.watchdog, cfg.blend_window, &initial.positions)?;
-    let mut cmd = JointCommand {
-        positions: vec![0.0; 6],
-        gripper: None,
-    };
-    let mut pending = None;
-    let mut k: u64 = 0;
-    let mut last_infer: Option<f64> = None;
-    let base = emb.tick.load(Ordering::Acquire);
-    while !emb.done.load(Ordering::Acquire) {
-        let t = k as f64 / cfg.rate_hz;
-        let _state = emb.read_state()?;
-        let mut obs = emb.observe()?;
-        obs.timestamp = t;
-        if let Some(traj) = pending.take() {
-            core.offer(Arc::new(traj), t);
-        }
-        let health = Health {
-            state_age: 0.0,
-            ..Health::default()
-        };
-        core.step(t, &health, &mut cmd);
-        emb.command(&cmd)?;
-        let s = core.safety_report();
-        rec.send(Record::Loop(LoopSample {
-            sim_time: (base + k) as f64 / cfg.rate_hz,
-            clamped_commands: s.clamped_commands,
-            held_commands: s.held_commands,
-            interventions: s.interventions.total(),
-            hold_ticks: core.hold_ticks(),
-            ..LoopSample::default()
-        }));
-        // As the threaded loop: no new inference before `replan_interval` has passed.
-        let due = last_infer.is_none_or(|l| t - l + 1e-9 >= cfg.replan_interval.as_secs_f64());
-        if !due {
-            k += 1;
-            if let Some(b) = bar {
-                b.inc(1);
-            }
-            continue;
-        }
-        last_infer = Some(t);
-        match policy.infer(&obs) {
-            Ok(chunk) => {
-                let (traj, _) = cfg
-                    .converter
-                    .convert(&chunk, &obs.state, obs.timestamp)
-                    .map_err(|e| anyhow::anyhow!("chunk conversion failed at tick {k}: {e}"))?;
-                pending = Some(traj);
-            }
-            Err(e) => bail!("the policy failed at tick {k}: {e}"),
-        }
-        k += 1;
-        if let Some(b) = bar {
-            b.inc(1);
-        }
-        if k > 100_000 {
-            bail!("lockstep run did not end after {k} ticks");
-        }
-    }
-    Ok((emb, core.safety_report()))
 }

@@ -62,6 +62,9 @@ impl Embodiment for LoggedArm {
     fn control_rate_hz(&self) -> f64 {
         self.inner.control_rate_hz()
     }
+    fn state_layout(&self) -> rudder_robot::ArmStateLayout {
+        self.inner.state_layout()
+    }
     fn limits(&self) -> JointLimits {
         self.inner.limits()
     }

@@ -18,7 +18,8 @@ pub enum HoldReason {
     StaleObservation,
     /// The time is past the last point of the newest chunk.
     ChunkExhausted,
-    /// The last inference returned an error (or its chunk could not be used).
+    /// The last inference returned an error. (A chunk that cannot be converted is dropped
+    /// without a hold; see `control::inference`.)
     InferenceError,
     /// An inference has been running longer than the time-out.
     InferenceTimeout,

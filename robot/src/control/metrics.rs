@@ -154,6 +154,8 @@ pub struct LoopMetrics {
     pub tick_work_us: Percentiles,
     pub inference_latency_ms: Percentiles,
     pub inferences: u64,
+    /// Inferences whose chunk was not followed: the policy failed, or its chunk was dropped
+    /// (`chunks_dropped`).
     pub inference_errors: u64,
     pub last_inference_error: Option<String>,
     /// Tick time minus the observation time of the chunk being followed, milliseconds.
@@ -166,6 +168,11 @@ pub struct LoopMetrics {
     #[serde(default)]
     pub chunks_late: u64,
     pub unreachable_points: u64,
+    /// Chunks that could not be converted to a joint trajectory (e.g. an unreachable first
+    /// end-effector target): dropped and counted, while the loop follows the trajectory it
+    /// has (see `control::inference`).
+    #[serde(default)]
+    pub chunks_dropped: u64,
     pub safety: SafetyReport,
     /// Limit violations found in the emitted stream by the independent monitor.
     pub violations: ViolationCounts,

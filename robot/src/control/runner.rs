@@ -4,11 +4,13 @@
 
 use super::core::{ControlCore, Health, HoldReason, LoopState, WatchdogConfig};
 use super::handoff::{lock, Mailbox};
+use super::inference::{plan, InferenceStats, Planned};
 use super::metrics::{Histogram, LoopMetrics, TimingSetup};
+use super::replan::ReplanRule;
 use super::timing::{setup_current_thread, wait_until, TimingRequest};
 use super::trajectory::{ChunkConverter, EefDeltaScale, JointTrajectory};
 use crate::embodiment::{Embodiment, EmbodimentError};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyError};
 use crate::safety::{SafetyConfig, SafetyError};
 use crate::types::{JointCommand, Observation};
 use crate::ur5::Ur5Model;
@@ -33,6 +35,12 @@ pub enum ControlError {
     },
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    /// Lockstep only: the policy failed, and there is no later inference to wait for.
+    #[error("the policy failed at tick {tick}: {error}")]
+    Policy { tick: u64, error: PolicyError },
+    /// Lockstep only: the embodiment never said the run was over.
+    #[error("the lockstep run did not end after {0} ticks")]
+    Unfinished(u64),
 }
 
 /// Everything the loop needs besides the embodiment and the policy.
@@ -53,7 +61,8 @@ pub struct ControlConfig {
     /// Time between the observations two inferences start from: with `n / chunk rate` the arm
     /// follows `n` points of a chunk before the next one replaces it (openpi's `replan_steps`,
     /// LeRobot's `n_action_steps`). Zero asks again as soon as a chunk is out. Sampled policies
-    /// need it: a fresh sample every tick mixes the first steps of unrelated chunks.
+    /// need it: a fresh sample every tick mixes the first steps of unrelated chunks. The rule
+    /// is `control::replan`'s, the same in the threaded loop and in lockstep.
     pub replan_interval: Duration,
 }
 
@@ -80,15 +89,53 @@ impl ControlConfig {
             replan_interval: Duration::ZERO,
         }
     }
-}
 
-#[derive(Debug, Default)]
-struct InferenceStats {
-    latency: Option<Histogram>,
-    count: u64,
-    errors: u64,
-    last_error: Option<String>,
-    unreachable_points: u64,
+    /// [`Self::ur5`] at the embodiment's own control rate.
+    pub fn for_embodiment(embodiment: &impl Embodiment, model: Ur5Model) -> Self {
+        Self::ur5(model, embodiment.control_rate_hz())
+    }
+
+    /// The replan interval of `steps` control periods.
+    pub fn replan_every(&mut self, steps: usize) {
+        self.replan_interval = Duration::from_secs_f64(steps as f64 / self.rate_hz);
+    }
+
+    /// Checks the config against the embodiment it will drive and sets the filter's `dt`:
+    /// the loop runs at the embodiment's rate, never another.
+    pub(crate) fn prepare_for(&mut self, embodiment: &impl Embodiment) -> Result<(), ControlError> {
+        if !(self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= 10_000.0) {
+            return Err(ControlError::Config {
+                field: "rate_hz",
+                reason: format!("need 0 < rate <= 10000, got {}", self.rate_hz),
+            });
+        }
+        let native = embodiment.control_rate_hz();
+        if (self.rate_hz - native).abs() > 1e-9 * native.abs().max(1.0) {
+            return Err(ControlError::Config {
+                field: "rate_hz",
+                reason: format!(
+                    "{} Hz, but `{}` runs at {native} Hz (ControlConfig::for_embodiment)",
+                    self.rate_hz,
+                    embodiment.name()
+                ),
+            });
+        }
+        if !(self.blend_window.is_finite() && self.blend_window >= 0.0) {
+            return Err(ControlError::Config {
+                field: "blend_window",
+                reason: format!("need finite >= 0, got {}", self.blend_window),
+            });
+        }
+        self.safety.dt = 1.0 / self.rate_hz;
+        let dof = self.safety.limits.dof();
+        if self.converter.dof != dof {
+            return Err(ControlError::Config {
+                field: "converter.dof",
+                reason: format!("{} joints, limits have {dof}", self.converter.dof),
+            });
+        }
+        Ok(())
+    }
 }
 
 struct Shared {
@@ -126,26 +173,7 @@ impl<E: Embodiment + 'static> ControlLoop<E> {
         policy: P,
         mut cfg: ControlConfig,
     ) -> Result<Self, ControlError> {
-        if !(cfg.rate_hz.is_finite() && cfg.rate_hz > 0.0 && cfg.rate_hz <= 10_000.0) {
-            return Err(ControlError::Config {
-                field: "rate_hz",
-                reason: format!("need 0 < rate <= 10000, got {}", cfg.rate_hz),
-            });
-        }
-        if !(cfg.blend_window.is_finite() && cfg.blend_window >= 0.0) {
-            return Err(ControlError::Config {
-                field: "blend_window",
-                reason: format!("need finite >= 0, got {}", cfg.blend_window),
-            });
-        }
-        cfg.safety.dt = 1.0 / cfg.rate_hz;
-        let dof = cfg.safety.limits.dof();
-        if cfg.converter.dof != dof {
-            return Err(ControlError::Config {
-                field: "converter.dof",
-                reason: format!("{} joints, limits have {dof}", cfg.converter.dof),
-            });
-        }
+        cfg.prepare_for(&embodiment)?;
         let initial = embodiment.read_state()?;
         let core = ControlCore::new(
             cfg.safety.clone(),
@@ -179,10 +207,7 @@ impl<E: Embodiment + 'static> ControlLoop<E> {
         let inference = {
             let shared = Arc::clone(&shared);
             let converter = cfg.converter.clone();
-            let pacing = ReplanPacing {
-                interval: cfg.replan_interval,
-                period: Duration::from_secs_f64(1.0 / cfg.rate_hz),
-            };
+            let pacing = ReplanRule::new(cfg.replan_interval, cfg.rate_hz);
             std::thread::Builder::new()
                 .name("rudder-inference".into())
                 .spawn(move || inference_thread(policy, converter, pacing, &shared))
@@ -248,42 +273,13 @@ impl<E: Embodiment + 'static> Drop for ControlLoop<E> {
 }
 
 fn merge_inference(m: &mut LoopMetrics, shared: &Shared) {
-    let s = lock(&shared.inference);
-    if let Some(h) = &s.latency {
-        m.inference_latency_ms = h.summary_ms();
-    }
-    m.inferences = s.count;
-    m.inference_errors = s.errors;
-    m.last_inference_error = s.last_error.clone();
-    m.unreachable_points = s.unreachable_points;
-}
-
-/// When the inference thread asks for the next observation.
-#[derive(Debug, Clone, Copy)]
-struct ReplanPacing {
-    interval: Duration,
-    period: Duration,
-}
-
-impl ReplanPacing {
-    /// The instant after which the next observation is wanted: `interval` after the last one
-    /// was sampled, less half a period. The control thread serves the request at its next tick,
-    /// so the arm follows exactly `interval * rate` points of each chunk, as in lockstep.
-    /// Counting from the inference's start instead (a few hundred microseconds after the
-    /// sample) would always land one tick later.
-    fn next_request(&self, epoch: Instant, last_sample_secs: f64) -> Option<Instant> {
-        if self.interval.is_zero() || !last_sample_secs.is_finite() || last_sample_secs < 0.0 {
-            return None;
-        }
-        let sampled = epoch + Duration::from_secs_f64(last_sample_secs);
-        Some(sampled + self.interval.saturating_sub(self.period / 2))
-    }
+    lock(&shared.inference).merge_into(m);
 }
 
 fn inference_thread<P: Policy>(
     mut policy: P,
     converter: ChunkConverter,
-    pacing: ReplanPacing,
+    pacing: ReplanRule,
     shared: &Shared,
 ) {
     let mut seen = 0;
@@ -308,33 +304,22 @@ fn inference_thread<P: Policy>(
             }
             std::thread::sleep(Duration::from_micros(250));
         };
-        next_request = pacing.next_request(shared.epoch, obs.timestamp);
+        // The next observation is wanted `replan_interval` after this one was sampled (the
+        // control thread serves the request at its next tick), as in lockstep; counting from
+        // the inference's start instead (a few hundred microseconds after the sample) would
+        // always land one tick later.
+        next_request = pacing
+            .next_due(obs.timestamp)
+            .map(|secs| shared.epoch + Duration::from_secs_f64(secs));
         let started = Instant::now();
         let since = started.saturating_duration_since(shared.epoch).as_nanos() as u64 + 1;
         shared.inference_busy_since.store(since, Ordering::Release);
-        let result = policy.infer(&obs);
-        let latency = started.elapsed();
-        let converted = result.map_err(|e| e.to_string()).and_then(|chunk| {
-            converter
-                .convert(&chunk, &obs.state, obs.timestamp)
-                .map_err(|e| e.to_string())
-        });
-        let failed = converted.is_err();
-        {
-            let mut s = lock(&shared.inference);
-            s.latency
-                .get_or_insert_with(|| Histogram::new(100_000, 100_000))
-                .record(latency.as_nanos() as u64);
-            s.count += 1;
-            match &converted {
-                Ok((_, notes)) => s.unreachable_points += notes.unreachable_points as u64,
-                Err(e) => {
-                    s.errors += 1;
-                    s.last_error = Some(e.clone());
-                }
-            }
-        }
-        if let Ok((traj, _)) = converted {
+        let (planned, latency) = plan(&mut policy, &converter, &obs);
+        lock(&shared.inference).record(&planned, latency);
+        // Only a failing policy holds the arm; a dropped chunk leaves the current trajectory
+        // running (see `control::inference`).
+        let failed = matches!(planned, Planned::PolicyFailed(_));
+        if let Planned::Trajectory(traj, _) = planned {
             shared.trajectories.publish(Arc::new(traj));
         }
         shared.inference_failed.store(failed, Ordering::Release);

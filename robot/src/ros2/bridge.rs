@@ -8,7 +8,7 @@ use super::spin::{drain, Handler, Spinner};
 use super::{now_stamp, stamp_age, topics};
 use crate::embodiment::{Embodiment, EmbodimentError};
 use crate::safety::{JointLimits, SafetyConfig, SafetyFilter};
-use crate::types::{ImageRgb8, JointCommand, JointState, Observation};
+use crate::types::{ArmStateLayout, ImageRgb8, JointCommand, JointState, Observation};
 use crate::ur5::Ur5Model;
 use r2r::sensor_msgs::msg::{Image, JointState as RosJointState};
 use r2r::std_msgs::msg::{Bool, Float64, Float64MultiArray, String as RosString};
@@ -555,6 +555,10 @@ impl Embodiment for Ros2Ur5 {
         self.cfg.rate_hz
     }
 
+    fn state_layout(&self) -> ArmStateLayout {
+        ArmStateLayout::joints(self.joint_names.len())
+    }
+
     fn limits(&self) -> JointLimits {
         self.limits.clone()
     }
@@ -610,10 +614,12 @@ impl Embodiment for Ros2Ur5 {
                 }
             }
         }
-        let mut state = Vec::with_capacity(13);
-        state.extend_from_slice(&s.positions);
-        state.extend_from_slice(&s.velocities);
-        state.push(s.gripper.unwrap_or(0.0));
+        let state = ArmStateLayout::joints(s.positions.len())
+            .build(&s.positions, &s.velocities, s.gripper.unwrap_or(0.0), None)
+            .map_err(|e| EmbodimentError::Sensor {
+                sensor: self.cfg.joint_states_topic.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Observation {
             images,
             state,

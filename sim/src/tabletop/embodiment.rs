@@ -1,27 +1,41 @@
-//! The simulator as an `Embodiment`, so robot's `ControlLoop` drives it like the real arm:
-//! joint-position commands in, joint state and LIBERO-style observations out.
+//! The simulator as an `Embodiment`, so robot's `ControlLoop` (threaded or lockstep) drives it
+//! like the real arm: joint-position commands in, joint state and LIBERO-style observations
+//! out. It is the one tabletop embodiment; evaluation and recording wrap it (decorators in
+//! `launch`), they do not copy it.
 
 use super::env::{TabletopEnv, TabletopObs, CONTROL_HZ};
 use rudder_robot::ur5::UR_JOINT_NAMES;
 use rudder_robot::{
-    Embodiment, EmbodimentError, JointCommand, JointLimits, JointState, Observation,
+    ArmStateLayout, Embodiment, EmbodimentError, JointCommand, JointLimits, JointState, Observation,
 };
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A tabletop episode driven by joint commands. `observe` returns the 8-D LIBERO state (not
-/// the joint state) and both cameras when the env renders.
+/// A tabletop episode driven by joint commands. `observe` returns the state in
+/// [`TabletopSim::LAYOUT`] (the UR5's joints, velocities and gripper, then LIBERO's 8-D
+/// state) and both cameras when the env renders.
 pub struct TabletopSim {
     env: TabletopEnv,
 }
 
 impl TabletopSim {
+    /// The simulator's step rate: one step per command.
+    pub const RATE_HZ: f64 = CONTROL_HZ;
+    /// The observation state's layout.
+    pub const LAYOUT: ArmStateLayout = ArmStateLayout::ur5_libero();
+
     pub fn new(env: TabletopEnv) -> Self {
         Self { env }
     }
 
     pub fn env(&self) -> &TabletopEnv {
         &self.env
+    }
+
+    /// The episode, for decorators that read more than the loop exchanges (the TCP, object
+    /// poses, success).
+    pub fn env_mut(&mut self) -> &mut TabletopEnv {
+        &mut self.env
     }
 
     pub fn into_env(self) -> TabletopEnv {
@@ -39,7 +53,11 @@ impl Embodiment for TabletopSim {
     }
 
     fn control_rate_hz(&self) -> f64 {
-        CONTROL_HZ
+        Self::RATE_HZ
+    }
+
+    fn state_layout(&self) -> ArmStateLayout {
+        Self::LAYOUT
     }
 
     fn limits(&self) -> JointLimits {
@@ -56,8 +74,7 @@ impl Embodiment for TabletopSim {
     }
 
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        let o = self.env.observe();
-        Ok(observation(o.state.to_vec(), o))
+        loop_observation(&mut self.env)
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
@@ -87,16 +104,22 @@ fn observation(state: Vec<f64>, o: TabletopObs) -> Observation {
     }
 }
 
-/// The observation in the UR5 layout the control loop's policies read: 6 joint positions, 6
-/// joint velocities, the gripper closure, then LIBERO's 8-D state; both cameras when rendered.
-pub fn loop_observation(env: &mut TabletopEnv) -> Observation {
+/// The observation the control loop's policies read: the state in [`TabletopSim::LAYOUT`],
+/// both cameras when rendered.
+pub fn loop_observation(env: &mut TabletopEnv) -> Result<Observation, EmbodimentError> {
     let o = env.observe();
-    let mut state = Vec::with_capacity(21);
-    state.extend_from_slice(&env.joints());
-    state.extend_from_slice(&env.joint_velocities());
-    state.push(env.gripper_closure());
-    state.extend_from_slice(&o.state);
-    observation(state, o)
+    let state = TabletopSim::LAYOUT
+        .build(
+            &env.joints(),
+            &env.joint_velocities(),
+            env.gripper_closure(),
+            Some(&o.state),
+        )
+        .map_err(|e| EmbodimentError::Sensor {
+            sensor: "tabletop state".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(observation(state, o))
 }
 
 /// The 6 joint targets of a loop command, or an error naming the field.

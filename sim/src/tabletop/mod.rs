@@ -3,8 +3,10 @@
 //! A UR5 (robot's kinematics, limits and safety filter) with a parallel gripper over a table,
 //! an object library with containers and articulated fixtures, a declarative task format,
 //! three embedded suites with scripted experts, a software rasterizer for the agent-view and
-//! wrist cameras, and a demo writer (safetensors shards + meta.json).
+//! wrist cameras, a demo writer (safetensors shards + meta.json), the simulator as robot's
+//! `Embodiment` and evaluation campaigns over it.
 
+pub mod campaign;
 pub mod demos;
 pub mod embodiment;
 pub mod env;
@@ -17,6 +19,10 @@ pub mod shadow;
 pub mod suites;
 pub mod tasks;
 
+pub use campaign::{
+    run_campaign, CampaignError, CampaignOptions, CampaignResult, EpisodeOutcome,
+    EvaluatedTabletop, Instructions, TaskOutcome,
+};
 pub use demos::{write_demos, write_demos_with, DemoOptions, DemoSummary, DEMO_FORMAT_VERSION};
 pub use embodiment::{command_joints, loop_observation, TabletopSim};
 pub use env::{
