@@ -43,7 +43,7 @@ rudder steer bench --model fixtures/hf-tiny/llama --clusters out/dict.toml --set
 rudder steer clusters --model runs/vla/latest --size 10 --layers 1.. --out dict.toml\n  \
 rudder steer sweep --policy runs/vla --dict dict.toml --cluster fast_10 --alphas 0,2,4,8,16 --episodes 2 --json\n  \
 rudder steer sweep --policy runs/vla --dict dict.toml --cluster up_10 --tasks 0,1 --record sweep.rrd")]
-    Sweep(SweepCommand),
+    Sweep(Box<SweepCommand>),
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +131,10 @@ pub fn run(cmd: SteerCommand) -> anyhow::Result<ExitCode> {
         SteerCommand::Inspect(a) => inspect(a),
         SteerCommand::Clusters(a) => clusters(a),
         SteerCommand::Bench(a) => bench(a),
-        SteerCommand::Sweep(c) => super::steer_sweep::run(c.sweep, &c.recording),
+        SteerCommand::Sweep(c) => {
+            let c = *c;
+            super::steer_sweep::run(c.sweep, &c.recording)
+        }
     }
 }
 
