@@ -123,7 +123,7 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("latest names {latest:?}"));
     assert!(
-        at >= SAVE_EVERY && at < STEPS,
+        (SAVE_EVERY..STEPS).contains(&at),
         "killed at step {logged}, latest is {latest}"
     );
 
