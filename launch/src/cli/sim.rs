@@ -52,7 +52,8 @@ pub struct TabletopArgs {
     /// spatial, object, goal (or libero_spatial, ...), or all.
     #[arg(long, default_value = "spatial")]
     pub suite: String,
-    /// scripted (the experts). Trained VLA checkpoints come with the VLA issue.
+    /// scripted (the experts, stepped directly in the simulator). To run a trained VLA
+    /// checkpoint use `rudder eval --policy RUN` (held-out init states, real-time loop).
     #[arg(long, default_value = "scripted")]
     pub policy: String,
     /// Episodes per task (each on its own seeded init state).
@@ -112,7 +113,8 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<ExitCode> {
 fn tabletop_cmd(a: TabletopArgs) -> anyhow::Result<ExitCode> {
     if a.policy != "scripted" {
         anyhow::bail!(
-            "--policy {}: only `scripted` is available so far (trained VLA checkpoints arrive with the VLA policy work)",
+            "--policy {}: `sim tabletop` runs the scripted experts only; evaluate a trained VLA with `rudder eval --policy {}`",
+            a.policy,
             a.policy
         );
     }
