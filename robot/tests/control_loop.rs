@@ -643,3 +643,25 @@ fn lockstep_driver_replans_by_loop_time_and_drops_unconvertible_chunks() {
     assert_eq!(m.holds.inference_error, 0);
     assert_eq!(m.violations.total(), 0);
 }
+
+/// The threaded loop applies the same policy: dropped chunks are counted, and they do not
+/// hold the arm (it holds only when the last chunk it followed runs out).
+#[test]
+fn threaded_loop_drops_unconvertible_chunks_without_an_inference_error_hold() {
+    let policy = UnconvertibleAfter {
+        good: 2,
+        seen: Vec::new(),
+    };
+    let (state, m) = threaded(policy, Duration::from_millis(1200));
+    assert!(m.chunks_dropped > 0, "{m:?}");
+    assert_eq!(m.inference_errors, m.chunks_dropped);
+    assert_eq!(m.holds.inference_error, 0, "{:?}", m.holds);
+    assert_eq!(
+        state,
+        LoopState::Holding {
+            reason: HoldReason::ChunkExhausted,
+            at_rest: true
+        }
+    );
+    assert_eq!(m.violations.total(), 0);
+}

@@ -319,13 +319,15 @@ fn inference_thread<P: Policy>(
         // Only a failing policy holds the arm; a dropped chunk leaves the current trajectory
         // running (see `control::inference`).
         let failed = matches!(planned, Planned::PolicyFailed(_));
+        let followed = matches!(planned, Planned::Trajectory(..));
         if let Planned::Trajectory(traj, _) = planned {
             shared.trajectories.publish(Arc::new(traj));
         }
         shared.inference_failed.store(failed, Ordering::Release);
         shared.inference_busy_since.store(0, Ordering::Release);
-        if failed {
-            // A failing policy usually fails again at once; don't spin on it.
+        if !followed {
+            // A failing policy (or one whose chunks cannot be used) usually fails again at
+            // once; don't spin on it.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
