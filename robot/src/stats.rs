@@ -1,7 +1,5 @@
-//! Statistics the evaluation campaigns and the steering sweep report with: Wilson intervals for
-//! success rates, normal-approximation intervals for means, nearest-rank percentiles.
-
-use serde::Serialize;
+//! Statistics the evaluation campaigns (and the steering sweep's success rates) report with:
+//! Wilson intervals for success rates, nearest-rank percentiles.
 
 /// 95 % Wilson score interval for `s` successes in `n` trials.
 pub fn wilson95(s: usize, n: usize) -> [f64; 2] {
@@ -39,36 +37,6 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// A mean with its 95 % interval (mean +- 1.96 sd / sqrt(n)).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct MeanCi {
-    pub mean: f64,
-    pub ci95: [f64; 2],
-}
-
-impl MeanCi {
-    pub const ZERO: MeanCi = MeanCi {
-        mean: 0.0,
-        ci95: [0.0, 0.0],
-    };
-
-    /// The mean of `v` with its interval (zero width for fewer than two values).
-    pub fn of(v: &[f64]) -> MeanCi {
-        let n = v.len().max(1) as f64;
-        let mean = v.iter().sum::<f64>() / n;
-        let var = if v.len() > 1 {
-            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-        } else {
-            0.0
-        };
-        let half = 1.96 * (var / n).sqrt();
-        MeanCi {
-            mean,
-            ci95: [mean - half, mean + half],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,14 +55,10 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_and_means() {
+    fn percentiles() {
         let v = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(percentile(&v, 0.5), 3.0);
         assert_eq!(percentile(&v, 0.99), 5.0);
         assert!(percentile(&[], 0.5).is_nan());
-        let m = MeanCi::of(&[1.0, 3.0]);
-        assert_eq!(m.mean, 2.0);
-        assert!((m.ci95[1] - 2.0 - 1.96 * (2.0f64 / 2.0).sqrt()).abs() < 1e-12);
-        assert_eq!(MeanCi::of(&[4.0]).ci95, [4.0, 4.0]);
     }
 }

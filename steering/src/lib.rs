@@ -8,6 +8,7 @@
 //! - [`dict`]: steering dictionaries (cluster name -> flat neuron ids) as TOML;
 //! - [`intervene`]: the intervention of Eq. 2 on `blocks.{l}.mlp.act`, with alphas changeable
 //!   live from another thread;
+//! - [`sweep`]: a steering sweep's statistics (speed change, direction bias, intervals);
 //! - [`vocab`]: token strings from `tokenizer.json`.
 //!
 //! Everything works on any model [`rudder_tune::load::load_model`] reads that has a language
@@ -18,6 +19,7 @@ pub mod dict;
 pub mod error;
 pub mod intervene;
 pub mod projection;
+pub mod sweep;
 pub mod vocab;
 
 use std::ops::Range;

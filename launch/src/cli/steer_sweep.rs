@@ -14,7 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rudder_robot::stats::{wilson95, MeanCi};
+use rudder_robot::stats::wilson95;
+use rudder_steering::sweep::{monotonic, Condition, EpisodeMotion};
 use rudder_steering::{Dictionary, SteeringHandle};
 use serde::Serialize;
 
@@ -85,82 +86,21 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-fn mean_ci(v: &[f64]) -> MeanCi {
-    MeanCi::of(v)
+/// What the sweep's statistics read of an episode.
+fn motion(runs: &[EpisodeOutcome]) -> Vec<EpisodeMotion> {
+    runs.iter()
+        .map(|r| EpisodeMotion {
+            success: r.success,
+            mean_speed: r.mean_speed,
+            mean_velocity: r.mean_velocity,
+        })
+        .collect()
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Condition {
-    /// `unsteered`, the cluster's name or the control's.
-    pub cluster: String,
-    pub alpha: Option<f32>,
-    pub episodes: usize,
-    pub success_rate: f64,
-    pub success_ci95: [f64; 2],
-    /// m/s.
-    pub mean_speed: MeanCi,
-    /// m/s per base axis x, y, z.
-    pub mean_velocity: [MeanCi; 3],
-    /// Mean speed relative to unsteered, minus 1 (0.2 = 20 % faster).
-    pub speed_change: f64,
-    /// 95 % interval of `speed_change` from the per-episode differences to unsteered (every
-    /// condition runs the same episodes with the same noise draws, so they pair up).
-    pub speed_change_ci95: [f64; 2],
-    /// Per base axis (x, y, z), m/s: the mean velocity minus the unsteered velocity of the same
-    /// episode scaled by the speed ratio; positive z = more upward than a mere change of speed.
-    pub direction_bias: [MeanCi; 3],
-}
-
-/// Sets `c`'s speed change and direction bias against the unsteered runs of the same episodes
-/// (paired: d_i = (s_i - u_i) / mean(u), whose mean is mean(s) / mean(u) - 1).
-fn relate_to_unsteered(c: &mut Condition, runs: &[EpisodeOutcome], unsteered: &[EpisodeOutcome]) {
-    let base = (unsteered.iter().map(|u| u.mean_speed).sum::<f64>()
-        / unsteered.len().max(1) as f64)
-        .max(1e-12);
-    let d: Vec<f64> = runs
-        .iter()
-        .zip(unsteered)
-        .map(|(s, u)| (s.mean_speed - u.mean_speed) / base)
-        .collect();
-    let m = mean_ci(&d);
-    c.speed_change = m.mean;
-    c.speed_change_ci95 = m.ci95;
-    // A cluster that only slows the arm scales its velocity; what is left after undoing the
-    // episode's own speed ratio is a change of direction.
-    c.direction_bias = std::array::from_fn(|k| {
-        let d: Vec<f64> = runs
-            .iter()
-            .zip(unsteered)
-            .map(|(s, u)| {
-                let ratio = if u.mean_speed > 1e-9 {
-                    s.mean_speed / u.mean_speed
-                } else {
-                    1.0
-                };
-                s.mean_velocity[k] - ratio * u.mean_velocity[k]
-            })
-            .collect();
-        mean_ci(&d)
-    });
-}
-
-fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeOutcome]) -> Condition {
-    let n = runs.len();
+/// A condition's statistics over its episodes, with the Wilson interval of its success rate.
+fn condition(cluster: &str, alpha: Option<f32>, runs: &[EpisodeMotion]) -> Condition {
     let s = runs.iter().filter(|r| r.success).count();
-    let speeds: Vec<f64> = runs.iter().map(|r| r.mean_speed).collect();
-    let axis = |i: usize| mean_ci(&runs.iter().map(|r| r.mean_velocity[i]).collect::<Vec<_>>());
-    Condition {
-        cluster: cluster.into(),
-        alpha,
-        episodes: n,
-        success_rate: s as f64 / n.max(1) as f64,
-        success_ci95: wilson95(s, n),
-        mean_speed: mean_ci(&speeds),
-        mean_velocity: [axis(0), axis(1), axis(2)],
-        speed_change: 0.0,
-        speed_change_ci95: [0.0, 0.0],
-        direction_bias: [MeanCi::ZERO; 3],
-    }
+    Condition::new(cluster, alpha, runs, wilson95(s, runs.len()))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,12 +128,6 @@ pub struct SweepReport {
     /// The control's largest |speed change| over all alphas.
     pub control_max_change: Option<f64>,
     pub wall_s: f64,
-}
-
-fn monotonic(changes: &[f64]) -> bool {
-    let up = changes.windows(2).all(|w| w[1] >= w[0]);
-    let down = changes.windows(2).all(|w| w[1] <= w[0]);
-    up || down
 }
 
 pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
@@ -290,7 +224,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
     let run_condition = |label: &str,
                          alpha: Option<f32>,
                          manner: Option<&String>|
-     -> anyhow::Result<(Condition, Vec<EpisodeOutcome>)> {
+     -> anyhow::Result<(Condition, Vec<EpisodeMotion>)> {
         if let Some(b) = &bar {
             b.set_message(format!(
                 "{label} alpha {}",
@@ -310,20 +244,21 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         if let Some(b) = &bar {
             b.inc(1);
         }
-        Ok((condition(label, alpha, &r.runs), r.runs))
+        let runs = motion(&r.runs);
+        Ok((condition(label, alpha, &runs), runs))
     };
     let (unsteered, base_runs) = run_condition("unsteered", None, None)?;
     let mut references = Vec::new();
     for m in &a.reference_manners {
         let (mut c, runs) = run_condition(&format!("instruction: {m}"), None, Some(m))?;
-        relate_to_unsteered(&mut c, &runs, &base_runs);
+        c.relate_to_unsteered(&runs, &base_runs);
         references.push(c);
     }
     let mut conditions = Vec::new();
     for name in &names {
         for &alpha in &a.alphas {
             let (mut c, s) = run_condition(name, Some(alpha), None)?;
-            relate_to_unsteered(&mut c, &s, &base_runs);
+            c.relate_to_unsteered(&s, &base_runs);
             conditions.push(c);
         }
     }
@@ -590,76 +525,5 @@ mod tests {
                 .len()
                 > 100
         );
-    }
-
-    fn outcome(speed: f64, velocity: [f64; 3]) -> EpisodeOutcome {
-        EpisodeOutcome {
-            task_index: 0,
-            episode: 0,
-            instruction: String::new(),
-            success: false,
-            steps: 10,
-            mean_speed: speed,
-            mean_velocity: velocity,
-        }
-    }
-
-    #[test]
-    fn paired_speed_change_has_the_ratio_of_means_and_a_paired_interval() {
-        let un: Vec<_> = [0.10, 0.20, 0.30]
-            .iter()
-            .map(|&s| outcome(s, [0.0, 0.0, -s]))
-            .collect();
-        let steered: Vec<_> = [0.12, 0.22, 0.32]
-            .iter()
-            .map(|&s| outcome(s, [0.0, 0.0, -s]))
-            .collect();
-        let mut c = condition("x", Some(1.0), &[]);
-        relate_to_unsteered(&mut c, &steered, &un);
-        // mean 0.22 / 0.20 - 1 = +10 %, and every episode moved by exactly +0.02: no spread.
-        assert!((c.speed_change - 0.1).abs() < 1e-12);
-        assert!((c.speed_change_ci95[0] - 0.1).abs() < 1e-9);
-        assert!((c.speed_change_ci95[1] - 0.1).abs() < 1e-9);
-        // Faster along the same direction: no direction bias.
-        assert!(c.direction_bias.iter().all(|b| b.mean.abs() < 1e-12));
-        let noisy: Vec<_> = [0.14, 0.18, 0.34]
-            .iter()
-            .map(|&s| outcome(s, [0.0, 0.0, -s]))
-            .collect();
-        relate_to_unsteered(&mut c, &noisy, &un);
-        assert!((c.speed_change - 0.1).abs() < 1e-12);
-        assert!(c.speed_change_ci95[0] < 0.1 && c.speed_change_ci95[1] > 0.1);
-    }
-
-    #[test]
-    fn slowing_down_is_not_a_direction_but_turning_upward_is() {
-        let un = vec![
-            outcome(0.2, [0.0, 0.0, -0.2]),
-            outcome(0.1, [0.0, 0.1, 0.0]),
-        ];
-        // Half the speed on the same headings.
-        let slower = vec![
-            outcome(0.1, [0.0, 0.0, -0.1]),
-            outcome(0.05, [0.0, 0.05, 0.0]),
-        ];
-        let mut c = condition("x", Some(1.0), &[]);
-        relate_to_unsteered(&mut c, &slower, &un);
-        assert!(c.direction_bias.iter().all(|b| b.mean.abs() < 1e-12));
-        // Same speeds, heading up instead.
-        let up = vec![outcome(0.2, [0.0, 0.0, 0.2]), outcome(0.1, [0.0, 0.0, 0.1])];
-        relate_to_unsteered(&mut c, &up, &un);
-        assert!((c.direction_bias[2].mean - 0.25).abs() < 1e-12);
-        assert!((c.direction_bias[1].mean + 0.05).abs() < 1e-12);
-    }
-
-    #[test]
-    fn mean_interval_and_monotonicity() {
-        let m = mean_ci(&[1.0, 2.0, 3.0, 4.0]);
-        assert!((m.mean - 2.5).abs() < 1e-12);
-        // sd = 1.29099, half = 1.96 * sd / 2
-        assert!((m.ci95[1] - 2.5 - 1.96 * 1.290_994_4 / 2.0).abs() < 1e-6);
-        assert!(monotonic(&[0.0, 0.1, 0.1, 0.3]));
-        assert!(monotonic(&[0.0, -0.1, -0.2]));
-        assert!(!monotonic(&[0.0, 0.2, 0.1]));
     }
 }
