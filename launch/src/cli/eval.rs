@@ -1,6 +1,10 @@
-//! `rudder eval`: a trained VLA checkpoint (flow or tokens head) in the tabletop simulator, driven through
-//! robot's real-time `ControlLoop` (or its tick logic stepped in lockstep), on init states the
-//! policy was not trained on.
+//! `rudder eval`: a trained VLA checkpoint (flow or tokens head) in the tabletop simulator,
+//! driven through robot's real-time `ControlLoop` (or its `LockstepDriver`), on init states the
+//! policy was not trained on. The campaign itself is library code
+//! (`rudder_sim::tabletop::campaign`); this file loads the checkpoint, wires it in and prints.
+//!
+//! Each episode reads the task's own instruction, as LIBERO evaluates; `--manners` cycles
+//! through the task's manner phrases by episode, `--manner P` appends one phrase to all.
 //!
 //! The held-out split: `rudder demos --episodes N` trains on episode indices (= init states,
 //! REFERENCE §5 style: episode `k` uses init state `k mod 50`) `0..N` of every task with its
@@ -8,7 +12,7 @@
 //! with the same seed unless `--first-episode` / `--seed` say otherwise.
 //!
 //! The policy sees what the demos recorded: cameras `agentview` and `wrist`, and LIBERO's 8-D
-//! state (the last 8 values of the embodiment's state, after 6 joint positions, 6 joint
+//! state (the end of the embodiment's `ArmStateLayout`, after the 6 joint positions, 6 joint
 //! velocities and the gripper closure, which the chunk converter reads). It returns EefDelta7
 //! chunks that the loop converts to joint trajectories through IK.
 
