@@ -449,10 +449,12 @@ impl Map {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn two_lanes() -> Map {
+    /// A lane, a connector and a lane in a row (limits 10, none, 15 m/s), for the map's and
+    /// its view's tests.
+    pub(crate) fn two_lanes() -> Map {
         let mut lanes = vec![
             Lane::from_centerline(
                 1,

@@ -44,35 +44,7 @@ mod tests {
 
     #[test]
     fn the_view_matches_the_map() {
-        let mut lanes = vec![
-            Lane::from_centerline(
-                1,
-                LaneKind::Lane,
-                10,
-                vec![P2::new(0.0, 0.0), P2::new(50.0, 0.0)],
-                3.5,
-                Some(10.0),
-            ),
-            Lane::from_centerline(
-                2,
-                LaneKind::Connector,
-                20,
-                vec![P2::new(50.0, 0.0), P2::new(60.0, 0.0)],
-                3.5,
-                None,
-            ),
-            Lane::from_centerline(
-                3,
-                LaneKind::Lane,
-                30,
-                vec![P2::new(60.0, 0.0), P2::new(100.0, 0.0)],
-                3.5,
-                Some(15.0),
-            ),
-        ];
-        Map::connect(&mut lanes, 1, 2);
-        Map::connect(&mut lanes, 2, 3);
-        let m = Map::new("t", lanes, vec![], vec![], vec![], vec![]).unwrap();
+        let m = crate::driving::map::tests::two_lanes();
         let v: &dyn MapView = &m;
         let c = v.lane_view(2).unwrap();
         assert_eq!(
