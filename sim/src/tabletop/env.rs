@@ -237,6 +237,11 @@ impl TabletopEnv {
         self.success || self.steps >= self.task.max_steps
     }
 
+    /// Whether every goal predicate holds now (not latched like `success()`).
+    pub fn goal_holds(&self) -> bool {
+        self.task.goal.iter().all(|g| g.holds(&self.world.scene))
+    }
+
     pub fn stats(&self) -> EnvStats {
         self.stats
     }
@@ -367,7 +372,7 @@ impl TabletopEnv {
             self.stats.max_penetration = self.stats.max_penetration.max(p);
         }
         if !self.success {
-            self.success = self.task.goal.iter().all(|g| g.holds(&self.world.scene));
+            self.success = self.goal_holds();
         }
         StepInfo {
             success: self.success,

@@ -7,11 +7,11 @@
 use super::env::{TabletopEnv, CONTROL_HZ};
 use super::geom::Aabb;
 use super::physics::{hand_boxes, Held, FINGER_STEP, MAX_OPENING};
-use super::scene::{Kind, Role, Scene, TABLE};
-use super::tasks::Predicate;
+use super::scene::{Joint, Kind, Object, Role, Scene, KNOB_ON, TABLE};
+use super::tasks::{Placement, Predicate, Task};
 use nalgebra::{UnitQuaternion, Vector3};
 use rudder_robot::control::EefDeltaScale;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::f64::consts::PI;
 
@@ -79,6 +79,105 @@ const RELEASE_GAP: f64 = 0.012;
 const SIDE_OFFSET: f64 = 0.15;
 const ABOVE_EXTRA: f64 = 0.1;
 const MAX_REPLANS: usize = 5;
+/// How far above its release point `HoldAbove` keeps the carried object's TCP.
+const HOLD_ABOVE: f64 = 0.09;
+/// Nearest and farthest centre distance `DropBeside` looks at from the release point.
+const BESIDE_MIN: f64 = 0.06;
+const BESIDE_MAX: f64 = 0.3;
+
+/// A scripted failure that looks close to success (RoboFuME's hard negatives). Each changes
+/// only the script of the task's last goal predicate; earlier stages run normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Perturbation {
+    /// (On/In/Above) Pick the object, carry it over the target and stay there holding it,
+    /// 9 cm above the release point; never release.
+    HoldAbove,
+    /// (On/In/Above) Set the object down on the table at the nearest free spot at least 6 cm
+    /// from where it should go (clear of the target, so the predicate stays false).
+    DropBeside,
+    /// (On/In/Above) Never grasp: close the empty fingers, bring the TCP to where it would
+    /// let go of the object and stay.
+    EmptyGripper,
+    /// (On/In/Above with another graspable object) Pick another movable object (one of the
+    /// same kind first, else the nearest) and place it where the goal's object should go.
+    WrongObject,
+    /// (Open/Closed drawer, TurnedOn/TurnedOff knob) Move the articulation only half way from
+    /// where it starts to the predicate's threshold, release and lift away.
+    DrawerHalf,
+}
+
+impl Perturbation {
+    pub const ALL: [Perturbation; 5] = [
+        Perturbation::HoldAbove,
+        Perturbation::DropBeside,
+        Perturbation::EmptyGripper,
+        Perturbation::WrongObject,
+        Perturbation::DrawerHalf,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Perturbation::HoldAbove => "hold_above",
+            Perturbation::DropBeside => "drop_beside",
+            Perturbation::EmptyGripper => "empty_gripper",
+            Perturbation::WrongObject => "wrong_object",
+            Perturbation::DrawerHalf => "drawer_half",
+        }
+    }
+
+    /// Whether the perturbation makes sense for `task`, judged on its last goal predicate
+    /// (and, for `WrongObject` and `DrawerHalf`, on the task's objects and their start).
+    pub fn applies_to(self, task: &Task) -> bool {
+        let Some(last) = task.goal.last() else {
+            return false;
+        };
+        let spec = |n: &str| task.objects.iter().find(|o| o.name == n);
+        let place = matches!(
+            last,
+            Predicate::On(..) | Predicate::In(..) | Predicate::Above(..)
+        );
+        match self {
+            Perturbation::HoldAbove | Perturbation::DropBeside | Perturbation::EmptyGripper => {
+                place
+            }
+            Perturbation::WrongObject => {
+                let (Predicate::On(a, b) | Predicate::In(a, b) | Predicate::Above(a, b)) = last
+                else {
+                    return false;
+                };
+                let named = |j: usize, n: &str| task.objects.get(j).is_some_and(|o| o.name == n);
+                task.objects.iter().any(|o| {
+                    o.name != *a
+                        && o.name != *b
+                        && Object::new(&o.name, o.kind, o.size, o.color, [0.0; 3]).graspable()
+                        && !matches!(o.placement,
+                            Placement::On(j) | Placement::In(j) if named(j, a) || named(j, b))
+                })
+            }
+            Perturbation::DrawerHalf => match last {
+                Predicate::Open(c) | Predicate::Closed(c) => spec(c).is_some_and(|o| {
+                    o.kind == Kind::Cabinet
+                        && if matches!(last, Predicate::Open(_)) {
+                            o.joint <= 0.55
+                        } else {
+                            o.joint >= 0.3
+                        }
+                }),
+                Predicate::TurnedOn(c) | Predicate::TurnedOff(c) => spec(c).is_some_and(|o| {
+                    let v = o.joint * std::f64::consts::FRAC_PI_2;
+                    o.kind == Kind::Stove
+                        && if matches!(last, Predicate::TurnedOn(_)) {
+                            v <= KNOB_ON / 4.0
+                        } else {
+                            v >= KNOB_ON
+                        }
+                }),
+                _ => false,
+            },
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Expert {
@@ -89,6 +188,13 @@ pub struct Expert {
     replans: usize,
     cmd_steps: usize,
     grip: f64,
+    /// Applied to the last goal predicate (only where it applies to the task).
+    perturbation: Option<Perturbation>,
+    /// The perturbed script's last plan has been issued.
+    script_done: bool,
+    /// `WrongObject`'s choice, made once.
+    wrong: Option<usize>,
+    idle: bool,
 }
 
 impl Expert {
@@ -101,7 +207,31 @@ impl Expert {
             replans: 0,
             cmd_steps: 0,
             grip: OPEN,
+            perturbation: None,
+            script_done: false,
+            wrong: None,
+            idle: false,
         }
+    }
+
+    /// The expert with `p` applied to the task's last goal predicate (earlier stages run
+    /// normally). Where `p` does not apply to the task (`Perturbation::applies_to`) this is
+    /// the plain expert. Once its script has run it idles (zero motion, gripper as it was).
+    pub fn with_perturbation(env: &TabletopEnv, p: Perturbation) -> Self {
+        let mut e = Self::new(env);
+        e.perturbation = p.applies_to(env.task()).then_some(p);
+        e
+    }
+
+    /// The perturbation in effect (`None` for the plain expert or where it does not apply).
+    pub fn perturbation(&self) -> Option<Perturbation> {
+        self.perturbation
+    }
+
+    /// Whether the last action was the idle one: the script is over (goal reached, perturbed
+    /// script done, or re-planning given up).
+    pub fn is_idle(&self) -> bool {
+        self.idle
     }
 
     pub fn manner(&self) -> Manner {
@@ -110,25 +240,40 @@ impl Expert {
 
     /// The next 7-D action.
     pub fn act(&mut self, env: &TabletopEnv) -> [f64; 7] {
+        self.idle = false;
         if self.plan.is_empty() {
             let scene = &env.world().scene;
-            while self.stage < self.goal.len() && self.goal[self.stage].holds(scene) {
+            let last = self.goal.len().saturating_sub(1);
+            let perturbed = |stage: usize| self.perturbation.is_some() && stage == last;
+            while self.stage < self.goal.len()
+                && !perturbed(self.stage)
+                && self.goal[self.stage].holds(scene)
+            {
                 self.stage += 1;
                 self.replans = 0;
             }
-            if self.stage >= self.goal.len() || self.replans > MAX_REPLANS {
+            if self.stage >= self.goal.len() || self.replans > MAX_REPLANS || self.script_done {
+                self.idle = true;
                 return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.grip];
             }
             self.replans += 1;
             let pred = self.goal[self.stage].clone();
-            self.plan = Planner {
+            let planner = Planner {
                 env,
                 m: self.manner,
+            };
+            match self.perturbation {
+                Some(p) if self.stage == last => {
+                    let (plan, last_plan) = planner.plan_perturbed(&pred, p, &mut self.wrong);
+                    self.plan = plan;
+                    self.script_done = last_plan;
+                }
+                _ => self.plan = planner.plan(&pred),
             }
-            .plan(&pred);
             self.cmd_steps = 0;
         }
         let Some(cmd) = self.plan.front().copied() else {
+            self.idle = self.script_done;
             return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.grip];
         };
         self.cmd_steps += 1;
@@ -338,16 +483,229 @@ impl Planner<'_> {
             }
             Predicate::Open(c) | Predicate::Closed(c) => {
                 if let Some(ic) = idx(c) {
-                    self.slide(&mut out, ic, matches!(pred, Predicate::Open(_)));
+                    if let Joint::Slide { max, .. } = s.objects[ic].joint {
+                        let open = matches!(pred, Predicate::Open(_));
+                        self.slide(&mut out, ic, if open { max - 0.004 } else { 0.002 });
+                    }
                 }
             }
             Predicate::TurnedOn(c) | Predicate::TurnedOff(c) => {
                 if let Some(ic) = idx(c) {
-                    self.turn(&mut out, ic, matches!(pred, Predicate::TurnedOn(_)));
+                    if let Joint::Knob { value, .. } = s.objects[ic].joint {
+                        let on = matches!(pred, Predicate::TurnedOn(_));
+                        let turn = if on {
+                            1.0 - value.min(0.3)
+                        } else {
+                            -value - 0.05
+                        };
+                        self.turn(&mut out, ic, turn);
+                    }
                 }
             }
         }
         out
+    }
+
+    /// The script of `p` for the last goal predicate and whether it is the script's last
+    /// plan (pick-and-place scripts come in two plans: the pick, then from the grasp as it
+    /// happened, the rest).
+    fn plan_perturbed(
+        &self,
+        pred: &Predicate,
+        p: Perturbation,
+        wrong: &mut Option<usize>,
+    ) -> (VecDeque<Cmd>, bool) {
+        let mut out = VecDeque::new();
+        let s = self.scene();
+        let idx = |n: &str| s.index(n);
+        match (pred, p) {
+            (
+                Predicate::On(a, b) | Predicate::In(a, b) | Predicate::Above(a, b),
+                Perturbation::HoldAbove
+                | Perturbation::DropBeside
+                | Perturbation::EmptyGripper
+                | Perturbation::WrongObject,
+            ) => {
+                let (Some(ia), Some(ib)) = (idx(a), idx(b)) else {
+                    return (out, true);
+                };
+                let inside = matches!(pred, Predicate::In(..));
+                let Some(xy) = self.target_on(ia, ib, inside) else {
+                    return (out, true);
+                };
+                let obj = match p {
+                    Perturbation::WrongObject => {
+                        if wrong.is_none() {
+                            *wrong = self.wrong_object(ia, ib);
+                        }
+                        match *wrong {
+                            Some(iw) => iw,
+                            None => return (out, true),
+                        }
+                    }
+                    _ => ia,
+                };
+                if p == Perturbation::EmptyGripper {
+                    self.empty_release(&mut out, ia, xy);
+                    return (out, true);
+                }
+                if !self.holding(obj) {
+                    self.pick_place(&mut out, obj, xy);
+                    return (out, false);
+                }
+                match p {
+                    Perturbation::HoldAbove => self.place(&mut out, obj, xy, Some(HOLD_ABOVE)),
+                    Perturbation::DropBeside => {
+                        if let Some(spot) = self.beside_spot(ia, xy) {
+                            self.place(&mut out, obj, spot, None);
+                        }
+                    }
+                    _ => self.place(&mut out, obj, xy, None),
+                }
+                (out, true)
+            }
+            (Predicate::Open(c) | Predicate::Closed(c), Perturbation::DrawerHalf) => {
+                if let Some(ic) = idx(c) {
+                    if let Joint::Slide { value, max } = s.objects[ic].joint {
+                        let goal = if matches!(pred, Predicate::Open(_)) {
+                            0.75 * max
+                        } else {
+                            0.05 * max
+                        };
+                        self.slide(&mut out, ic, (value + goal) / 2.0);
+                    }
+                }
+                (out, true)
+            }
+            (Predicate::TurnedOn(c) | Predicate::TurnedOff(c), Perturbation::DrawerHalf) => {
+                if let Some(ic) = idx(c) {
+                    if let Joint::Knob { value, .. } = s.objects[ic].joint {
+                        let goal = if matches!(pred, Predicate::TurnedOn(_)) {
+                            KNOB_ON
+                        } else {
+                            0.1
+                        };
+                        self.turn(&mut out, ic, (goal - value) / 2.0);
+                    }
+                }
+                (out, true)
+            }
+            _ => (self.plan(pred), false),
+        }
+    }
+
+    fn holding(&self, a: usize) -> bool {
+        matches!(self.env.world().held, Some(Held::Object { obj, .. }) if obj == a)
+    }
+
+    /// `WrongObject`'s pick: a graspable object other than `a` and `b`, not resting on either
+    /// and not carrying `a`; one of `a`'s kind first, then the nearest to `a`.
+    fn wrong_object(&self, a: usize, b: usize) -> Option<usize> {
+        let s = self.scene();
+        let (on_a, on_b) = (s.carried_by(a), s.carried_by(b));
+        let ca = s.objects[a].bounds().centre();
+        s.objects
+            .iter()
+            .enumerate()
+            .filter(|&(i, o)| {
+                i != a
+                    && i != b
+                    && o.graspable()
+                    && !on_a.contains(&i)
+                    && !on_b.contains(&i)
+                    && !s.carried_by(i).contains(&a)
+            })
+            .min_by(|(_, o), (_, q)| {
+                let key = |o: &Object| {
+                    let c = o.bounds().centre();
+                    (
+                        o.kind != s.objects[a].kind,
+                        (c[0] - ca[0]).hypot(c[1] - ca[1]),
+                    )
+                };
+                let (ko, kq) = (key(o), key(q));
+                ko.0.cmp(&kq.0).then(ko.1.total_cmp(&kq.1))
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// `DropBeside`'s spot for `a`: a free table spot 6 to 30 cm from the release point `xy`,
+    /// its footprint 2 cm clear of everything (the target included); near spots on the side
+    /// `a` comes from are preferred (score: distance from `xy` plus half the distance from
+    /// where `a` is), so the carry does not pass over the target.
+    fn beside_spot(&self, a: usize, xy: [f64; 2]) -> Option<[f64; 2]> {
+        let s = self.scene();
+        let ba = s.objects[a].bounds();
+        let (ha, ca) = (ba.size(), ba.centre());
+        let carried = s.carried_by(a);
+        let mut best: Option<([f64; 2], f64)> = None;
+        let mut r = BESIDE_MIN;
+        while r <= BESIDE_MAX + 1e-9 {
+            for k in 0..24 {
+                let t = k as f64 * std::f64::consts::TAU / 24.0;
+                let p = [xy[0] + r * t.cos(), xy[1] + r * t.sin()];
+                let score = r + 0.5 * (p[0] - ca[0]).hypot(p[1] - ca[1]);
+                if best.is_some_and(|(_, b)| b <= score) {
+                    continue;
+                }
+                let fp = Aabb::new(
+                    [p[0] - ha[0] / 2.0, p[1] - ha[1] / 2.0, 0.0],
+                    [p[0] + ha[0] / 2.0, p[1] + ha[1] / 2.0, 0.0],
+                );
+                let on_table = TABLE.contains_xy([fp.min[0], fp.min[1]], 0.03)
+                    && TABLE.contains_xy([fp.max[0], fp.max[1]], 0.03);
+                let free = s
+                    .objects
+                    .iter()
+                    .enumerate()
+                    .all(|(i, o)| carried.contains(&i) || o.bounds().xy_gap(&fp) >= 0.02);
+                if on_table && free {
+                    best = Some((p, score));
+                }
+            }
+            r += 0.01;
+        }
+        best.map(|(p, _)| p)
+    }
+
+    /// `EmptyGripper`: close the empty fingers and bring the TCP to where it would release
+    /// `a` at `xy` (had it been grasped as the expert grasps it), then stay.
+    fn empty_release(&self, out: &mut VecDeque<Cmd>, a: usize, xy: [f64; 2]) {
+        let s = self.scene();
+        let group = s.carried_by(a);
+        let b = s.objects[a].bounds();
+        let size = b.size();
+        let fp = Aabb::new(
+            [xy[0] - size[0] / 2.0, xy[1] - size[1] / 2.0, 0.0],
+            [xy[0] + size[0] / 2.0, xy[1] + size[1] / 2.0, 0.0],
+        );
+        let below = Self::grasp_z(&b) - b.min[2];
+        let mut release_z = self.max_top(&group, Some(&fp)) + RELEASE_GAP + below;
+        let flange = super::env::down_pose([xy[0], xy[1], release_z], 0.0);
+        let hands = hand_boxes(&flange, 0.0);
+        let hand_fp = hands[0].union(&hands[1]);
+        release_z = release_z.max(self.max_top(&group, Some(&hand_fp)) + 0.006);
+        if self.env.world().held.is_some() || self.env.world().width > 1e-9 {
+            if self.env.world().held.is_some() {
+                out.push_back(Cmd::Grip {
+                    close: false,
+                    steps: (MAX_OPENING / FINGER_STEP) as usize + 1,
+                });
+            }
+            out.push_back(Cmd::Grip {
+                close: true,
+                steps: (MAX_OPENING / FINGER_STEP) as usize + 2,
+            });
+        }
+        self.approach(
+            out,
+            self.env.tcp(),
+            [xy[0], xy[1], release_z],
+            release_z + 0.03,
+            0.0,
+            &[],
+            CLOSE,
+        );
     }
 
     /// Where to set `a` down on (or in) `b`: the centre of the surface that counts.
@@ -426,13 +784,10 @@ impl Planner<'_> {
     }
 
     fn pick_place(&self, out: &mut VecDeque<Cmd>, a: usize, xy: [f64; 2]) {
-        let s = self.scene();
-        let group = s.carried_by(a);
-        let b = s.objects[a].bounds();
+        let b = self.scene().objects[a].bounds();
         let c = b.centre();
         let grasp = [c[0], c[1], Self::grasp_z(&b)];
-        let holding = matches!(self.env.world().held, Some(Held::Object { obj, .. }) if obj == a);
-        if !holding {
+        if !self.holding(a) {
             if self.env.world().held.is_some() || self.env.world().width < MAX_OPENING - 1e-9 {
                 out.push_back(Cmd::Grip {
                     close: false,
@@ -448,6 +803,16 @@ impl Planner<'_> {
             // between the fingers.
             return;
         }
+        self.place(out, a, xy, None);
+    }
+
+    /// Carry the held `a` so that it comes down centred on `xy` and let go; with `hold_above`
+    /// stop that far above the release point instead, still holding it.
+    fn place(&self, out: &mut VecDeque<Cmd>, a: usize, xy: [f64; 2], hold_above: Option<f64>) {
+        let s = self.scene();
+        let group = s.carried_by(a);
+        let b = s.objects[a].bounds();
+        let c = b.centre();
         let tcp = self.env.tcp();
         let from = tcp;
         // The object's footprint centred on the target; the TCP goes where that puts it.
@@ -470,6 +835,11 @@ impl Planner<'_> {
         }
         let under_fingers = self.max_top(&group, Some(&hand_fp));
         release_z = release_z.max(under_fingers + 0.006);
+        if let Some(h) = hold_above {
+            let z = release_z + h;
+            self.approach(out, from, [xy[0], xy[1], z], z, below, &group, CLOSE);
+            return;
+        }
         let hover = release_z + 0.03;
         self.approach(
             out,
@@ -490,7 +860,8 @@ impl Planner<'_> {
     }
 
     /// Pull the drawer out (open) or push it in, holding the handle.
-    fn slide(&self, out: &mut VecDeque<Cmd>, c: usize, open: bool) {
+    /// `goal` is the slide value to reach (metres pulled out).
+    fn slide(&self, out: &mut VecDeque<Cmd>, c: usize, goal: f64) {
         let o = &self.scene().objects[c];
         let Some(hp) = o.grip_part() else { return };
         let hb = o.part_box(hp);
@@ -518,7 +889,7 @@ impl Planner<'_> {
             close: true,
             steps: 11,
         });
-        let goal = if open { max - 0.004 } else { 0.002 };
+        let goal = goal.clamp(0.0, max);
         let to = [grasp[0] - (goal - value), grasp[1], grasp[2]];
         out.push_back(self.mv(to, self.fine_speed(), 0.003, CLOSE));
         out.push_back(Cmd::Grip {
@@ -529,11 +900,12 @@ impl Planner<'_> {
     }
 
     /// Grasp the knob and turn the wrist.
-    fn turn(&self, out: &mut VecDeque<Cmd>, c: usize, on: bool) {
+    /// `turn` is the wrist rotation to apply (radians, + turns on).
+    fn turn(&self, out: &mut VecDeque<Cmd>, c: usize, turn: f64) {
         let o = &self.scene().objects[c];
         let Some(kp) = o.grip_part() else { return };
         let kb = o.part_box(kp);
-        let super::scene::Joint::Knob { value, .. } = o.joint else {
+        let super::scene::Joint::Knob { .. } = o.joint else {
             return;
         };
         let kc = kb.centre();
@@ -557,11 +929,6 @@ impl Planner<'_> {
             close: true,
             steps: 11,
         });
-        let turn = if on {
-            1.0 - value.min(0.3)
-        } else {
-            -value - 0.05
-        };
         out.push_back(Cmd::Move {
             to: grasp,
             yaw: turn,

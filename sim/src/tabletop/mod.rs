@@ -12,6 +12,7 @@ pub mod embodiment;
 pub mod env;
 pub mod expert;
 pub mod geom;
+pub mod labelled;
 pub mod physics;
 pub mod render;
 pub mod scene;
@@ -29,7 +30,8 @@ pub use env::{
     libero_state, width_of_closure, CameraConfig, EnvStats, StepInfo, TabletopEnv, TabletopObs,
     CONTROL_HZ,
 };
-pub use expert::{Expert, Manner};
+pub use expert::{Expert, Manner, Perturbation};
+pub use labelled::{expert_episode, FrameSampling, LabelledEpisode, LabelledFrame};
 pub use shadow::ShadowExpert;
 pub use suites::{
     benchmark, load_suite, run_suite, run_tasks, Suite, SuiteError, SuiteReport, TaskReport,
