@@ -4,8 +4,9 @@
 //!   flow-matching action expert) or OpenVLA-style action tokens.
 //! - [`tokens`]: the action-token head (256 bins, autoregressive or parallel decoding).
 //! - [`preprocess`]: camera images to the model's pixel tensor.
-//! - [`prompt`]: the byte-level prompt mapping.
-//! - [`tokenizer`]: prompt tokenizers: a BPE trained here (`tokenizer.json`) or bytes.
+//! - [`prompt`]: the byte-level prompt mapping (re-exported from `rudder_tune::text`).
+//! - [`tokenizer`]: prompt tokenizers: a BPE trained here (`tokenizer.json`) or bytes
+//!   (re-exported from `rudder_tune::text`).
 //! - [`normalize`]: pi0 mean/std normalisation of state and actions.
 //! - [`noise`]: the seeded Gaussian noise the Euler sampler starts from.
 //! - [`dataset`]: tabletop demo data sets (`rudder demos`) for training.
@@ -16,12 +17,11 @@ pub mod error;
 pub mod noise;
 pub mod normalize;
 pub mod preprocess;
-pub mod prompt;
-pub mod tokenizer;
 pub mod tokens;
 pub mod train;
 pub mod vla;
 
 pub use error::FlowError;
+pub use rudder_tune::text::{prompt, tokenizer};
 pub use tokenizer::PromptTokenizer;
 pub use vla::{Inpainting, PolicySettings, VlaPolicy};

@@ -20,8 +20,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Tensor, D};
-use rudder_tune::blocks::attention::mask;
-use rudder_tune::blocks::KvCache;
 use rudder_tune::hooks::Hooks;
 use rudder_tune::models::paligemma;
 use serde::{Deserialize, Serialize};
@@ -173,55 +171,6 @@ impl ActionTokens {
     }
 }
 
-/// Patch features of every camera, `[batch, cams * patches, hidden]`, from pixels
-/// `[batch, cams, 3, size, size]`.
-pub fn image_features(
-    model: &paligemma::Model,
-    pixels: &Tensor,
-    mut hooks: Option<&mut Hooks>,
-) -> candle_core::Result<Tensor> {
-    let (_, cams, _, _, _) = pixels.dims5()?;
-    let mut per = Vec::with_capacity(cams);
-    for c in 0..cams {
-        let px = pixels.narrow(1, c, 1)?.squeeze(1)?;
-        per.push(model.image_features(&px, hooks.as_deref_mut(), false)?.0);
-    }
-    Tensor::cat(&per, 1)
-}
-
-/// Logits `[batch, seq, vocab]` of `ids` with the image positions filled by `feats`.
-/// `valid[b][k]`: key k is real; `prefix[b][k]`: key k is visible from every query.
-pub fn logits(
-    model: &paligemma::Model,
-    ids: &Tensor,
-    feats: &Tensor,
-    valid: &[Vec<bool>],
-    prefix: &[Vec<bool>],
-    hooks: Option<&mut Hooks>,
-) -> candle_core::Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    let embeds = model.merge(ids, feats)?;
-    // transformers v5 PaliGemma: positions from 1.
-    let positions: Vec<Vec<i64>> = vec![(1..=t as i64).collect(); b];
-    let m = mask::causal(
-        b,
-        t,
-        0,
-        model.language_model.device(),
-        Some(valid),
-        Some(prefix),
-    )?;
-    let (h, _) = model.language_model.forward_embeds(
-        &embeds,
-        &positions,
-        Some(&m),
-        None::<&mut Vec<KvCache>>,
-        hooks,
-        false,
-    )?;
-    model.language_model.logits(&h)
-}
-
 /// One training or inference row: prefix ids (images + prompt) and the action part.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -308,8 +257,8 @@ pub fn loss(
         reads,
     } = layout(rows, decoding, n_actions);
     let ids = Tensor::from_vec(ids, (b, t), dev)?;
-    let feats = image_features(model, pixels, None)?;
-    let lg = logits(model, &ids, &feats, &valid, &prefix, None)?;
+    let feats = model.camera_features(pixels, None)?;
+    let lg = model.prefix_lm_logits(&ids, &feats, &valid, &prefix, None)?;
     let vocab = lg.dim(D::Minus1)?;
     let mut at = Vec::with_capacity(b * n_actions);
     let mut targets = Vec::with_capacity(b * n_actions);
@@ -340,7 +289,7 @@ pub fn decode(
     let dev = pixels.device();
     let n = spec.len();
     let first = ActionTokens::first_id(vocab_size) as usize;
-    let feats = image_features(model, pixels, hooks.as_deref_mut())?;
+    let feats = model.camera_features(pixels, hooks.as_deref_mut())?;
     let pick = |row: &Tensor| -> candle_core::Result<u32> {
         let ids = row
             .narrow(0, first, N_BINS)?
@@ -357,7 +306,8 @@ pub fn decode(
             valid.resize(p + n, true);
             let all = vec![vec![true; p + n]];
             let ids_t = Tensor::from_vec(ids, (1, p + n), dev)?;
-            let lg = logits(model, &ids_t, &feats, &[valid], &all, hooks)?
+            let lg = model
+                .prefix_lm_logits(&ids_t, &feats, &[valid], &all, hooks)?
                 .squeeze(0)?
                 .to_dtype(DType::F32)?;
             (0..n).map(|j| pick(&lg.get(p + j)?)).collect()
@@ -373,16 +323,10 @@ pub fn decode(
                 let mut pre = vec![true; p];
                 pre.resize(t, false);
                 let ids_t = Tensor::from_vec(ids, (1, t), dev)?;
-                let lg = logits(
-                    model,
-                    &ids_t,
-                    &feats,
-                    &[valid],
-                    &[pre],
-                    hooks.as_deref_mut(),
-                )?
-                .squeeze(0)?
-                .to_dtype(DType::F32)?;
+                let lg = model
+                    .prefix_lm_logits(&ids_t, &feats, &[valid], &[pre], hooks.as_deref_mut())?
+                    .squeeze(0)?
+                    .to_dtype(DType::F32)?;
                 out.push(pick(&lg.get(t - 1)?)?);
             }
             Ok(out)

@@ -39,8 +39,22 @@ pub enum TuneError {
         #[source]
         source: candle_core::Error,
     },
+    #[error("{path}: {problem}")]
+    File { path: PathBuf, problem: String },
+    /// Bad input to a function of the core; `input` names it (`tokenizer`, `vocab_size`, ...).
+    #[error("input `{input}`: {problem}")]
+    Input { input: String, problem: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl TuneError {
+    pub fn input(input: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Input {
+            input: input.into(),
+            problem: problem.into(),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TuneError>;

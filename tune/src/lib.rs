@@ -2,7 +2,8 @@
 //!
 //! Blocks ([`blocks`]) with Hub-compatible parameter names, models ([`models`]) loaded from
 //! `config.json` + safetensors, named hook points ([`hooks`]), greedy generation with a KV
-//! cache ([`generate`]), checkpoint I/O ([`checkpoint`]) and reference comparison ([`verify`]).
+//! cache ([`generate`]), checkpoint I/O ([`checkpoint`]), reference comparison ([`verify`]) and
+//! prompt tokenizers ([`text`]).
 //!
 //! The CPU kernels behind the blocks (packed AVX-512 matmul, fused attention, vectorised
 //! softmax and activations) and their spinning thread pool live in `kernels`, private to the
@@ -22,6 +23,7 @@ pub mod lora;
 pub mod models;
 pub mod peft;
 pub mod state;
+pub mod text;
 pub mod train;
 pub mod verify;
 

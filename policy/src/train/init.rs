@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use rudder_tune::candle_nn::{VarBuilder, VarMap};
 use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::peft::{self, LoraConfig};
-use rudder_tune::train::Rng;
+use rudder_tune::train::{init_from_scratch, Rng};
 
 use super::family::{LoraRun, Vla};
 use super::spec::{HeadKind, ModelConfig, ModelSpec, TrainConfig, TrainingInfo};
@@ -22,15 +22,6 @@ pub(crate) struct Start {
     pub vla: Vla,
     pub params: Vec<(String, Var)>,
     pub rng: Rng,
-}
-
-/// Whether a 1-D `*.weight` is a LayerNorm scale (init 1) rather than a Gemma RMSNorm offset
-/// scale (init 0).
-fn is_layer_norm(name: &str) -> bool {
-    name.contains("vision_tower")
-        && (name.ends_with("layer_norm1.weight")
-            || name.ends_with("layer_norm2.weight")
-            || name.ends_with("post_layernorm.weight"))
 }
 
 /// The tokens head's bins: q01 / q99 from the demos' `meta.json` (computed from the frames
@@ -64,9 +55,10 @@ fn action_tokens(spec: &ModelSpec, data: &DemoDataset) -> Result<ActionTokens, F
     })
 }
 
-/// A freshly initialised model for `data`: LeCun-normal matrices, normal(0, 0.02) embedding
-/// tables, zero biases, LayerNorm weights 1, Gemma RMSNorm weights 0 (scale 1), drawn from
-/// `seed ^ 0x5EED_1417`; the run's generator is `Rng::new(seed)`.
+/// A freshly initialised model for `data`: its variables, sorted by name, go through
+/// [`init_from_scratch`] (LeCun-normal matrices, normal(0, 0.02) embedding tables, zero biases,
+/// LayerNorm weights 1, Gemma RMSNorm weights 0 (scale 1), drawn from `seed ^ 0x5EED_1417`);
+/// the run's generator is `Rng::new(seed)`.
 pub(crate) fn from_scratch(cfg: TrainConfig, data: &DemoDataset) -> Result<Start, FlowError> {
     if cfg.batch_size == 0 {
         return Err(FlowError::input("batch_size", "must be > 0"));
@@ -94,27 +86,7 @@ pub(crate) fn from_scratch(cfg: TrainConfig, data: &DemoDataset) -> Result<Start
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut init = Rng::new(cfg.seed ^ 0x5EED_1417);
-    for (name, var) in &params {
-        let shape = var.shape().clone();
-        let n = shape.elem_count();
-        let vals: Vec<f32> = if shape.rank() == 1 {
-            let one = name.ends_with(".weight") && is_layer_norm(name);
-            vec![if one { 1.0 } else { 0.0 }; n]
-        } else {
-            // Embedding tables: normal(0, 0.02); matrices: LeCun normal (1 / sqrt(fan_in)).
-            let std = if name.ends_with("embed_tokens.weight")
-                || name.ends_with("position_embedding.weight")
-            {
-                0.02
-            } else {
-                let fan_in: usize = shape.dims()[1..].iter().product();
-                1.0 / (fan_in.max(1) as f32).sqrt()
-            };
-            init.gaussian(n).into_iter().map(|x| x * std).collect()
-        };
-        var.set(&Tensor::from_vec(vals, shape, &device)?)?;
-    }
+    init_from_scratch(&params, cfg.seed)?;
     let action_tokens = match cfg.model.head {
         HeadKind::Flow => None,
         HeadKind::Tokens => Some(action_tokens(&cfg.model, data)?),

@@ -138,7 +138,7 @@ impl ModelSpec {
             TokenizerKind::Bytes => Ok(PromptTokenizer::Bytes {
                 limit: BYTE_TEXT_IDS,
             }),
-            TokenizerKind::Bpe => train_bpe(instructions, self.bpe_vocab),
+            TokenizerKind::Bpe => Ok(train_bpe(instructions, self.bpe_vocab)?),
         }
     }
 

@@ -137,6 +137,57 @@ impl Model {
         Ok((feats, vis))
     }
 
+    /// Patch features of every camera, `[batch, cams * patches, hidden]`, from pixels
+    /// `[batch, cams, 3, size, size]`: each camera through the vision tower and projector in
+    /// turn, concatenated in camera order.
+    pub fn camera_features(
+        &self,
+        pixels: &Tensor,
+        mut hooks: Option<&mut Hooks>,
+    ) -> Result<Tensor> {
+        let (_, cams, _, _, _) = pixels.dims5()?;
+        let mut per = Vec::with_capacity(cams);
+        for c in 0..cams {
+            let px = pixels.narrow(1, c, 1)?.squeeze(1)?;
+            per.push(self.image_features(&px, hooks.as_deref_mut(), false)?.0);
+        }
+        Tensor::cat(&per, 1)
+    }
+
+    /// Logits `[batch, seq, vocab]` of `ids` with the image positions filled by `feats` (from
+    /// [`Model::camera_features`]), under a prefix-LM mask: `valid[b][k]`: key k is real;
+    /// `prefix[b][k]`: key k is visible from every query (the others are causal). Positions
+    /// start at 1 (transformers v5); no KV cache.
+    pub fn prefix_lm_logits(
+        &self,
+        ids: &Tensor,
+        feats: &Tensor,
+        valid: &[Vec<bool>],
+        prefix: &[Vec<bool>],
+        hooks: Option<&mut Hooks>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let embeds = self.merge(ids, feats)?;
+        let positions: Vec<Vec<i64>> = vec![(1..=t as i64).collect(); b];
+        let m = mask::causal(
+            b,
+            t,
+            0,
+            self.language_model.device(),
+            Some(valid),
+            Some(prefix),
+        )?;
+        let (h, _) = self.language_model.forward_embeds(
+            &embeds,
+            &positions,
+            Some(&m),
+            None::<&mut Vec<KvCache>>,
+            hooks,
+            false,
+        )?;
+        self.language_model.logits(&h)
+    }
+
     /// Text embeddings with image positions filled by image features, in order.
     pub fn merge(&self, ids: &Tensor, feats: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

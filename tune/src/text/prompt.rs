@@ -1,11 +1,12 @@
 //! Prompt text to token ids.
 //!
 //! The byte-level mapping used by checkpoints without a `tokenizer.json` (older ones, and
-//! `rudder train vla --tokenizer bytes`; the default is the BPE of [`crate::tokenizer`]): the prompt (trimmed, with `\n` appended as pi0's tokenizer input has it) is
-//! UTF-8 encoded and byte `b` becomes token `3 + b mod (limit - 3)`, where `limit` is the
-//! vocabulary size, or the image token id when that is smaller (so text never collides with the
-//! image token), leaving ids 0 (pad), 1 (eos) and 2 (bos) free. The sequence is
-//! `[bos] + bytes`, cut to `max_tokens` in total.
+//! `rudder train vla --tokenizer bytes`; the default is the BPE of [`super::tokenizer`]): the
+//! prompt (trimmed, with `\n` appended as pi0's tokenizer input has it) is UTF-8 encoded and
+//! byte `b` becomes token `3 + b mod (limit - 3)`, where `limit` is the vocabulary size, or the
+//! image token id when that is smaller (so text never collides with the image token), leaving
+//! ids 0 (pad), 1 (eos) and 2 (bos) free. The sequence is `[bos] + bytes`, cut to `max_tokens`
+//! in total.
 //! A checkpoint folder holding a `tokenizer.json` is refused at load time rather than silently
 //! tokenised differently from how it was trained.
 

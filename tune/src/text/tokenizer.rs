@@ -1,5 +1,5 @@
 //! Prompt tokenizers: a BPE model (Hugging Face `tokenizers`) trained here, saved as the
-//! checkpoint's `tokenizer.json`, or the byte-level mapping of [`crate::prompt`] for checkpoints
+//! checkpoint's `tokenizer.json`, or the byte-level mapping of [`super::prompt`] for checkpoints
 //! without one.
 //!
 //! The BPE is trained on the data set's instructions plus [`CORPUS`], a short text written for
@@ -18,7 +18,8 @@ use tokenizers::normalizers::utils::Lowercase;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::{AddedToken, ModelWrapper, Tokenizer};
 
-use crate::{prompt, FlowError};
+use super::prompt;
+use crate::{Result, TuneError};
 
 /// Special tokens, in id order.
 pub const SPECIALS: [&str; 4] = ["<pad>", "<eos>", "<bos>", "<unk>"];
@@ -63,24 +64,40 @@ Move left. Move right. Move forward. Move backward. Move above the table.";
 /// How a policy turns its prompt into token ids.
 #[derive(Debug, Clone)]
 pub enum PromptTokenizer {
-    /// The byte-level mapping of [`crate::prompt`] with this id limit.
+    /// The byte-level mapping of [`super::prompt`] with this id limit.
     Bytes { limit: usize },
     /// A BPE model read from or saved as `tokenizer.json`.
     Bpe(Box<Tokenizer>),
 }
 
-fn tok_err(what: &str, e: impl std::fmt::Display) -> FlowError {
-    FlowError::input("tokenizer", format!("{what}: {e}"))
+fn tok_err(what: &str, e: impl std::fmt::Display) -> TuneError {
+    TuneError::input("tokenizer", format!("{what}: {e}"))
 }
 
 /// Trains a BPE of at most `max_vocab` ids (specials included) on `instructions` + [`CORPUS`].
-/// Deterministic for the same inputs.
+/// Deterministic for the same inputs. The VLA trainer's tokenizer; [`train_bpe_with`] with no
+/// extra texts gives the same vocabulary.
 pub fn train_bpe<'a>(
     instructions: impl IntoIterator<Item = &'a str>,
     max_vocab: usize,
-) -> Result<PromptTokenizer, FlowError> {
+) -> Result<PromptTokenizer> {
+    train_bpe_with(instructions, std::iter::empty(), max_vocab)
+}
+
+/// [`train_bpe`] with `extra_texts` added to the training text after [`CORPUS`], for a caller
+/// whose own words must be in the vocabulary (the reward classifier's `yes` and `no`): a word
+/// of the training text becomes one token when the vocabulary has room for its merges, which
+/// the caller checks with [`PromptTokenizer::single_token`] (repeating a word in
+/// `extra_texts` makes its merges come earlier). Instructions are sorted and deduplicated;
+/// extra texts are kept as given. Deterministic for the same inputs; with no extra texts it is
+/// [`train_bpe`].
+pub fn train_bpe_with<'a, 'b>(
+    instructions: impl IntoIterator<Item = &'a str>,
+    extra_texts: impl IntoIterator<Item = &'b str>,
+    max_vocab: usize,
+) -> Result<PromptTokenizer> {
     if max_vocab < SPECIALS.len() + 64 {
-        return Err(FlowError::input(
+        return Err(TuneError::input(
             "vocab_size",
             format!("{max_vocab} is too small for a BPE (need >= 68)"),
         ));
@@ -109,6 +126,7 @@ pub fn train_bpe<'a>(
     texts.sort();
     texts.dedup();
     texts.extend(CORPUS.split(". ").map(str::to_owned));
+    texts.extend(extra_texts.into_iter().map(str::to_owned));
     tok.train(&mut trainer, texts.into_iter())
         .map_err(|e| tok_err("training the BPE", e))?;
     let t = PromptTokenizer::Bpe(Box::new(tok));
@@ -123,12 +141,12 @@ pub fn train_bpe<'a>(
 impl PromptTokenizer {
     /// `dir/tokenizer.json` when present (a BPE trained here, or any Hugging Face tokenizer),
     /// else the byte-level mapping with `byte_limit`.
-    pub fn load(dir: &Path, byte_limit: usize) -> Result<Self, FlowError> {
+    pub fn load(dir: &Path, byte_limit: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Ok(Self::Bytes { limit: byte_limit });
         }
-        let t = Tokenizer::from_file(&path).map_err(|e| FlowError::File {
+        let t = Tokenizer::from_file(&path).map_err(|e| TuneError::File {
             path: path.clone(),
             problem: format!("not a tokenizer.json: {e}"),
         })?;
@@ -136,12 +154,12 @@ impl PromptTokenizer {
     }
 
     /// Writes `tokenizer.json` (BPE only; the byte mapping has no file).
-    pub fn save(&self, path: &Path) -> Result<(), FlowError> {
+    pub fn save(&self, path: &Path) -> Result<()> {
         if let Self::Bpe(t) = self {
             let text = t
                 .to_string(true)
                 .map_err(|e| tok_err("serialising tokenizer.json", e))?;
-            rudder_tune::checkpoint::write_atomic(path, text.as_bytes())?;
+            crate::checkpoint::write_atomic(path, text.as_bytes())?;
         }
         Ok(())
     }
@@ -166,7 +184,7 @@ impl PromptTokenizer {
     }
 
     /// The BPE ids of `word` (no `<bos>`).
-    pub fn word_ids(&self, word: &str) -> Result<Vec<u32>, FlowError> {
+    pub fn word_ids(&self, word: &str) -> Result<Vec<u32>> {
         match self {
             Self::Bytes { limit } => {
                 Ok(prompt::byte_tokens(word, *limit, usize::MAX)[1..].to_vec())
@@ -185,7 +203,7 @@ impl PromptTokenizer {
     }
 
     /// `[<bos>] + ids` of `prompt`, at most `max_tokens` ids (>= 1).
-    pub fn encode(&self, prompt_text: &str, max_tokens: usize) -> Result<Vec<u32>, FlowError> {
+    pub fn encode(&self, prompt_text: &str, max_tokens: usize) -> Result<Vec<u32>> {
         match self {
             Self::Bytes { limit } => Ok(prompt::byte_tokens(prompt_text, *limit, max_tokens)),
             Self::Bpe(t) => {
@@ -236,6 +254,24 @@ mod tests {
         assert_eq!(t.encode(INSTR[0], 3).unwrap().len(), 3);
         // Unknown characters map to <unk>, not to a panic.
         assert!(t.encode("pick ☃", 48).unwrap().contains(&3));
+    }
+
+    #[test]
+    fn extra_texts_add_whole_words_and_none_changes_nothing() {
+        let plain = train_bpe(INSTR, 512).unwrap();
+        let none = train_bpe_with(INSTR, [], 512).unwrap();
+        let (PromptTokenizer::Bpe(a), PromptTokenizer::Bpe(b)) = (&plain, &none) else {
+            panic!("not a BPE");
+        };
+        assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
+        assert!(!plain.single_token("yes") || !plain.single_token("no"));
+        let t = train_bpe_with(INSTR, ["yes no", "Yes. No."], 512).unwrap();
+        for w in ["yes", "no", "Yes", "NO"] {
+            assert!(t.single_token(w), "{w} -> {:?}", t.word_ids(w).unwrap());
+        }
+        for w in MANNER_WORDS {
+            assert!(t.single_token(w), "{w}");
+        }
     }
 
     #[test]
