@@ -128,7 +128,24 @@ pub struct EvaluatedTabletop {
     done: Arc<AtomicBool>,
     /// The TCP after every simulator step (the first entry: the initial pose).
     tcp: Vec<[f64; 3]>,
+    tap: Option<(FrameTap, usize, usize)>,
 }
+
+/// What a [`FrameTap`] is shown at every observation of a campaign's episode.
+pub struct FrameEvent<'a> {
+    pub task_index: usize,
+    pub episode: usize,
+    /// Simulator steps taken before this observation.
+    pub step: usize,
+    pub observation: &'a Observation,
+    /// Whether the task's goal holds at this observation (the simulator's truth, not latched).
+    pub goal_holds: bool,
+}
+
+/// Called on the loop's thread at every observation, so it must return at once (hand the
+/// frame to another thread, never classify inline): a reward classifier watching the run,
+/// or a recorder of labelled frames.
+pub type FrameTap = Arc<dyn Fn(&FrameEvent<'_>) + Send + Sync>;
 
 impl EvaluatedTabletop {
     pub fn new(inner: TabletopSim, max_steps: usize) -> Self {
@@ -138,7 +155,14 @@ impl EvaluatedTabletop {
             max_steps,
             done: Arc::new(AtomicBool::new(false)),
             tcp,
+            tap: None,
         }
+    }
+
+    /// Shows `tap` every observation of episode `episode` of task `task_index`.
+    pub fn with_tap(mut self, tap: FrameTap, task_index: usize, episode: usize) -> Self {
+        self.tap = Some((tap, task_index, episode));
+        self
     }
 
     /// Set once the episode is over; shared so a real-time run can be watched from outside.
@@ -188,7 +212,18 @@ impl Embodiment for EvaluatedTabletop {
         self.inner.read_state()
     }
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        self.inner.observe()
+        let obs = self.inner.observe()?;
+        if let Some((tap, task_index, episode)) = &self.tap {
+            let env = self.inner.env();
+            tap(&FrameEvent {
+                task_index: *task_index,
+                episode: *episode,
+                step: env.steps(),
+                observation: &obs,
+                goal_holds: env.goal_holds(),
+            });
+        }
+        Ok(obs)
     }
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
         command_joints(cmd)?;
@@ -377,6 +412,16 @@ impl CampaignResult {
 /// `progress` is told after every episode.
 pub fn run_campaign<P: Policy + 'static>(
     o: &CampaignOptions,
+    policy_for: impl FnMut(&Task, usize) -> P,
+    progress: impl FnMut(&EpisodeOutcome),
+) -> Result<CampaignResult, CampaignError> {
+    run_campaign_tapped(o, None, policy_for, progress)
+}
+
+/// [`run_campaign`] with `tap` shown every observation of every episode.
+pub fn run_campaign_tapped<P: Policy + 'static>(
+    o: &CampaignOptions,
+    tap: Option<FrameTap>,
     mut policy_for: impl FnMut(&Task, usize) -> P,
     mut progress: impl FnMut(&EpisodeOutcome),
 ) -> Result<CampaignResult, CampaignError> {
@@ -406,6 +451,9 @@ pub fn run_campaign<P: Policy + 'static>(
             let instruction = o.instructions.for_episode(task, episode);
             let env = episode_env(task, o.seed, episode, &instruction, o.cameras)?;
             let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), max_steps);
+            if let Some(t) = &tap {
+                emb = emb.with_tap(Arc::clone(t), ti, episode);
+            }
             let mut policy = policy_for(task, episode);
             let control = |source| CampaignError::Control {
                 task: task.id.clone(),
