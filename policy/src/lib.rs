@@ -3,7 +3,8 @@
 //! - [`vla`]: [`VlaPolicy`], a trained VLA behind `Policy`: pi0-style (PaliGemma prefix +
 //!   flow-matching action expert) or OpenVLA-style action tokens.
 //! - [`tokens`]: the action-token head (256 bins, autoregressive or parallel decoding).
-//! - [`preprocess`]: camera images to the model's pixel tensor.
+//! - [`preprocess`]: camera images to the model's pixel tensor (re-exported from
+//!   `rudder_tune::image`).
 //! - [`prompt`]: the byte-level prompt mapping (re-exported from `rudder_tune::text`).
 //! - [`tokenizer`]: prompt tokenizers: a BPE trained here (`tokenizer.json`) or bytes
 //!   (re-exported from `rudder_tune::text`).
@@ -16,12 +17,12 @@ pub mod dataset;
 pub mod error;
 pub mod noise;
 pub mod normalize;
-pub mod preprocess;
 pub mod tokens;
 pub mod train;
 pub mod vla;
 
 pub use error::FlowError;
+pub use rudder_tune::image as preprocess;
 pub use rudder_tune::text::{prompt, tokenizer};
 pub use tokenizer::PromptTokenizer;
 pub use vla::{Inpainting, PolicySettings, VlaPolicy};

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod image;
 pub mod intruder;
 mod kernels;
 pub mod load;

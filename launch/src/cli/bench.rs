@@ -35,6 +35,8 @@ rudder bench llama --model fixtures/hf-tiny/llama --seqs 64,256 --runs 10 --json
 rudder bench vla --policy runs/vla/latest --runs 20 --json"
     )]
     Vla(VlaBenchArgs),
+    /// Latency of one success classification (both cameras) of a reward checkpoint.
+    Reward(crate::cli::reward::BenchRewardArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +127,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Loop(a) => control_loop(a),
         BenchCommand::Viz(a) => viz(a),
         BenchCommand::Vla(a) => vla(a),
+        BenchCommand::Reward(a) => crate::cli::reward::bench(a),
     }
 }
 

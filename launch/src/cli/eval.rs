@@ -26,7 +26,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rudder_policy::Inpainting;
 use rudder_sim::tabletop::campaign::{
-    run_campaign, CampaignOptions, EpisodeOutcome, Instructions, Latency, LoopTiming, TaskOutcome,
+    run_campaign_tapped, CampaignOptions, EpisodeOutcome, FrameTap, Instructions, Latency,
+    LoopTiming, TaskOutcome,
 };
 use rudder_sim::tabletop::{CameraConfig, Suite};
 use rudder_steering::SteeringHandle;
@@ -34,16 +35,27 @@ use serde::Serialize;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  rudder eval --suite spatial --policy runs/vla --episodes 10 --json\n\n\
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Example:\n  rudder eval --suite spatial --policy runs/vla --episodes 10 --json\n  \
+rudder eval --suite goal --policy runs/goal --reward runs/reward --lockstep\n  \
+rudder eval reward --model runs/reward --data data/reward --json\n\n\
 --policy takes a checkpoint folder or a training run's folder (its `latest` checkpoint)."
 )]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    pub sub: Option<EvalSub>,
     /// Tabletop suite: spatial, object or goal.
     #[arg(long, default_value = "spatial")]
     pub suite: String,
     /// Checkpoint folder (config.json, model.safetensors, ...) or a run folder with `latest`.
-    #[arg(long)]
-    pub policy: PathBuf,
+    #[arg(long, required = true)]
+    pub policy: Option<PathBuf>,
+    /// A success classifier (`rudder train reward`) that watches every episode on its own
+    /// thread: when it first said yes against when the predicate turned true, and whether its
+    /// verdict on the last frame agrees with the simulator's.
+    #[arg(long, value_name = "DIR")]
+    pub reward: Option<PathBuf>,
     /// Episodes per task.
     #[arg(long, default_value_t = 10)]
     pub episodes: usize,
@@ -88,6 +100,14 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `rudder eval <what>` other than a VLA.
+#[derive(Debug, clap::Subcommand)]
+pub enum EvalSub {
+    /// Score a success classifier on a labelled data set (accuracy, precision, recall, F1,
+    /// ECE, per task and per hard-negative kind).
+    Reward(crate::cli::reward::EvalRewardArgs),
 }
 
 /// `--inpainting` values (rudder_policy::Inpainting).
@@ -186,6 +206,17 @@ pub fn evaluate_loaded(
     vla: &LoadedVla,
     progress: impl FnMut(&EpisodeOutcome),
 ) -> anyhow::Result<EvalReport> {
+    evaluate_tapped(o, vla, None, progress)
+}
+
+/// [`evaluate_loaded`] with `tap` shown every observation (a reward watcher, a frame
+/// recorder).
+pub fn evaluate_tapped(
+    o: &EvalOptions,
+    vla: &LoadedVla,
+    tap: Option<FrameTap>,
+    progress: impl FnMut(&EpisodeOutcome),
+) -> anyhow::Result<EvalReport> {
     let started = Instant::now();
     let info = vla.info.as_ref();
     if let Some(i) = info {
@@ -240,8 +271,9 @@ pub fn evaluate_loaded(
         speed_window: o.speed_window,
         frames: o.frames.clone(),
     };
-    let result = run_campaign(
+    let result = run_campaign_tapped(
         &campaign,
+        tap,
         |_, _| {
             // Every episode replays the same noise draws, whatever ran before it (and a
             // sweep's conditions compare on equal noise).
@@ -289,12 +321,20 @@ pub fn instructions(cycle: bool, manner: Option<String>) -> Instructions {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    if let Some(EvalSub::Reward(r)) = a.sub {
+        return crate::cli::reward::eval(r);
+    }
+    let Some(policy) = a.policy else {
+        bail!(
+            "--policy is required (a VLA checkpoint; or `rudder eval reward ...` for a classifier)"
+        );
+    };
     if a.episodes == 0 {
         bail!("--episodes must be > 0");
     }
     let o = EvalOptions {
         suite: Suite::parse(&a.suite)?,
-        policy: a.policy,
+        policy,
         episodes: a.episodes,
         first_episode: a.first_episode,
         seed: a.seed,
@@ -314,7 +354,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating the frames folder {}", dir.display()))?;
     }
     let quiet = a.json;
-    let r = evaluate(&o, |e| {
+    // The classifier loads before the policy runs: a broken reward checkpoint is reported
+    // first, and never stops an episode once they run.
+    let watcher = match &a.reward {
+        Some(dir) => Some(crate::cli::reward::RewardWatcher::start(
+            rudder_reward::SuccessClassifier::load(dir)
+                .with_context(|| format!("--reward {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let vla = LoadedVla::load(&o.policy)?;
+    let tap = watcher.as_ref().map(|w| w.tap());
+    let r = evaluate_tapped(&o, &vla, tap, |e| {
+        if let Some(w) = &watcher {
+            w.finish_episode(e.task_index, e.episode, e.success);
+        }
         if !quiet {
             eprintln!(
                 "task {:>2} episode {:>3}: {} after {} steps ({})",
@@ -326,8 +380,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             );
         }
     })?;
+    let watch = watcher.map(|w| w.stop());
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        #[derive(Serialize)]
+        struct WithReward<'a> {
+            #[serde(flatten)]
+            eval: &'a EvalReport,
+            reward: &'a Option<crate::cli::reward::WatchReport>,
+        }
+        let out = WithReward {
+            eval: &r,
+            reward: &watch,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -388,6 +453,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 println!("  {n} x {e}");
             }
         }
+    }
+    if let Some(w) = &watch {
+        crate::cli::reward::print_watch(w);
     }
     Ok(ExitCode::SUCCESS)
 }

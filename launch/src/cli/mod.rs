@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod launch;
 pub mod model;
+pub mod reward;
 pub mod serve;
 pub mod sim;
 pub mod steer;
@@ -71,6 +72,16 @@ pub enum Command {
     /// Activation steering: vocabulary projection of FFN neurons, concept clusters, benchmark.
     #[command(subcommand)]
     Steer(steer::SteerCommand),
+    /// The VLM success classifier's data: labelled frames from the simulator.
+    #[command(subcommand)]
+    Reward(RewardCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RewardCommand {
+    /// Write labelled frames (scripted experts, perturbed experts as hard negatives, a VLA's
+    /// rollouts), balanced to 50 % positives, for `rudder train reward`.
+    Data(reward::DataArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -99,5 +110,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(s) => serve::run(s),
         Command::Eval(e) => eval::run(e),
         Command::Steer(s) => steer::run(s),
+        Command::Reward(RewardCommand::Data(d)) => reward::data(d),
     }
 }

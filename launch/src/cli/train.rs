@@ -33,6 +33,9 @@ VlaPolicy checkpoint for `rudder serve` / `rudder eval`), training.json (data an
 optimizer and trainer state. A killed run resumes from OUT/latest with --resume."
     )]
     Vla(VlaArgs),
+    /// Train the VLM success classifier on labelled frames (`rudder reward data`), then
+    /// calibrate it on the validation split.
+    Reward(crate::cli::reward::TrainArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -237,6 +240,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TrainCommand::Sft(a) => sft(a),
         TrainCommand::Vla(a) => vla(a),
+        TrainCommand::Reward(a) => crate::cli::reward::train(a),
     }
 }
 

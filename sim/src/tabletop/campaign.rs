@@ -140,6 +140,9 @@ pub struct FrameEvent<'a> {
     pub observation: &'a Observation,
     /// Whether the task's goal holds at this observation (the simulator's truth, not latched).
     pub goal_holds: bool,
+    /// The episode's final state, observed once after the loop stopped (the loop's own last
+    /// observation comes before the last chunk was played).
+    pub last: bool,
 }
 
 /// Called on the loop's thread at every observation, so it must return at once (hand the
@@ -186,6 +189,23 @@ impl EvaluatedTabletop {
         self.inner.env_mut()
     }
 
+    /// Shows the tap the episode's final state (once the loop has stopped).
+    pub fn tap_final(&mut self) -> Result<(), EmbodimentError> {
+        if let Some((tap, task_index, episode)) = self.tap.clone() {
+            let obs = self.inner.observe()?;
+            let env = self.inner.env();
+            tap(&FrameEvent {
+                task_index,
+                episode,
+                step: env.steps(),
+                observation: &obs,
+                goal_holds: env.goal_holds(),
+                last: true,
+            });
+        }
+        Ok(())
+    }
+
     fn over(&self) -> bool {
         let env = self.inner.env();
         env.done() || env.steps() >= self.max_steps
@@ -221,6 +241,7 @@ impl Embodiment for EvaluatedTabletop {
                 step: env.steps(),
                 observation: &obs,
                 goal_holds: env.goal_holds(),
+                last: false,
             });
         }
         Ok(obs)
@@ -479,6 +500,11 @@ pub fn run_campaign_tapped<P: Policy + 'static>(
                 loop_metrics.push(m);
             }
             let success = emb.env().success();
+            emb.tap_final().map_err(|e| CampaignError::Episode {
+                task: task.id.clone(),
+                episode,
+                reason: format!("observing the final state: {e}"),
+            })?;
             if let Some(dir) = &o.frames {
                 write_frames(dir, &task.id, episode, success, emb.env_mut())?;
             }

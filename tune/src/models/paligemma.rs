@@ -197,6 +197,16 @@ impl Model {
         if fb != b {
             candle_core::bail!("pixel_values: batch {fb} differs from input_ids batch {b}");
         }
+        // The usual layout (images first, then text) is one concatenation; per-token pieces
+        // cost thousands of small ops, and as many again in a training step's backward pass.
+        let img = self.cfg.image_token_id;
+        if n <= t
+            && ids_v
+                .iter()
+                .all(|r| r[..n].iter().all(|&x| x == img) && r[n..].iter().all(|&x| x != img))
+        {
+            return Tensor::cat(&[feats.clone(), text.narrow(1, n, t - n)?], 1);
+        }
         let mut rows = Vec::with_capacity(b);
         for (bi, row) in ids_v.iter().enumerate() {
             let n_img = row

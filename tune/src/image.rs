@@ -1,8 +1,9 @@
 //! Camera images (packed HxWx3 RGB8) to the model's pixel values: bilinearly resized to the
 //! vision tower's square input (half-pixel centres, as PIL/torch `align_corners=False`) and scaled
-//! from [0, 255] to [-1, 1]. A missing camera is filled with -1 and masked (REFERENCE §6b).
+//! from [0, 255] to [-1, 1] (REFERENCE §6b). Shared by every model with a vision tower (the VLA,
+//! the success classifier).
 
-use crate::FlowError;
+use crate::TuneError;
 
 /// Largest image side accepted (a guard against absurd shapes from the network).
 pub const MAX_SIDE: usize = 8192;
@@ -14,15 +15,15 @@ pub fn to_pixels(
     height: usize,
     width: usize,
     size: usize,
-) -> Result<Vec<f32>, FlowError> {
+) -> crate::Result<Vec<f32>> {
     if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
-        return Err(FlowError::input(
+        return Err(TuneError::input(
             name,
             format!("image {height}x{width} must have sides in 1..={MAX_SIDE}"),
         ));
     }
     if data.len() != height * width * 3 {
-        return Err(FlowError::input(
+        return Err(TuneError::input(
             name,
             format!(
                 "{height}x{width}x3 needs {} bytes, got {}",

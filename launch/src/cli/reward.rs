@@ -1,0 +1,1177 @@
+//! The success classifier's commands: `rudder reward data` (labelled frames from the tabletop
+//! simulator: scripted experts, perturbed experts for hard negatives, and a VLA's rollouts),
+//! `rudder train reward`, `rudder eval reward`, `rudder bench reward`, and the watcher that
+//! classifies frames beside a running evaluation (`rudder eval --reward`). The model, the data
+//! format, calibration and the metrics are rudder-reward's; the episodes are rudder-sim's; this
+//! file wires them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rudder_reward::calibration::{ece, reliability, reliability_png, sigmoid};
+use rudder_reward::dataset::{
+    balance, DatasetWriter, FrameKind, SampleMeta, Source, Split, SuccessDataset,
+};
+use rudder_reward::metrics::{report, ClassifierReport};
+use rudder_reward::train::{calibrate, classifier_margins, ClassifierTrainer, TrainConfig};
+use rudder_reward::SuccessClassifier;
+use rudder_robot::ImageRgb8;
+use rudder_sim::tabletop::campaign::{FrameEvent, FrameTap};
+use rudder_sim::tabletop::expert::Perturbation;
+use rudder_sim::tabletop::labelled::{expert_episode, FrameSampling, LabelledEpisode};
+use rudder_sim::tabletop::{load_suite, CameraConfig, Suite, Task};
+use serde::Serialize;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bar(n: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(n);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+// ---------------------------------------------------------------------------------------------
+// rudder reward data
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  rudder reward data --suite all --out data/reward\n  \
+rudder reward data --suite goal --out data/reward-goal --policy runs/goal --vla-episodes 4\n\n\
+Init states: train 0..T, validation 30..30+V, test (held-out) 40..40+E; one task per suite is \
+held out of training entirely (--holdout-tasks)."
+)]
+pub struct DataArgs {
+    /// Suites: spatial, object, goal, or all.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
+    /// Output folder (must not hold a data set yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Camera side in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Training init states per task (0..N).
+    #[arg(long, default_value_t = 12)]
+    pub train_inits: usize,
+    /// Validation init states per task (30..30+N), for calibration.
+    #[arg(long, default_value_t = 4)]
+    pub val_inits: usize,
+    /// Test init states per task (40..40+N, never trained on).
+    #[arg(long, default_value_t = 6)]
+    pub test_inits: usize,
+    /// Task ids held out of training (comma separated) [default: the last task of each suite].
+    #[arg(long, value_delimiter = ',')]
+    pub holdout_tasks: Vec<String>,
+    /// Init-state seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A trained VLA whose rollouts add real failures (and successes).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Rollouts per task and split (train, val, test) with --policy.
+    #[arg(long, default_value_t = 3)]
+    pub vla_episodes: usize,
+    /// Share of the negatives taken from hard kinds when balancing to 50 % positives.
+    #[arg(long, default_value_t = 0.5)]
+    pub hard_share: f64,
+    /// Worker threads for the scripted episodes.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One scripted episode to run.
+struct Job {
+    suite: Suite,
+    task: Task,
+    init: usize,
+    split: Split,
+    perturbation: Option<Perturbation>,
+}
+
+/// A labelled frame waiting for the balance.
+struct Candidate {
+    meta: SampleMeta,
+    agentview: Vec<u8>,
+    wrist: Vec<u8>,
+}
+
+fn kind_of(p: Perturbation) -> FrameKind {
+    match p {
+        Perturbation::HoldAbove => FrameKind::HoldAbove,
+        Perturbation::DropBeside => FrameKind::DropBeside,
+        Perturbation::EmptyGripper => FrameKind::EmptyGripper,
+        Perturbation::WrongObject => FrameKind::WrongObject,
+        Perturbation::DrawerHalf => FrameKind::DrawerHalf,
+    }
+}
+
+/// A frame's label and kind: the predicate decides the label; a negative in the end state of
+/// a perturbed episode is of the perturbation's kind, of a failed one `Failed`, else `Early`.
+fn label(goal_holds: bool, in_tail: bool, perturbation: Option<Perturbation>) -> FrameKind {
+    match (goal_holds, in_tail, perturbation) {
+        (true, _, _) => FrameKind::Success,
+        (false, true, Some(p)) => kind_of(p),
+        (false, true, None) => FrameKind::Failed,
+        (false, false, _) => FrameKind::Early,
+    }
+}
+
+fn parse_suites(s: &str) -> anyhow::Result<Vec<Suite>> {
+    Ok(match s {
+        "all" => vec![Suite::Spatial, Suite::Object, Suite::Goal],
+        other => vec![Suite::parse(other)?],
+    })
+}
+
+/// Split ranges of init states.
+fn split_inits(a: &DataArgs) -> [(Split, std::ops::Range<usize>); 3] {
+    [
+        (Split::Train, 0..a.train_inits),
+        (Split::Val, 30..30 + a.val_inits),
+        (Split::Test, 40..40 + a.test_inits),
+    ]
+}
+
+pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
+    if a.size == 0 || a.size > 512 {
+        bail!("--size {} must be in 1..=512", a.size);
+    }
+    if a.train_inits == 0 || a.train_inits > 30 || a.val_inits > 10 || a.test_inits > 10 {
+        bail!("--train-inits must be in 1..=30, --val-inits and --test-inits in 0..=10 (the ranges 0..30, 30..40, 40..50 must not overlap)");
+    }
+    if !(0.0..=1.0).contains(&a.hard_share) {
+        bail!("--hard-share {} must be in 0..=1", a.hard_share);
+    }
+    let suites = parse_suites(&a.suite)?;
+    let cameras = CameraConfig {
+        width: a.size,
+        height: a.size,
+    };
+    let sampling = FrameSampling::default();
+    let mut jobs = Vec::new();
+    let mut holdout: Vec<String> = a.holdout_tasks.clone();
+    let mut all_ids = Vec::new();
+    for &suite in &suites {
+        let tasks =
+            load_suite(suite).map_err(|e| anyhow::anyhow!("suite {}: {e}", suite.name()))?;
+        if a.holdout_tasks.is_empty() {
+            if let Some(t) = tasks.last() {
+                holdout.push(t.id.clone());
+            }
+        }
+        for task in tasks {
+            all_ids.push(task.id.clone());
+            let held = holdout.contains(&task.id);
+            for (split, inits) in split_inits(&a) {
+                // A held-out task is only ever evaluated, on the test init states.
+                let split = match (held, split) {
+                    (true, Split::Test) => Split::HeldoutTask,
+                    (true, _) => continue,
+                    (false, s) => s,
+                };
+                for init in inits {
+                    jobs.push(Job {
+                        suite,
+                        task: task.clone(),
+                        init,
+                        split,
+                        perturbation: None,
+                    });
+                    for p in Perturbation::ALL {
+                        if p.applies_to(&task) {
+                            jobs.push(Job {
+                                suite,
+                                task: task.clone(),
+                                init,
+                                split,
+                                perturbation: Some(p),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bad) = holdout.iter().find(|h| !all_ids.contains(h)) {
+        bail!(
+            "--holdout-tasks: no task `{bad}` in {} (tasks: {})",
+            a.suite,
+            all_ids.join(", ")
+        );
+    }
+    eprintln!(
+        "writing {} scripted episodes ({} suite(s), held-out tasks: {}) at {}x{} px",
+        jobs.len(),
+        suites.len(),
+        holdout.join(", "),
+        a.size,
+        a.size
+    );
+    let started = Instant::now();
+    let pb = bar(jobs.len() as u64, a.quiet);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, LabelledEpisode)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..a.threads.clamp(1, 16) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(j) = jobs.get(i) else { break };
+                if lock(&first_error).is_some() {
+                    break;
+                }
+                match expert_episode(&j.task, a.seed, j.init, j.perturbation, cameras, &sampling) {
+                    Ok(ep) => lock(&results).push((i, ep)),
+                    Err(e) => {
+                        lock(&first_error)
+                            .get_or_insert(format!("task {} init {}: {e}", j.task.id, j.init));
+                    }
+                }
+                pb.inc(1);
+            });
+        }
+    });
+    pb.finish_and_clear();
+    if let Some(e) = lock(&first_error).take() {
+        bail!("scripted episode failed: {e}");
+    }
+    let mut episodes = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    episodes.sort_by_key(|(i, _)| *i);
+    let mut cands = Vec::new();
+    let mut perturbed_ok: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    for (i, ep) in &episodes {
+        let j = &jobs[*i];
+        if let Some(p) = j.perturbation {
+            let e = perturbed_ok.entry(p.name()).or_default();
+            e.0 += (!ep.success) as usize;
+            e.1 += 1;
+        }
+        let source = if j.perturbation.is_some() {
+            Source::Perturbed
+        } else {
+            Source::Expert
+        };
+        let tag = j.perturbation.map_or("expert", |p| p.name());
+        for f in &ep.frames {
+            let kind = label(f.goal_holds, f.in_tail, j.perturbation);
+            cands.push(Candidate {
+                meta: SampleMeta {
+                    task: ep.task_id.clone(),
+                    suite: j.suite.name().to_string(),
+                    instruction: ep.instruction.clone(),
+                    episode: format!("{}/init{:02}/{tag}", ep.task_id, ep.init),
+                    init: ep.init,
+                    step: f.step,
+                    label: f.goal_holds,
+                    kind,
+                    source,
+                    split: j.split,
+                },
+                agentview: f.agentview.data.clone(),
+                wrist: f.wrist.data.clone(),
+            });
+        }
+    }
+    eprintln!(
+        "scripted episodes: {} in {:.0} s; perturbed episodes ending without success: {}",
+        episodes.len(),
+        started.elapsed().as_secs_f64(),
+        perturbed_ok
+            .iter()
+            .map(|(k, (n, t))| format!("{k} {n}/{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    drop(episodes);
+    if let Some(policy) = &a.policy {
+        cands.extend(vla_rollouts(&a, policy, &suites, &holdout)?);
+    }
+    let metas: Vec<SampleMeta> = cands.iter().map(|c| c.meta.clone()).collect();
+    let keep = balance(&metas, a.hard_share, a.seed);
+    let mut w = DatasetWriter::create(&a.out, a.size as usize, a.seed)?;
+    for &k in &keep {
+        let c = &cands[k];
+        w.push(c.meta.clone(), &c.agentview, &c.wrist)?;
+    }
+    let summary = w.finish()?;
+    println!(
+        "{} frames ({} candidates) written to {} in {:.0} s",
+        keep.len(),
+        cands.len(),
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A VLA's rollouts in lockstep, every frame's label from the predicate: real failures (and
+/// real successes) beside the scripted ones.
+fn vla_rollouts(
+    a: &DataArgs,
+    policy: &std::path::Path,
+    suites: &[Suite],
+    holdout: &[String],
+) -> anyhow::Result<Vec<Candidate>> {
+    use crate::cli::eval::{evaluate_tapped, EvalOptions};
+    let vla = crate::vla::LoadedVla::load(policy)?;
+    let suite = match &vla.info {
+        Some(i) => Suite::parse(&i.suite)?,
+        None => suites[0],
+    };
+    if !suites.contains(&suite) {
+        bail!(
+            "--policy was trained on suite {}, which --suite {} does not include",
+            suite.name(),
+            a.suite
+        );
+    }
+    let tasks = load_suite(suite).map_err(|e| anyhow::anyhow!("suite {}: {e}", suite.name()))?;
+    let sampling = FrameSampling::default();
+    type Frames = Vec<(usize, bool, ImageRgb8, ImageRgb8)>;
+    let recorded: Arc<Mutex<BTreeMap<(usize, usize), Frames>>> = Arc::default();
+    let rec = Arc::clone(&recorded);
+    let tap: FrameTap = Arc::new(move |e: &FrameEvent<'_>| {
+        let (Some(av), Some(wr)) = (
+            e.observation.images.get("agentview"),
+            e.observation.images.get("wrist"),
+        ) else {
+            return;
+        };
+        lock(&rec)
+            .entry((e.task_index, e.episode))
+            .or_default()
+            .push((e.step, e.goal_holds, av.clone(), wr.clone()));
+    });
+    let mut out = Vec::new();
+    for (split, inits) in split_inits(a) {
+        let n = a.vla_episodes.min(inits.len());
+        if n == 0 {
+            continue;
+        }
+        let o = EvalOptions {
+            suite,
+            policy: policy.to_path_buf(),
+            episodes: n,
+            first_episode: Some(inits.start),
+            seed: Some(a.seed),
+            tasks: Vec::new(),
+            lockstep: true,
+            camera_size: Some(a.size),
+            max_steps: None,
+            replan_steps: None,
+            steering: None,
+            instructions: rudder_sim::tabletop::campaign::Instructions::Task,
+            speed_window: None,
+            inpainting: None,
+            frames: None,
+        };
+        eprintln!(
+            "VLA rollouts ({}): {} per task of suite {}",
+            split_name(split),
+            n,
+            suite.name()
+        );
+        let report = evaluate_tapped(&o, &vla, Some(Arc::clone(&tap)), |e| {
+            if !a.quiet {
+                eprintln!(
+                    "  task {:>2} init {:>2}: {}",
+                    e.task_index,
+                    e.episode,
+                    if e.success { "success" } else { "failure" }
+                );
+            }
+        })?;
+        let mut rec = lock(&recorded);
+        for run in &report.runs {
+            let Some(frames) = rec.remove(&(run.task_index, run.episode)) else {
+                continue;
+            };
+            let Some(task) = tasks.get(run.task_index) else {
+                continue;
+            };
+            let split = if holdout.contains(&task.id) {
+                if split != Split::Test {
+                    continue;
+                }
+                Split::HeldoutTask
+            } else {
+                split
+            };
+            // The loop observes at each inference (and once at the end), so every recorded
+            // frame is kept; the end state is the episode's last `tail_steps` steps.
+            let last = frames.last().map_or(0, |f| f.0);
+            let tail_from = last.saturating_sub(sampling.tail_steps);
+            let mut prev_step = None;
+            for (step, holds, av, wr) in frames {
+                if prev_step == Some(step) {
+                    continue;
+                }
+                prev_step = Some(step);
+                let in_tail = step >= tail_from;
+                out.push(Candidate {
+                    meta: SampleMeta {
+                        task: task.id.clone(),
+                        suite: suite.name().to_string(),
+                        instruction: run.instruction.clone(),
+                        episode: format!("{}/init{:02}/vla", task.id, run.episode),
+                        init: run.episode,
+                        step,
+                        label: holds,
+                        kind: label(holds, in_tail, None),
+                        source: Source::Vla,
+                        split,
+                    },
+                    agentview: av.data,
+                    wrist: wr.data,
+                });
+            }
+        }
+        rec.clear();
+    }
+    Ok(out)
+}
+
+fn split_name(s: Split) -> &'static str {
+    match s {
+        Split::Train => "train",
+        Split::Val => "val",
+        Split::Test => "test",
+        Split::HeldoutTask => "heldout_task",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rudder train reward
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  rudder train reward --data data/reward --out runs/reward\n\n\
+Trains on the `train` split, then fits the temperature and threshold on the `val` split and \
+writes them to the final checkpoint's reward.json. --resume continues a killed run."
+)]
+pub struct TrainArgs {
+    /// Data set written by `rudder reward data`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoint-N/ folders and `latest`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Clip gradients to this global L2 norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Width of the Gemma decoder.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Width of the SigLIP tower.
+    #[arg(long, default_value_t = 96)]
+    pub vision_hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    pub vision_layers: usize,
+    /// Image side the tower reads.
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// Largest random shift of each training frame in pixels (0 = no augmentation).
+    #[arg(long, default_value_t = 3)]
+    pub shift: usize,
+    /// Precision the calibrated threshold must reach on the validation split.
+    #[arg(long, default_value_t = 0.98)]
+    pub min_precision: f64,
+    /// Resume from OUT/latest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Save a checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub save_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Print a line every N steps (0 = never).
+    #[arg(long, default_value_t = 100)]
+    pub log_every: u64,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    if !(a.min_precision > 0.0 && a.min_precision <= 1.0) {
+        bail!("--min-precision {} must be in (0, 1]", a.min_precision);
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0 && a.lr <= 1.0) {
+        bail!("--lr {} must be in (0, 1]", a.lr);
+    }
+    if a.batch == 0 || a.batch > 4096 {
+        bail!("--batch {} must be in 1..=4096", a.batch);
+    }
+    let data = SuccessDataset::load(&a.data)?;
+    let mut cfg = TrainConfig {
+        steps: a.steps,
+        batch_size: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        seed: a.seed,
+        shift: a.shift,
+        ..TrainConfig::default()
+    };
+    cfg.model.hidden = a.hidden;
+    cfg.model.layers = a.layers;
+    cfg.model.vision_hidden = a.vision_hidden;
+    cfg.model.vision_layers = a.vision_layers;
+    cfg.model.image_size = a.image_size;
+    cfg.model.patch_size = a.patch;
+    let mut t = ClassifierTrainer::new(cfg, &data)?;
+    if a.resume {
+        match t.trainer.resume(&a.out)? {
+            Some(dir) => eprintln!(
+                "resumed from {} at step {}",
+                dir.display(),
+                t.trainer.step_count()
+            ),
+            None => eprintln!(
+                "--resume: no checkpoint in {} yet, starting",
+                a.out.display()
+            ),
+        }
+    } else if a.out.join("latest").exists() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+    }
+    eprintln!(
+        "training the success classifier ({} parameters) on {} frames of the train split ({}x{} px, {} tasks) for {} steps",
+        t.trainer.num_parameters(),
+        t.rows.len(),
+        data.image_size,
+        data.image_size,
+        data.tasks(Split::Train).len(),
+        a.steps
+    );
+    let started = Instant::now();
+    let pb = bar(a.steps, a.quiet);
+    pb.set_position(t.trainer.step_count());
+    let input = t.input(&data);
+    let mut ema: Option<f64> = None;
+    while t.trainer.step_count() < a.steps {
+        let s = t.trainer.step(&input)?;
+        let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
+        ema = Some(e);
+        pb.set_position(s.step);
+        pb.set_message(format!("loss {:.4} (avg {e:.4}) lr {:.2e}", s.loss, s.lr));
+        if a.log_every > 0 && s.step % a.log_every == 0 {
+            pb.suspend(|| {
+                println!(
+                    "step {:>6}  loss {:.5}  avg {e:.5}  lr {:.3e}  grad_norm {:.3}  {:.2} s/step",
+                    s.step, s.loss, s.lr, s.grad_norm, s.seconds
+                )
+            });
+        }
+        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
+            t.trainer.save(&a.out, a.keep, &data, |_| Ok(()))?;
+        }
+    }
+    pb.finish_and_clear();
+    // Calibration is written inside the final checkpoint before it is published, so a
+    // checkpoint with `latest` pointing at it is always calibrated.
+    let mut cal = None;
+    let dir = t.trainer.save(&a.out, a.keep, &data, |tmp| {
+        cal = Some(calibrate(tmp, &data, a.min_precision, 64)?.1);
+        Ok(())
+    })?;
+    let Some(cal) = cal else {
+        bail!(
+            "{}: the checkpoint was written without its calibration",
+            dir.display()
+        );
+    };
+    println!(
+        "reward checkpoint: {} ({:.1} min); calibrated on {} validation frames: temperature {:.3}, threshold {:.2}",
+        dir.display(),
+        started.elapsed().as_secs_f64() / 60.0,
+        cal.samples,
+        cal.temperature,
+        cal.threshold
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rudder eval reward
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  rudder eval reward --model runs/reward --data data/reward --json"
+)]
+pub struct EvalRewardArgs {
+    /// Reward checkpoint folder or training run folder (its `latest`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set written by `rudder reward data`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Splits to score (comma separated: train, val, test, heldout_task).
+    #[arg(long, value_delimiter = ',', default_value = "test,heldout_task")]
+    pub splits: Vec<String>,
+    /// Write reliability diagrams (before and after calibration) to this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub reliability: Option<PathBuf>,
+    /// Frames per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct EvalRewardReport {
+    model: PathBuf,
+    data: PathBuf,
+    temperature: f64,
+    threshold: f64,
+    calibrated: bool,
+    /// Per split: the classifier's scores.
+    splits: BTreeMap<String, ClassifierReport>,
+    /// Scores at RoboFuME's raw rule (P("yes") > P("no")), per split.
+    raw_rule_accuracy: BTreeMap<String, f64>,
+    wall_s: f64,
+}
+
+fn parse_split(s: &str) -> anyhow::Result<Split> {
+    Ok(match s.trim() {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        "test" => Split::Test,
+        "heldout_task" | "heldout" => Split::HeldoutTask,
+        other => bail!("--splits: unknown split `{other}` (train, val, test, heldout_task)"),
+    })
+}
+
+pub fn eval(a: EvalRewardArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let clf = SuccessClassifier::load(&a.model)?;
+    let data = SuccessDataset::load(&a.data)?;
+    let cfg = clf.config().clone();
+    let mut splits = BTreeMap::new();
+    let mut raw_acc = BTreeMap::new();
+    let mut all_raw = (Vec::new(), Vec::new(), Vec::new());
+    for name in &a.splits {
+        let split = parse_split(name)?;
+        let idx = data.indices(split);
+        if idx.is_empty() {
+            eprintln!("split {}: no samples, skipped", split_name(split));
+            continue;
+        }
+        let pb = bar(1, a.json);
+        pb.set_message(format!(
+            "classifying {} frames of {}",
+            idx.len(),
+            split_name(split)
+        ));
+        let m = classifier_margins(&clf, &data, &idx, a.batch)?;
+        pb.finish_and_clear();
+        let p_raw: Vec<f64> = m.iter().map(|&z| sigmoid(z)).collect();
+        let p_cal: Vec<f64> = m.iter().map(|&z| sigmoid(z / cfg.temperature)).collect();
+        let metas: Vec<&SampleMeta> = idx.iter().map(|&i| &data.samples[i]).collect();
+        let labels: Vec<bool> = metas.iter().map(|s| s.label).collect();
+        let correct = m
+            .iter()
+            .zip(&labels)
+            .filter(|(z, l)| (**z > 0.0) == **l)
+            .count();
+        raw_acc.insert(
+            split_name(split).to_string(),
+            correct as f64 / idx.len() as f64,
+        );
+        all_raw.0.extend(p_raw.iter().copied());
+        all_raw.1.extend(p_cal.iter().copied());
+        all_raw.2.extend(labels.iter().copied());
+        splits.insert(
+            split_name(split).to_string(),
+            report(&metas, &p_raw, &p_cal, cfg.threshold, cfg.temperature),
+        );
+    }
+    if let Some(png) = &a.reliability {
+        let before = reliability(&all_raw.0, &all_raw.2, 10);
+        let after = reliability(&all_raw.1, &all_raw.2, 10);
+        reliability_png(png, &before, &after)?;
+        eprintln!(
+            "reliability diagram: {} (ECE {:.3} before, {:.3} after calibration)",
+            png.display(),
+            ece(&all_raw.0, &all_raw.2, 10),
+            ece(&all_raw.1, &all_raw.2, 10)
+        );
+    }
+    let r = EvalRewardReport {
+        model: clf.dir.clone(),
+        data: a.data.clone(),
+        temperature: cfg.temperature,
+        threshold: cfg.threshold,
+        calibrated: cfg.calibrated,
+        splits,
+        raw_rule_accuracy: raw_acc,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: temperature {:.3}, threshold {:.2}{}",
+        r.model.display(),
+        r.temperature,
+        r.threshold,
+        if r.calibrated {
+            ""
+        } else {
+            " (not calibrated)"
+        }
+    );
+    for (name, s) in &r.splits {
+        let o = &s.overall;
+        println!(
+            "{name:>12}: n {:>5}  accuracy {:.3} [{:.3}, {:.3}]  precision {:.3}  recall {:.3}  F1 {:.3}  ECE {:.3} -> {:.3}",
+            o.n, o.accuracy, o.accuracy_ci95.0, o.accuracy_ci95.1, o.precision, o.recall, o.f1, s.ece_raw, s.ece_calibrated
+        );
+        for (kind, (fp, n, rate)) in &s.per_kind_false_positive_rate {
+            println!(
+                "{:>14} false positives {kind:<14} {fp:>4}/{n:<5} {rate:.3}",
+                ""
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rudder bench reward
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  rudder bench reward --model runs/reward --data data/reward")]
+pub struct BenchRewardArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set whose test frames are classified (default: frames rendered by the simulator).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Classifications timed (after 10 warm-up ones).
+    #[arg(long, default_value_t = 300)]
+    pub iters: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct BenchRewardReport {
+    model: PathBuf,
+    threads: usize,
+    iters: usize,
+    image_size: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+pub fn bench(a: BenchRewardArgs) -> anyhow::Result<ExitCode> {
+    let clf = SuccessClassifier::load(&a.model)?;
+    let frames: Vec<([ImageRgb8; 2], String)> = match &a.data {
+        Some(d) => {
+            let data = SuccessDataset::load(d)?;
+            let s = data.image_size as u32;
+            let idx = data.indices(Split::Test);
+            let idx = if idx.is_empty() {
+                (0..data.samples.len()).collect()
+            } else {
+                idx
+            };
+            idx.iter()
+                .take(64)
+                .map(|&i| {
+                    let (av, wr) = data.frames(i);
+                    (
+                        [
+                            ImageRgb8 {
+                                width: s,
+                                height: s,
+                                data: av.to_vec(),
+                            },
+                            ImageRgb8 {
+                                width: s,
+                                height: s,
+                                data: wr.to_vec(),
+                            },
+                        ],
+                        data.samples[i].instruction.clone(),
+                    )
+                })
+                .collect()
+        }
+        None => {
+            let tasks = load_suite(Suite::Goal).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let s = clf.config().image_size as u32;
+            let cams = CameraConfig {
+                width: s,
+                height: s,
+            };
+            let mut v = Vec::new();
+            for t in tasks.iter().take(4) {
+                let mut env = rudder_sim::tabletop::TabletopEnv::new(t, 0, 40, Some(cams))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let o = env.observe();
+                if let (Some(av), Some(wr)) = (o.agentview, o.wrist) {
+                    v.push(([av, wr], t.instruction.clone()));
+                }
+            }
+            v
+        }
+    };
+    if frames.is_empty() {
+        bail!("no frames to classify");
+    }
+    let mut times = Vec::with_capacity(a.iters);
+    for i in 0..a.iters + 10 {
+        let (f, instr) = &frames[i % frames.len()];
+        let t0 = Instant::now();
+        clf.classify(&[&f[0], &f[1]], instr)
+            .with_context(|| format!("classifying a frame of \"{instr}\""))?;
+        if i >= 10 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |q: f64| rudder_robot::stats::percentile(&sorted, q);
+    let r = BenchRewardReport {
+        model: clf.dir.clone(),
+        threads: rudder_tune::bench::threads(),
+        iters: times.len(),
+        image_size: clf.config().image_size,
+        p50_ms: pct(50.0),
+        p90_ms: pct(90.0),
+        p99_ms: pct(99.0),
+        mean_ms: times.iter().sum::<f64>() / times.len().max(1) as f64,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "one classification (both cameras, {} px, {} threads): p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  mean {:.2} ms over {}",
+            r.image_size, r.threads, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.iters
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watcher beside a running evaluation
+
+/// Per episode: when the classifier first said yes against when the predicate first held.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EpisodeDetection {
+    pub task_index: usize,
+    pub episode: usize,
+    /// Frames classified while the episode ran.
+    pub classified: usize,
+    pub first_yes_step: Option<usize>,
+    pub first_true_step: Option<usize>,
+    /// The verdict on the episode's last frame, and the simulator's.
+    pub final_verdict: Option<bool>,
+    pub final_p: Option<f64>,
+    pub final_truth: bool,
+}
+
+/// Classifies the newest frame of a running evaluation on its own thread: the tap only swaps
+/// the frame into a slot, so the control tick never waits for the model; frames that arrive
+/// while one is being classified replace each other (only the newest matters).
+pub struct RewardWatcher {
+    slot: Arc<(Mutex<WatchState>, Condvar)>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    clf: Arc<SuccessClassifier>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    pending: Option<Pending>,
+    stop: bool,
+    episodes: BTreeMap<(usize, usize), EpisodeDetection>,
+    /// The final state of each episode, classified when the episode ends.
+    last: BTreeMap<(usize, usize), Pending>,
+    errors: usize,
+    first_error: Option<String>,
+    latencies_ms: Vec<f64>,
+}
+
+#[derive(Clone)]
+struct Pending {
+    task_index: usize,
+    episode: usize,
+    step: usize,
+    frames: [ImageRgb8; 2],
+    instruction: String,
+}
+
+/// What the watcher saw over a whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchReport {
+    pub episodes: Vec<EpisodeDetection>,
+    /// Episodes whose final verdict agrees with the simulator's.
+    pub final_agreement: usize,
+    pub final_judged: usize,
+    pub classification_errors: usize,
+    pub first_error: Option<String>,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Mean of (first yes step - first true step) over episodes with both, in steps.
+    pub mean_detection_delay_steps: Option<f64>,
+    /// Episodes where the classifier said yes before the predicate ever held.
+    pub early_yes: usize,
+}
+
+impl RewardWatcher {
+    pub fn start(clf: SuccessClassifier) -> Self {
+        let slot: Arc<(Mutex<WatchState>, Condvar)> = Arc::default();
+        let clf = Arc::new(clf);
+        let (s, c) = (Arc::clone(&slot), Arc::clone(&clf));
+        let worker = std::thread::Builder::new()
+            .name("reward".into())
+            .spawn(move || loop {
+                let job = {
+                    let mut st = lock(&s.0);
+                    loop {
+                        if let Some(p) = st.pending.take() {
+                            break p;
+                        }
+                        if st.stop {
+                            return;
+                        }
+                        st = s.1.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                let t0 = Instant::now();
+                let r = c.classify(&[&job.frames[0], &job.frames[1]], &job.instruction);
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                let mut st = lock(&s.0);
+                st.latencies_ms.push(ms);
+                let e = st
+                    .episodes
+                    .entry((job.task_index, job.episode))
+                    .or_insert_with(|| EpisodeDetection {
+                        task_index: job.task_index,
+                        episode: job.episode,
+                        ..Default::default()
+                    });
+                match r {
+                    Ok(v) => {
+                        e.classified += 1;
+                        if v.success && e.first_yes_step.is_none() {
+                            e.first_yes_step = Some(job.step);
+                        }
+                    }
+                    Err(err) => {
+                        st.errors += 1;
+                        st.first_error.get_or_insert(err.to_string());
+                    }
+                }
+            })
+            .ok();
+        Self { slot, worker, clf }
+    }
+
+    /// The tap to hand the campaign.
+    pub fn tap(&self) -> FrameTap {
+        let slot = Arc::clone(&self.slot);
+        Arc::new(move |e: &FrameEvent<'_>| {
+            let (Some(av), Some(wr)) = (
+                e.observation.images.get("agentview"),
+                e.observation.images.get("wrist"),
+            ) else {
+                return;
+            };
+            let p = Pending {
+                task_index: e.task_index,
+                episode: e.episode,
+                step: e.step,
+                frames: [av.clone(), wr.clone()],
+                instruction: e.observation.instruction.clone(),
+            };
+            let mut st = lock(&slot.0);
+            if e.last {
+                // Judged after the episode by `finish_episode`, not raced by the worker.
+                if let Some(d) = st.episodes.get_mut(&(e.task_index, e.episode)) {
+                    if e.goal_holds && d.first_true_step.is_none() {
+                        d.first_true_step = Some(e.step);
+                    }
+                }
+                st.last.insert((e.task_index, e.episode), p);
+                return;
+            }
+            let d = st
+                .episodes
+                .entry((e.task_index, e.episode))
+                .or_insert_with(|| EpisodeDetection {
+                    task_index: e.task_index,
+                    episode: e.episode,
+                    ..Default::default()
+                });
+            if e.goal_holds && d.first_true_step.is_none() {
+                d.first_true_step = Some(e.step);
+            }
+            st.pending = Some(p);
+            drop(st);
+            slot.1.notify_one();
+        })
+    }
+
+    /// Classifies episode (`task_index`, `episode`)'s last frame (after the episode, off the
+    /// loop) and records the simulator's final verdict beside it.
+    pub fn finish_episode(&self, task_index: usize, episode: usize, truth: bool) {
+        let last = lock(&self.slot.0).last.remove(&(task_index, episode));
+        let verdict = last.map(|p| {
+            self.clf
+                .classify(&[&p.frames[0], &p.frames[1]], &p.instruction)
+        });
+        let mut st = lock(&self.slot.0);
+        let e = st
+            .episodes
+            .entry((task_index, episode))
+            .or_insert_with(|| EpisodeDetection {
+                task_index,
+                episode,
+                ..Default::default()
+            });
+        e.final_truth = truth;
+        match verdict {
+            Some(Ok(v)) => {
+                e.final_verdict = Some(v.success);
+                e.final_p = Some(v.p_success);
+            }
+            Some(Err(err)) => {
+                st.errors += 1;
+                st.first_error.get_or_insert(err.to_string());
+            }
+            None => {}
+        }
+    }
+
+    pub fn stop(mut self) -> WatchReport {
+        {
+            let mut st = lock(&self.slot.0);
+            st.stop = true;
+        }
+        self.slot.1.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        let st = std::mem::take(&mut *lock(&self.slot.0));
+        let episodes: Vec<EpisodeDetection> = st.episodes.into_values().collect();
+        let judged: Vec<&EpisodeDetection> = episodes
+            .iter()
+            .filter(|e| e.final_verdict.is_some())
+            .collect();
+        let agree = judged
+            .iter()
+            .filter(|e| e.final_verdict == Some(e.final_truth))
+            .count();
+        let delays: Vec<f64> = episodes
+            .iter()
+            .filter_map(|e| Some(e.first_yes_step? as f64 - e.first_true_step? as f64))
+            .collect();
+        let early_yes = episodes
+            .iter()
+            .filter(|e| matches!((e.first_yes_step, e.first_true_step), (Some(y), t) if t.is_none_or(|t| y < t)))
+            .count();
+        let mut lat = st.latencies_ms;
+        lat.sort_by(f64::total_cmp);
+        WatchReport {
+            final_agreement: agree,
+            final_judged: judged.len(),
+            classification_errors: st.errors,
+            first_error: st.first_error,
+            latency_p50_ms: rudder_robot::stats::percentile(&lat, 50.0),
+            latency_p99_ms: rudder_robot::stats::percentile(&lat, 99.0),
+            mean_detection_delay_steps: (!delays.is_empty())
+                .then(|| delays.iter().sum::<f64>() / delays.len() as f64),
+            early_yes,
+            episodes,
+        }
+    }
+}
+
+/// The watcher's figures under an evaluation's table.
+pub fn print_watch(w: &WatchReport) {
+    println!(
+        "reward classifier: final verdict agrees with the simulator in {}/{} episodes; \
+         classification p50 {:.1} ms, p99 {:.1} ms; {} errors{}",
+        w.final_agreement,
+        w.final_judged,
+        w.latency_p50_ms,
+        w.latency_p99_ms,
+        w.classification_errors,
+        w.first_error
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  first yes vs predicate true: mean delay {} steps; {} episodes with a yes before the \
+         predicate held",
+        w.mean_detection_delay_steps
+            .map_or("n/a".to_string(), |d| format!("{d:.1}")),
+        w.early_yes
+    );
+    for e in &w.episodes {
+        println!(
+            "  task {:>2} episode {:>3}: first yes {:>5}  predicate true {:>5}  final {} (p {}) vs {}",
+            e.task_index,
+            e.episode,
+            e.first_yes_step.map_or("-".into(), |s| s.to_string()),
+            e.first_true_step.map_or("-".into(), |s| s.to_string()),
+            match e.final_verdict {
+                Some(true) => "yes",
+                Some(false) => "no ",
+                None => " - ",
+            },
+            e.final_p.map_or("-".into(), |p| format!("{p:.2}")),
+            if e.final_truth { "success" } else { "failure" }
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! Training the success classifier on rudder-tune's one trainer: the [`Classifier`] family
+//! supplies the loss (cross-entropy of the answer token, "yes" or "no", over the whole
+//! vocabulary at the answer position, as a VLM is fine-tuned) and the checkpoint files; the
+//! trainer owns the data order, AdamW, the schedule, clipping and resumable checkpoints.
+//!
+//! The model is a small PaliGemma ([`ClassifierSpec`]) initialised from a seed with tune's
+//! from-scratch initialisation: no pretrained VLM can be downloaded here. The prompt tokenizer
+//! is a BPE trained on the data set's instructions and the question, with "yes" and "no" whole.
+//! Light augmentation (a random shift of up to `shift` pixels and a brightness jitter per frame,
+//! drawn from the run's generator) keeps the tower from memorising the few init states.
+//!
+//! After the last step, [`calibrate`] fits the temperature on the validation split and the
+//! threshold that reaches the precision asked for, and rewrites `reward.json`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rudder_tune::candle_nn::{VarBuilder, VarMap};
+use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic};
+use rudder_tune::config::JsonConfig;
+use rudder_tune::models::paligemma;
+use rudder_tune::text::tokenizer::train_bpe_with;
+use rudder_tune::train::adamw::AdamWConfig;
+use rudder_tune::train::cross_entropy::weighted_cross_entropy;
+use rudder_tune::train::{
+    Family, Gradients, MicroBatch, Rng, Snapshot, StepStats, Trainer, TrainerConfig,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::calibration::{fit_temperature, pick_threshold, sigmoid};
+use crate::classifier::{
+    answer_logits, margins, Encoder, RewardConfig, SuccessClassifier, CAMERAS, QUESTION,
+    REWARD_FORMAT_VERSION,
+};
+use crate::dataset::{Split, SuccessDataset};
+use crate::RewardError;
+
+/// The classifier's architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSpec {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub vision_hidden: usize,
+    pub vision_layers: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub max_prompt_tokens: usize,
+    /// Largest BPE vocabulary (specials included).
+    pub max_vocab: usize,
+}
+
+impl Default for ClassifierSpec {
+    fn default() -> Self {
+        Self {
+            image_size: 64,
+            patch_size: 8,
+            vision_hidden: 96,
+            vision_layers: 2,
+            hidden: 128,
+            layers: 2,
+            heads: 4,
+            head_dim: 32,
+            max_prompt_tokens: 64,
+            max_vocab: 512,
+        }
+    }
+}
+
+impl ClassifierSpec {
+    /// `config.json` of `PaliGemmaForConditionalGeneration` with `text_ids` text ids and the
+    /// image token after them.
+    pub fn config_json(&self, text_ids: usize) -> Value {
+        let vocab = text_ids + 1;
+        json!({
+            "architectures": ["PaliGemmaForConditionalGeneration"],
+            "model_type": "paligemma",
+            "dtype": "float32",
+            "image_token_index": text_ids,
+            "projection_dim": self.hidden,
+            "vocab_size": vocab,
+            "tie_word_embeddings": true,
+            "text_config": {
+                "model_type": "gemma",
+                "hidden_size": self.hidden,
+                "intermediate_size": self.hidden * 4,
+                "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads,
+                "num_key_value_heads": 1,
+                "head_dim": self.head_dim,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "max_position_embeddings": 1024,
+                "rms_norm_eps": 1e-6,
+                "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+                "tie_word_embeddings": true,
+                "use_bidirectional_attention": false,
+                "vocab_size": vocab,
+                "num_image_tokens": (self.image_size / self.patch_size.max(1)).pow(2),
+                "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+                "attention_bias": false
+            },
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                "hidden_size": self.vision_hidden,
+                "intermediate_size": self.vision_hidden * 4,
+                "num_hidden_layers": self.vision_layers,
+                "num_attention_heads": self.heads,
+                "num_channels": 3,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "hidden_act": "gelu_pytorch_tanh",
+                "layer_norm_eps": 1e-6,
+                "vision_use_head": false
+            }
+        })
+    }
+
+    pub fn paligemma(&self, text_ids: usize) -> Result<paligemma::Config, RewardError> {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(RewardError::input(
+                "patch_size",
+                format!(
+                    "{} must divide image_size {}",
+                    self.patch_size, self.image_size
+                ),
+            ));
+        }
+        let jc = JsonConfig::from_value(
+            Path::new("<generated config.json>"),
+            self.config_json(text_ids),
+        );
+        Ok(paligemma::Config::from_json(&jc)?)
+    }
+}
+
+/// A run's settings (saved in `trainer_state.json` and `training.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ClassifierSpec,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    /// Largest random shift of each frame, in pixels (0 = none).
+    pub shift: usize,
+    /// Largest brightness change, as a fraction of the [-1, 1] range (0 = none).
+    pub brightness: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ClassifierSpec::default(),
+            steps: 3000,
+            batch_size: 32,
+            lr: 5e-4,
+            weight_decay: 0.01,
+            warmup_steps: 100,
+            max_grad_norm: Some(1.0),
+            seed: 0,
+            shift: 3,
+            brightness: 0.1,
+        }
+    }
+}
+
+/// What a step reads: the data set and the rows of its training split.
+pub struct TrainData<'a> {
+    pub data: &'a SuccessDataset,
+    pub rows: Vec<usize>,
+}
+
+/// The classifier being trained: everything of the run but the optimiser, the order and the
+/// generator, which the trainer holds.
+pub struct Classifier {
+    pub cfg: TrainConfig,
+    pub model_cfg: paligemma::Config,
+    pub varmap: VarMap,
+    pub encoder: Encoder,
+    pub last_loss: Option<f64>,
+    device: Device,
+}
+
+/// Shifts a channel-first `[3, s, s]` image by (dy, dx) with edge clamping and adds `bright`.
+fn augment(px: &mut [f32], s: usize, dy: isize, dx: isize, bright: f32) {
+    let src = px.to_vec();
+    for c in 0..3 {
+        for y in 0..s {
+            let sy = (y as isize - dy).clamp(0, s as isize - 1) as usize;
+            for x in 0..s {
+                let sx = (x as isize - dx).clamp(0, s as isize - 1) as usize;
+                px[(c * s + y) * s + x] = (src[(c * s + sy) * s + sx] + bright).clamp(-1.0, 1.0);
+            }
+        }
+    }
+}
+
+impl Classifier {
+    pub fn model(&self) -> Result<paligemma::Model, RewardError> {
+        Ok(paligemma::Model::new(
+            &self.model_cfg,
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
+        )?)
+    }
+
+    /// The pixels and question ids of data set row `i`, augmented when `rng` is given.
+    fn row(
+        &self,
+        data: &SuccessDataset,
+        i: usize,
+        rng: Option<&mut Rng>,
+    ) -> Result<(Vec<f32>, Vec<u32>), RewardError> {
+        let s = self.cfg.model.image_size;
+        let ds = data.image_size;
+        let (a, w) = data.frames(i);
+        let mut px = Vec::with_capacity(2 * 3 * s * s);
+        let mut rng = rng;
+        for (name, f) in CAMERAS.iter().zip([a, w]) {
+            let mut p = rudder_tune::image::to_pixels(name, f, ds, ds, s)?;
+            if let Some(r) = rng.as_deref_mut() {
+                let k = self.cfg.shift as isize;
+                let span = (2 * k + 1) as usize;
+                let dy = r.below(span) as isize - k;
+                let dx = r.below(span) as isize - k;
+                let b = ((r.next_f64() * 2.0 - 1.0) * self.cfg.brightness * 2.0) as f32;
+                augment(&mut p, s, dy, dx, b);
+            }
+            px.extend(p);
+        }
+        let ids = self.encoder.prompt_ids(&data.samples[i].instruction)?;
+        Ok((px, ids))
+    }
+
+    /// Margins of data set rows `idx` with the current weights, in batches of `batch`.
+    pub fn margins(
+        &self,
+        data: &SuccessDataset,
+        idx: &[usize],
+        batch: usize,
+    ) -> Result<Vec<f64>, RewardError> {
+        let model = self.model()?;
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(batch.max(1)) {
+            let rows = chunk
+                .iter()
+                .map(|&i| self.row(data, i, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let b = self.encoder.batch(&rows, &self.device)?;
+            out.extend(margins(&model, &self.encoder, &b)?);
+        }
+        Ok(out)
+    }
+
+    fn write_checkpoint(
+        &self,
+        dir: &Path,
+        snap: &Snapshot<'_>,
+        data: &SuccessDataset,
+    ) -> Result<(), RewardError> {
+        let write_json = |name: &str, v: &Value| -> Result<(), RewardError> {
+            let bytes = serde_json::to_vec_pretty(v)
+                .map_err(|e| RewardError::input(name, e.to_string()))?;
+            Ok(write_atomic(&dir.join(name), &bytes)?)
+        };
+        write_json(
+            "config.json",
+            &self
+                .cfg
+                .model
+                .config_json(self.encoder.tokenizer.vocab_size()),
+        )?;
+        self.encoder.tokenizer.save(&dir.join("tokenizer.json"))?;
+        write_json(
+            "reward.json",
+            &serde_json::to_value(&self.encoder.cfg)
+                .map_err(|e| RewardError::input("reward.json", e.to_string()))?,
+        )?;
+        let w: std::collections::HashMap<String, Tensor> = snap
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+            .collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))?;
+        write_json(
+            "training.json",
+            &json!({
+                "data": data.dir,
+                "train_samples": data.indices(Split::Train).len(),
+                "config": self.cfg,
+                "step": snap.step,
+                "loss": self.last_loss,
+            }),
+        )
+    }
+}
+
+impl Family for Classifier {
+    type Error = RewardError;
+    type Input<'a> = TrainData<'a>;
+    type SaveInput<'a> = SuccessDataset;
+
+    fn micro_batch(
+        &mut self,
+        input: &TrainData<'_>,
+        idx: &[usize],
+        rng: &mut Rng,
+        _params: &[(String, Var)],
+    ) -> Result<MicroBatch, RewardError> {
+        let model = self.model()?;
+        let mut rows = Vec::with_capacity(idx.len());
+        let mut targets = Vec::with_capacity(idx.len());
+        for &k in idx {
+            let i = input.rows[k];
+            rows.push(self.row(input.data, i, Some(rng))?);
+            targets.push(if input.data.samples[i].label {
+                self.encoder.cfg.yes_id
+            } else {
+                self.encoder.cfg.no_id
+            });
+        }
+        let batch = self.encoder.batch(&rows, &self.device)?;
+        let logits = answer_logits(&model, &batch)?;
+        let w = vec![1.0 / idx.len().max(1) as f32; idx.len()];
+        let loss = weighted_cross_entropy(&logits, &targets, &w)?;
+        Ok(MicroBatch {
+            counted: idx.len(),
+            items: idx.len(),
+            gradients: Gradients::Graph(loss),
+        })
+    }
+
+    fn write_files(
+        &self,
+        dir: &Path,
+        snap: &Snapshot<'_>,
+        data: &SuccessDataset,
+    ) -> Result<(), RewardError> {
+        self.write_checkpoint(dir, snap, data)
+    }
+
+    fn weights_file(&self) -> &str {
+        "model.safetensors"
+    }
+
+    fn state(&self) -> Result<Map<String, Value>, RewardError> {
+        let mut m = Map::new();
+        let bad = |e: serde_json::Error| RewardError::input("trainer_state.json", e.to_string());
+        m.insert(
+            "classifier_config".into(),
+            serde_json::to_value(&self.cfg).map_err(bad)?,
+        );
+        m.insert(
+            "last_loss".into(),
+            serde_json::to_value(self.last_loss).map_err(bad)?,
+        );
+        Ok(m)
+    }
+
+    fn restore(&mut self, state: &Map<String, Value>, path: &Path) -> Result<(), RewardError> {
+        let cfg: TrainConfig = state
+            .get("classifier_config")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| RewardError::File {
+                path: path.to_path_buf(),
+                problem: format!("not a reward trainer state: {e}"),
+            })?
+            .ok_or_else(|| RewardError::File {
+                path: path.to_path_buf(),
+                problem: "no `classifier_config` (not a reward trainer state)".into(),
+            })?;
+        if cfg.model != self.cfg.model {
+            return Err(RewardError::File {
+                path: path.to_path_buf(),
+                problem: format!("the checkpoint's architecture {:?} differs from this run's {:?} (use the same flags, or a new --out)", cfg.model, self.cfg.model),
+            });
+        }
+        self.last_loss = state.get("last_loss").and_then(Value::as_f64);
+        Ok(())
+    }
+
+    fn stepped(&mut self, stats: &StepStats) {
+        self.last_loss = Some(stats.loss);
+    }
+}
+
+/// A classifier run: the [`Classifier`] family on tune's trainer.
+pub struct ClassifierTrainer {
+    pub trainer: Trainer<Classifier>,
+    pub rows: Vec<usize>,
+}
+
+impl ClassifierTrainer {
+    /// A freshly initialised classifier for `data` (its training split).
+    pub fn new(cfg: TrainConfig, data: &SuccessDataset) -> Result<Self, RewardError> {
+        if cfg.batch_size == 0 {
+            return Err(RewardError::input("batch_size", "must be > 0"));
+        }
+        let rows = data.indices(Split::Train);
+        if rows.is_empty() {
+            return Err(RewardError::File {
+                path: data.dir.join("samples.jsonl"),
+                problem: "no sample of the `train` split".into(),
+            });
+        }
+        let mut instructions: Vec<&str> = data
+            .samples
+            .iter()
+            .map(|s| s.instruction.as_str())
+            .collect();
+        instructions.sort();
+        instructions.dedup();
+        let extra = [
+            QUESTION.replace("{instruction}", ""),
+            "yes".to_string(),
+            "no".to_string(),
+        ];
+        let tokenizer = train_bpe_with(
+            instructions,
+            extra.iter().map(String::as_str),
+            cfg.model.max_vocab,
+        )?;
+        let (Some(yes_id), Some(no_id)) = (tokenizer.token_id("yes"), tokenizer.token_id("no"))
+        else {
+            return Err(RewardError::input(
+                "tokenizer",
+                "the BPE holds no single token for \"yes\" or \"no\"",
+            ));
+        };
+        let text_ids = tokenizer.vocab_size();
+        let model_cfg = cfg.model.paligemma(text_ids)?;
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        paligemma::Model::new(
+            &model_cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        let mut params: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| RewardError::input("varmap", "poisoned lock"))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        rudder_tune::train::init_from_scratch(&params, cfg.seed)?;
+        let reward = RewardConfig {
+            format_version: REWARD_FORMAT_VERSION,
+            question: QUESTION.to_string(),
+            cameras: CAMERAS.iter().map(|s| s.to_string()).collect(),
+            image_size: cfg.model.image_size,
+            max_prompt_tokens: cfg.model.max_prompt_tokens,
+            yes_id,
+            no_id,
+            temperature: 1.0,
+            threshold: 0.5,
+            calibrated: false,
+        };
+        let encoder = Encoder {
+            image_token: model_cfg.image_token_id,
+            patches: model_cfg.vision.num_patches(),
+            cfg: reward,
+            tokenizer,
+        };
+        // Every question must fit before a step is spent.
+        for s in &data.samples {
+            encoder.prompt_ids(&s.instruction)?;
+        }
+        let tc = TrainerConfig {
+            optim: AdamWConfig {
+                lr: cfg.lr,
+                weight_decay: cfg.weight_decay,
+                ..Default::default()
+            },
+            warmup_steps: cfg.warmup_steps,
+            total_steps: cfg.steps,
+            max_grad_norm: cfg.max_grad_norm,
+            grad_accum: 1,
+            batch_size: cfg.batch_size,
+        };
+        let rng = Rng::new(cfg.seed);
+        let family = Classifier {
+            cfg,
+            model_cfg,
+            varmap,
+            encoder,
+            last_loss: None,
+            device,
+        };
+        let n = rows.len();
+        Ok(Self {
+            trainer: Trainer::new(family, params, tc, n, rng)?,
+            rows,
+        })
+    }
+
+    pub fn input<'a>(&self, data: &'a SuccessDataset) -> TrainData<'a> {
+        TrainData {
+            data,
+            rows: self.rows.clone(),
+        }
+    }
+}
+
+/// What calibration found on the validation split.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    pub samples: usize,
+    pub temperature: f64,
+    pub threshold: f64,
+    pub min_precision: f64,
+}
+
+/// Fits the temperature and threshold of the checkpoint `dir` on `data`'s validation split
+/// (the training split when there is none, said in the result) and rewrites its `reward.json`.
+pub fn calibrate(
+    dir: &Path,
+    data: &SuccessDataset,
+    min_precision: f64,
+    batch: usize,
+) -> Result<(SuccessClassifier, Calibration), RewardError> {
+    let mut clf = SuccessClassifier::load(dir)?;
+    let idx = data.indices(Split::Val);
+    if idx.is_empty() {
+        return Err(RewardError::File {
+            path: data.dir.join("samples.jsonl"),
+            problem: "no sample of the `val` split to calibrate on".into(),
+        });
+    }
+    let m = classifier_margins(&clf, data, &idx, batch)?;
+    let labels: Vec<bool> = idx.iter().map(|&i| data.samples[i].label).collect();
+    let t = fit_temperature(&m, &labels);
+    let p: Vec<f64> = m.iter().map(|z| sigmoid(z / t)).collect();
+    let thr = pick_threshold(&p, &labels, min_precision);
+    clf.set_calibration(t, thr);
+    let bytes = serde_json::to_vec_pretty(clf.config())
+        .map_err(|e| RewardError::input("reward.json", e.to_string()))?;
+    write_atomic(&clf.dir.join("reward.json"), &bytes)?;
+    Ok((
+        clf,
+        Calibration {
+            samples: idx.len(),
+            temperature: t,
+            threshold: thr,
+            min_precision,
+        },
+    ))
+}
+
+/// Margins of data set rows `idx` under a loaded classifier, in batches.
+pub fn classifier_margins(
+    clf: &SuccessClassifier,
+    data: &SuccessDataset,
+    idx: &[usize],
+    batch: usize,
+) -> Result<Vec<f64>, RewardError> {
+    let s = data.image_size as u32;
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(batch.max(1)) {
+        let imgs: Vec<[rudder_robot::ImageRgb8; 2]> = chunk
+            .iter()
+            .map(|&i| {
+                let (a, w) = data.frames(i);
+                [
+                    rudder_robot::ImageRgb8 {
+                        width: s,
+                        height: s,
+                        data: a.to_vec(),
+                    },
+                    rudder_robot::ImageRgb8 {
+                        width: s,
+                        height: s,
+                        data: w.to_vec(),
+                    },
+                ]
+            })
+            .collect();
+        let refs: Vec<[&rudder_robot::ImageRgb8; 2]> =
+            imgs.iter().map(|p| [&p[0], &p[1]]).collect();
+        let queries: Vec<crate::classifier::Query<'_>> = chunk
+            .iter()
+            .zip(&refs)
+            .map(|(&i, f)| crate::classifier::Query {
+                frames: f,
+                instruction: &data.samples[i].instruction,
+            })
+            .collect();
+        out.extend(clf.margins(&queries)?);
+    }
+    Ok(out)
+}
+
+/// Where a finished run's final checkpoint is.
+pub fn final_checkpoint(out: &Path) -> Result<PathBuf, RewardError> {
+    Ok(rudder_tune::train::checkpoint::resolve(out)?)
+}
