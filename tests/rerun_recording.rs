@@ -457,3 +457,73 @@ fn driving_recording_holds_the_scene_and_the_reported_scores() {
         step += 1;
     }
 }
+
+/// A launch file with `[reward]`: the classifier's P(success), its verdict and the simulator's
+/// truth land in the recording on the episode's timeline, and the report compares them.
+#[test]
+fn reward_classifier_is_recorded_beside_the_simulator_truth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    let (data, run, rrd, toml) = (p("data"), p("run"), p("reward.rrd"), p("reward.toml"));
+    rudder(&[
+        "reward",
+        "data",
+        "--suite",
+        "spatial",
+        "--train-inits",
+        "1",
+        "--val-inits",
+        "1",
+        "--test-inits",
+        "1",
+        "--size",
+        "16",
+        "--out",
+        &data,
+        "--quiet",
+    ]);
+    rudder(&[
+        "train",
+        "reward",
+        "--data",
+        &data,
+        "--out",
+        &run,
+        "--steps",
+        "4",
+        "--batch",
+        "8",
+        "--image-size",
+        "16",
+        "--patch",
+        "8",
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--vision-hidden",
+        "16",
+        "--vision-layers",
+        "1",
+        "--quiet",
+    ]);
+    let launch = std::fs::read_to_string(root().join(GOLDEN_LAUNCH)).expect("golden launch file");
+    std::fs::write(&toml, format!("{launch}\n[reward]\nmodel = \"{run}\"\n")).expect("write");
+    let out = rudder(&["launch", &toml, "--lockstep", "--quiet", "--record", &rrd]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("reward classifier: final verdict agrees with the simulator in")
+            && stdout.contains("predicate true"),
+        "{stdout}"
+    );
+    rerun_cli(dir.path(), &["rrd", "verify", &rrd]);
+    let printed = rerun_cli(dir.path(), &["rrd", "print", &rrd]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    for entity in [
+        "/reward/p_success",
+        "/reward/classifier_says_done",
+        "/reward/simulator_success",
+    ] {
+        assert!(text.contains(entity), "{entity} missing:\n{text}");
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod launchfile;
+pub mod reward_watch;
 pub mod serve;
 pub mod viz;
 pub mod vla;

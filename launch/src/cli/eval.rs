@@ -357,7 +357,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     // The classifier loads before the policy runs: a broken reward checkpoint is reported
     // first, and never stops an episode once they run.
     let watcher = match &a.reward {
-        Some(dir) => Some(crate::cli::reward::RewardWatcher::start(
+        Some(dir) => Some(crate::reward_watch::RewardWatcher::start(
             rudder_reward::SuccessClassifier::load(dir)
                 .with_context(|| format!("--reward {}", dir.display()))?,
         )),
@@ -386,7 +386,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         struct WithReward<'a> {
             #[serde(flatten)]
             eval: &'a EvalReport,
-            reward: &'a Option<crate::cli::reward::WatchReport>,
+            reward: &'a Option<crate::reward_watch::WatchReport>,
         }
         let out = WithReward {
             eval: &r,
@@ -455,7 +455,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(w) = &watch {
-        crate::cli::reward::print_watch(w);
+        crate::reward_watch::print_watch(w);
     }
     Ok(ExitCode::SUCCESS)
 }

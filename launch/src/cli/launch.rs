@@ -127,6 +127,9 @@ pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
         report.episodes.len(),
         report.wall_s
     );
+    if let Some(w) = &report.reward {
+        crate::reward_watch::print_watch(w);
+    }
     match (&opts.viz, &sink) {
         (Some(_), Sink::File(p)) => println!(
             "recording: {} ({} ticks logged, {} records dropped)",

@@ -210,6 +210,16 @@ pub struct SteeringSection {
     pub alphas: std::collections::BTreeMap<String, f32>,
 }
 
+/// A success classifier (`rudder train reward`) watching the tabletop episodes from the
+/// cameras on its own thread: P(success) is recorded beside the simulator's truth, and each
+/// episode reports when the classifier first said yes against when the predicate held.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// Reward checkpoint folder or training run folder (its `latest`).
+    pub model: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingSection {
@@ -262,6 +272,8 @@ pub struct LaunchFile {
     pub control: ControlSection,
     #[serde(default)]
     pub steering: SteeringSection,
+    #[serde(default)]
+    pub reward: Option<RewardSection>,
     #[serde(default)]
     pub recording: RecordingSection,
 }
@@ -528,6 +540,18 @@ impl LaunchFile {
                     "steering",
                     "alphas",
                     format!("`{n}` = {a} is not finite"),
+                ));
+            }
+        }
+        if self.reward.is_some() {
+            let cameras = self.task.as_ref().is_some_and(|t| t.camera_size > 0);
+            if self.embodiment.kind != EmbodimentKind::SimTabletop || !cameras {
+                return Err(err(
+                    "reward",
+                    "model",
+                    "the success classifier reads the cameras: it needs embodiment \
+                     \"sim.tabletop\" with task.camera_size > 0"
+                        .into(),
                 ));
             }
         }

@@ -5,6 +5,7 @@
 //! `LoggedPolicy`); it does not copy them.
 
 use super::{EmbodimentKind, LaunchFile, PolicyKind};
+use crate::reward_watch::{Classified, ClassifiedSink, RewardWatcher, WatchReport};
 use crate::viz::{
     self, chunk_tcp_path, EpisodeSetup, LoopSample, ObjectState, Record, Recorder, TickRecord,
     VizOptions, MAX_OBJECTS,
@@ -17,7 +18,7 @@ use rudder_robot::{
     JointCommand, JointLimits, JointState, LockstepDriver, LoopMetrics, Observation, Policy,
     PolicyError, Ur5Model,
 };
-use rudder_sim::tabletop::campaign::{episode_env, suite_task};
+use rudder_sim::tabletop::campaign::{episode_env, suite_task, FrameEvent, FrameTap};
 use rudder_sim::tabletop::physics::FLANGE_TO_TCP;
 use rudder_sim::tabletop::scene::Joint;
 use rudder_sim::tabletop::{
@@ -69,6 +70,8 @@ pub struct EpisodeResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunReport {
     pub episodes: Vec<EpisodeResult>,
+    /// What the `[reward]` classifier saw, when the launch file has one.
+    pub reward: Option<WatchReport>,
     pub rate_hz: f64,
     pub records_dropped: u64,
     pub records_logged: u64,
@@ -147,6 +150,8 @@ pub struct RecordedTabletop {
     measured: Vec<[f64; 6]>,
     episode_ticks: u64,
     max_ticks: Option<u64>,
+    /// A success classifier's tap and this episode's index (`[reward]`).
+    reward: Option<(FrameTap, usize)>,
 }
 
 impl RecordedTabletop {
@@ -167,6 +172,21 @@ impl RecordedTabletop {
 
     fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
+    }
+
+    /// Hands the frame to the reward watcher (it only swaps a slot: the tick never waits),
+    /// stamped with the recording's tick so its verdict lands at the frame's time.
+    fn show_reward(&self, obs: &Observation, last: bool) {
+        if let Some((tap, episode)) = &self.reward {
+            tap(&FrameEvent {
+                task_index: 0,
+                episode: *episode,
+                step: self.tick.load(Ordering::Acquire) as usize,
+                observation: obs,
+                goal_holds: self.inner.env().goal_holds(),
+                last,
+            });
+        }
     }
 }
 
@@ -196,7 +216,9 @@ impl Embodiment for RecordedTabletop {
     }
 
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        self.inner.observe()
+        let obs = self.inner.observe()?;
+        self.show_reward(&obs, false);
+        Ok(obs)
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
@@ -348,6 +370,29 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
         None
     };
     let vla = checkpoint_policy(lf, cameras.is_some())?;
+    let watcher = match &lf.reward {
+        Some(r) => {
+            let clf = rudder_reward::SuccessClassifier::load(&r.model)
+                .with_context(|| format!("[reward] model = {}", r.model.display()))?;
+            let sink_rec = rec.clone();
+            let sink: ClassifiedSink = Arc::new(move |c: &Classified| {
+                sink_rec.send(Record::Reward {
+                    tick: c.step as u64,
+                    sim_time: c.step as f64 / rate,
+                    wall_time: if wall {
+                        epoch.elapsed().as_secs_f64()
+                    } else {
+                        0.0
+                    },
+                    p_success: c.verdict.p_success,
+                    verdict: c.verdict.success,
+                    truth: c.truth,
+                });
+            });
+            Some(RewardWatcher::start_with_sink(clf, Some(sink)))
+        }
+        None => None,
+    };
     for k in 0..opts.episodes {
         let episode = t.episode + k;
         let instruction = task.instruction_for(episode);
@@ -384,6 +429,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             measured: Vec::with_capacity(max_steps + 64),
             episode_ticks: 0,
             max_ticks: lf.control.max_ticks,
+            reward: watcher.as_ref().map(|w| (w.tap(), episode)),
         };
         let mut policy = LoggedPolicy {
             inner,
@@ -407,7 +453,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             cfg.replan_every(DEFAULT_REPLAN_STEPS.min(horizon));
         }
         let tick0 = tick.load(Ordering::Acquire);
-        let (emb, metrics, clamped, held, interventions) = if opts.lockstep {
+        let (mut emb, metrics, clamped, held, interventions) = if opts.lockstep {
             let mut driver = LockstepDriver::new(&mut emb, cfg)?;
             let base = tick.load(Ordering::Acquire);
             driver.run(
@@ -463,6 +509,14 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
             );
             (emb, Some(m), c, h, i)
         };
+        if let Some(w) = &watcher {
+            // The final state, judged off the loop (the loop's last frame precedes the last
+            // chunk's moves).
+            if let Ok(obs) = emb.inner.observe() {
+                emb.show_reward(&obs, true);
+            }
+            w.finish_episode(0, episode, emb.inner.env().success());
+        }
         let env = emb.inner.env();
         let success = env.success();
         let steps = env.steps().min(max_steps);
@@ -508,6 +562,8 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    // The watcher's sink holds a recorder: it must be gone before the logger drains.
+    let reward = watcher.map(RewardWatcher::stop);
     drop(rec);
     let (dropped, logged) = match logger {
         Some(l) => {
@@ -518,6 +574,7 @@ fn run_tabletop(lf: &LaunchFile, opts: &RunOptions) -> anyhow::Result<RunReport>
     };
     Ok(RunReport {
         episodes: results,
+        reward,
         rate_hz: rate,
         records_dropped: dropped,
         records_logged: logged,

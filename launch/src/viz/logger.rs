@@ -247,6 +247,27 @@ impl State {
                 Ok(())
             }
             Record::Loop(s) => self.loop_sample(&s),
+            Record::Reward {
+                tick,
+                sim_time,
+                wall_time,
+                p_success,
+                verdict,
+                truth,
+            } => {
+                self.time(Some(tick), sim_time, wall_time);
+                self.rec
+                    .log("reward/p_success", &rerun::Scalars::single(p_success))?;
+                self.rec.log(
+                    "reward/classifier_says_done",
+                    &rerun::Scalars::single(f64::from(verdict)),
+                )?;
+                self.rec.log(
+                    "reward/simulator_success",
+                    &rerun::Scalars::single(f64::from(truth)),
+                )?;
+                Ok(())
+            }
             Record::Result {
                 sim_time,
                 wall_time,

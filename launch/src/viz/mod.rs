@@ -145,6 +145,15 @@ pub enum Record {
         images: Vec<(String, rudder_robot::ImageRgb8)>,
     },
     Loop(LoopSample),
+    /// A success classifier's verdict on a frame, beside the simulator's predicate there.
+    Reward {
+        tick: u64,
+        sim_time: f64,
+        wall_time: f64,
+        p_success: f64,
+        verdict: bool,
+        truth: bool,
+    },
     Result {
         sim_time: f64,
         wall_time: f64,
