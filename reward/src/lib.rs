@@ -7,6 +7,7 @@
 //! format), [`calibration`] (temperature scaling, ECE, threshold, reliability diagrams),
 //! [`metrics`] (accuracy, precision, recall, F1, per task and per hard-negative kind).
 
+pub mod baseline;
 pub mod calibration;
 pub mod classifier;
 pub mod dataset;
