@@ -339,21 +339,6 @@ impl Default for TrainConfigCnn {
     }
 }
 
-/// Shifts a channel-first `[3, s, s]` image by (dy, dx) with edge clamping and adds `bright`
-/// (the same augmentation as the VLM's, `train.rs`).
-fn augment(px: &mut [f32], s: usize, dy: isize, dx: isize, bright: f32) {
-    let src = px.to_vec();
-    for c in 0..3 {
-        for y in 0..s {
-            let sy = (y as isize - dy).clamp(0, s as isize - 1) as usize;
-            for x in 0..s {
-                let sx = (x as isize - dx).clamp(0, s as isize - 1) as usize;
-                px[(c * s + y) * s + x] = (src[(c * s + sy) * s + sx] + bright).clamp(-1.0, 1.0);
-            }
-        }
-    }
-}
-
 /// `[<bos>] + ids` of the instruction; an empty one is refused.
 fn instruction_ids(tok: &PromptTokenizer, instruction: &str) -> Result<Vec<u32>, RewardError> {
     let text = instruction.trim();
@@ -373,23 +358,9 @@ fn data_row(
     i: usize,
     s: usize,
     tok: &PromptTokenizer,
-    mut aug: Option<(&mut Rng, usize, f64)>,
+    aug: Option<(&mut Rng, usize, f64)>,
 ) -> Result<(Vec<f32>, Vec<u32>), RewardError> {
-    let ds = data.image_size;
-    let (a, w) = data.frames(i);
-    let mut px = Vec::with_capacity(CAMERAS.len() * 3 * s * s);
-    for (name, f) in CAMERAS.iter().zip([a, w]) {
-        let mut p = rudder_tune::image::to_pixels(name, f, ds, ds, s)?;
-        if let Some((r, shift, brightness)) = aug.as_mut() {
-            let k = *shift as isize;
-            let span = (2 * k + 1) as usize;
-            let dy = r.below(span) as isize - k;
-            let dx = r.below(span) as isize - k;
-            let b = ((r.next_f64() * 2.0 - 1.0) * *brightness * 2.0) as f32;
-            augment(&mut p, s, dy, dx, b);
-        }
-        px.extend(p);
-    }
+    let px = crate::train::frame_pixels(data, i, s, aug)?;
     Ok((px, instruction_ids(tok, &data.samples[i].instruction)?))
 }
 

@@ -187,6 +187,33 @@ pub struct Classifier {
     device: Device,
 }
 
+/// Both cameras' pixels of data set row `i` at side `s`, each frame shifted and its brightness
+/// jittered when `aug` = (the run's generator, largest shift, largest brightness change) is
+/// given (the draws: dy, dx, brightness, per camera in order).
+pub(crate) fn frame_pixels(
+    data: &SuccessDataset,
+    i: usize,
+    s: usize,
+    mut aug: Option<(&mut Rng, usize, f64)>,
+) -> Result<Vec<f32>, RewardError> {
+    let ds = data.image_size;
+    let (a, w) = data.frames(i);
+    let mut px = Vec::with_capacity(CAMERAS.len() * 3 * s * s);
+    for (name, f) in CAMERAS.iter().zip([a, w]) {
+        let mut p = rudder_tune::image::to_pixels(name, f, ds, ds, s)?;
+        if let Some((r, shift, brightness)) = aug.as_mut() {
+            let k = *shift as isize;
+            let span = (2 * k + 1) as usize;
+            let dy = r.below(span) as isize - k;
+            let dx = r.below(span) as isize - k;
+            let b = ((r.next_f64() * 2.0 - 1.0) * *brightness * 2.0) as f32;
+            augment(&mut p, s, dy, dx, b);
+        }
+        px.extend(p);
+    }
+    Ok(px)
+}
+
 /// Shifts a channel-first `[3, s, s]` image by (dy, dx) with edge clamping and adds `bright`.
 fn augment(px: &mut [f32], s: usize, dy: isize, dx: isize, bright: f32) {
     let src = px.to_vec();
@@ -216,23 +243,8 @@ impl Classifier {
         i: usize,
         rng: Option<&mut Rng>,
     ) -> Result<(Vec<f32>, Vec<u32>), RewardError> {
-        let s = self.cfg.model.image_size;
-        let ds = data.image_size;
-        let (a, w) = data.frames(i);
-        let mut px = Vec::with_capacity(2 * 3 * s * s);
-        let mut rng = rng;
-        for (name, f) in CAMERAS.iter().zip([a, w]) {
-            let mut p = rudder_tune::image::to_pixels(name, f, ds, ds, s)?;
-            if let Some(r) = rng.as_deref_mut() {
-                let k = self.cfg.shift as isize;
-                let span = (2 * k + 1) as usize;
-                let dy = r.below(span) as isize - k;
-                let dx = r.below(span) as isize - k;
-                let b = ((r.next_f64() * 2.0 - 1.0) * self.cfg.brightness * 2.0) as f32;
-                augment(&mut p, s, dy, dx, b);
-            }
-            px.extend(p);
-        }
+        let aug = rng.map(|r| (r, self.cfg.shift, self.cfg.brightness));
+        let px = frame_pixels(data, i, self.cfg.model.image_size, aug)?;
         let ids = self.encoder.prompt_ids(&data.samples[i].instruction)?;
         Ok((px, ids))
     }

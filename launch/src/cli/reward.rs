@@ -15,18 +15,25 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use rudder_reward::baseline::{
+    calibrate_cnn, is_cnn_checkpoint, CnnClassifier, CnnSpec, CnnTrainer, TrainConfigCnn,
+};
 use rudder_reward::calibration::{ece, reliability, reliability_png, sigmoid};
 use rudder_reward::dataset::{
     balance, DatasetWriter, FrameKind, SampleMeta, Source, Split, SuccessDataset,
 };
 use rudder_reward::metrics::{report, ClassifierReport};
-use rudder_reward::train::{calibrate, classifier_margins, ClassifierTrainer, TrainConfig};
+use rudder_reward::train::{
+    calibrate, classifier_margins, Calibration, ClassifierTrainer, TrainConfig,
+};
+use rudder_reward::RewardError;
 use rudder_reward::SuccessClassifier;
 use rudder_robot::ImageRgb8;
 use rudder_sim::tabletop::campaign::{FrameEvent, FrameTap};
 use rudder_sim::tabletop::expert::Perturbation;
 use rudder_sim::tabletop::labelled::{expert_episode, FrameSampling, LabelledEpisode};
 use rudder_sim::tabletop::{load_suite, CameraConfig, Suite, Task};
+use rudder_tune::train::{Family, Trainer};
 use serde::Serialize;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -463,6 +470,15 @@ fn split_name(s: Split) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // rudder train reward
 
+/// `rudder train reward --arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// PaliGemma-style VLM asked "Is the task '...' done? Answer yes or no."
+    Vlm,
+    /// The honest baseline: a small CNN over both frames with a bag of instruction words.
+    Cnn,
+}
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example:\n  rudder train reward --data data/reward --out runs/reward\n\n\
@@ -516,6 +532,10 @@ pub struct TrainArgs {
     /// Resume from OUT/latest.
     #[arg(long)]
     pub resume: bool,
+    /// The model: the PaliGemma-style VLM, or the CNN baseline (a conv tower per frame and a
+    /// bag of instruction words) trained on the same frames.
+    #[arg(long, value_enum, default_value = "vlm")]
+    pub arch: Arch,
     /// Save a checkpoint every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: u64,
@@ -557,14 +577,68 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     cfg.model.vision_layers = a.vision_layers;
     cfg.model.image_size = a.image_size;
     cfg.model.patch_size = a.patch;
-    let mut t = ClassifierTrainer::new(cfg, &data)?;
+    let started = Instant::now();
+    let (dir, cal) = match a.arch {
+        Arch::Vlm => {
+            let mut t = ClassifierTrainer::new(cfg, &data)?;
+            let input = t.input(&data);
+            let what = "the VLM success classifier";
+            drive(&mut t.trainer, &input, &data, &a, what, |tmp| {
+                Ok(calibrate(tmp, &data, a.min_precision, 64)?.1)
+            })?
+        }
+        Arch::Cnn => {
+            let cnn = TrainConfigCnn {
+                steps: a.steps,
+                batch_size: a.batch,
+                lr: a.lr,
+                weight_decay: a.weight_decay,
+                warmup_steps: a.warmup,
+                max_grad_norm: cfg.max_grad_norm,
+                seed: a.seed,
+                shift: a.shift,
+                model: CnnSpec {
+                    image_size: a.image_size,
+                    ..CnnSpec::default()
+                },
+                ..TrainConfigCnn::default()
+            };
+            let mut t = CnnTrainer::new(cnn, &data)?;
+            let input = t.input(&data);
+            let what = "the CNN baseline";
+            drive(&mut t.trainer, &input, &data, &a, what, |tmp| {
+                Ok(calibrate_cnn(tmp, &data, a.min_precision)?.1)
+            })?
+        }
+    };
+    println!(
+        "reward checkpoint: {} ({:.1} min); calibrated on {} validation frames: temperature {:.3}, threshold {:.2}",
+        dir.display(),
+        started.elapsed().as_secs_f64() / 60.0,
+        cal.samples,
+        cal.temperature,
+        cal.threshold
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The training loop both architectures share: resume, steps with a progress bar, periodic
+/// checkpoints, then the final checkpoint with its calibration written inside it before it is
+/// published (so `latest` always names a calibrated checkpoint).
+fn drive<'d, F>(
+    tr: &mut Trainer<F>,
+    input: &F::Input<'d>,
+    data: &SuccessDataset,
+    a: &TrainArgs,
+    what: &str,
+    calibrate_in: impl FnOnce(&std::path::Path) -> Result<Calibration, RewardError>,
+) -> anyhow::Result<(PathBuf, Calibration)>
+where
+    F: for<'x> Family<Error = RewardError, SaveInput<'x> = SuccessDataset>,
+{
     if a.resume {
-        match t.trainer.resume(&a.out)? {
-            Some(dir) => eprintln!(
-                "resumed from {} at step {}",
-                dir.display(),
-                t.trainer.step_count()
-            ),
+        match tr.resume(&a.out)? {
+            Some(dir) => eprintln!("resumed from {} at step {}", dir.display(), tr.step_count()),
             None => eprintln!(
                 "--resume: no checkpoint in {} yet, starting",
                 a.out.display()
@@ -577,21 +651,19 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!(
-        "training the success classifier ({} parameters) on {} frames of the train split ({}x{} px, {} tasks) for {} steps",
-        t.trainer.num_parameters(),
-        t.rows.len(),
+        "training {what} ({} parameters) on {} frames of the train split ({}x{} px, {} tasks) for {} steps",
+        tr.num_parameters(),
+        data.indices(Split::Train).len(),
         data.image_size,
         data.image_size,
         data.tasks(Split::Train).len(),
         a.steps
     );
-    let started = Instant::now();
     let pb = bar(a.steps, a.quiet);
-    pb.set_position(t.trainer.step_count());
-    let input = t.input(&data);
+    pb.set_position(tr.step_count());
     let mut ema: Option<f64> = None;
-    while t.trainer.step_count() < a.steps {
-        let s = t.trainer.step(&input)?;
+    while tr.step_count() < a.steps {
+        let s = tr.step(input)?;
         let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
         ema = Some(e);
         pb.set_position(s.step);
@@ -605,15 +677,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             });
         }
         if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
-            t.trainer.save(&a.out, a.keep, &data, |_| Ok(()))?;
+            tr.save(&a.out, a.keep, data, |_| Ok(()))?;
         }
     }
     pb.finish_and_clear();
-    // Calibration is written inside the final checkpoint before it is published, so a
-    // checkpoint with `latest` pointing at it is always calibrated.
     let mut cal = None;
-    let dir = t.trainer.save(&a.out, a.keep, &data, |tmp| {
-        cal = Some(calibrate(tmp, &data, a.min_precision, 64)?.1);
+    let dir = tr.save(&a.out, a.keep, data, |tmp| {
+        cal = Some(calibrate_in(tmp)?);
         Ok(())
     })?;
     let Some(cal) = cal else {
@@ -622,19 +692,99 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     };
-    println!(
-        "reward checkpoint: {} ({:.1} min); calibrated on {} validation frames: temperature {:.3}, threshold {:.2}",
-        dir.display(),
-        started.elapsed().as_secs_f64() / 60.0,
-        cal.samples,
-        cal.temperature,
-        cal.threshold
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((dir, cal))
 }
 
 // ---------------------------------------------------------------------------------------------
 // rudder eval reward
+
+/// A trained classifier of either architecture, as eval and bench use it.
+enum Judge {
+    Vlm(Box<SuccessClassifier>),
+    Cnn(Box<CnnClassifier>),
+}
+
+/// A checkpoint's calibration, whichever file holds it.
+struct JudgeCalibration {
+    temperature: f64,
+    threshold: f64,
+    calibrated: bool,
+}
+
+impl Judge {
+    fn load(dir: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(if is_cnn_checkpoint(dir) {
+            Judge::Cnn(Box::new(CnnClassifier::load(dir)?))
+        } else {
+            Judge::Vlm(Box::new(SuccessClassifier::load(dir)?))
+        })
+    }
+
+    fn arch(&self) -> &'static str {
+        match self {
+            Judge::Vlm(_) => "vlm",
+            Judge::Cnn(_) => "cnn",
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self {
+            Judge::Vlm(c) => c.dir.clone(),
+            Judge::Cnn(c) => c.dir.clone(),
+        }
+    }
+
+    fn image_size(&self) -> usize {
+        match self {
+            Judge::Vlm(c) => c.config().image_size,
+            Judge::Cnn(c) => c.model.spec.image_size,
+        }
+    }
+
+    fn calibration(&self) -> JudgeCalibration {
+        match self {
+            Judge::Vlm(c) => JudgeCalibration {
+                temperature: c.config().temperature,
+                threshold: c.config().threshold,
+                calibrated: c.config().calibrated,
+            },
+            Judge::Cnn(c) => JudgeCalibration {
+                temperature: c.calibration.temperature,
+                threshold: c.calibration.threshold,
+                calibrated: c.calibration.calibrated,
+            },
+        }
+    }
+
+    fn margins(
+        &self,
+        data: &SuccessDataset,
+        idx: &[usize],
+        batch: usize,
+    ) -> anyhow::Result<Vec<f64>> {
+        Ok(match self {
+            Judge::Vlm(c) => classifier_margins(c, data, idx, batch)?,
+            Judge::Cnn(c) => c.margins(data, idx, batch)?,
+        })
+    }
+
+    fn classify(
+        &self,
+        frames: &[&ImageRgb8],
+        instruction: &str,
+    ) -> anyhow::Result<rudder_reward::Verdict> {
+        Ok(match self {
+            Judge::Vlm(c) => c.classify(frames, instruction)?,
+            Judge::Cnn(c) => {
+                let m = c.margins_queries(&[rudder_reward::classifier::Query {
+                    frames,
+                    instruction,
+                }])?;
+                c.verdict(m.first().copied().unwrap_or(0.0))
+            }
+        })
+    }
+}
 
 #[derive(Debug, Args)]
 #[command(
@@ -664,6 +814,8 @@ pub struct EvalRewardArgs {
 #[derive(Serialize)]
 struct EvalRewardReport {
     model: PathBuf,
+    /// "vlm" or "cnn".
+    arch: &'static str,
     data: PathBuf,
     temperature: f64,
     threshold: f64,
@@ -687,9 +839,9 @@ fn parse_split(s: &str) -> anyhow::Result<Split> {
 
 pub fn eval(a: EvalRewardArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let clf = SuccessClassifier::load(&a.model)?;
+    let clf = Judge::load(&a.model)?;
     let data = SuccessDataset::load(&a.data)?;
-    let cfg = clf.config().clone();
+    let cfg = clf.calibration();
     let mut splits = BTreeMap::new();
     let mut raw_acc = BTreeMap::new();
     let mut all_raw = (Vec::new(), Vec::new(), Vec::new());
@@ -706,7 +858,7 @@ pub fn eval(a: EvalRewardArgs) -> anyhow::Result<ExitCode> {
             idx.len(),
             split_name(split)
         ));
-        let m = classifier_margins(&clf, &data, &idx, a.batch)?;
+        let m = clf.margins(&data, &idx, a.batch)?;
         pb.finish_and_clear();
         let p_raw: Vec<f64> = m.iter().map(|&z| sigmoid(z)).collect();
         let p_cal: Vec<f64> = m.iter().map(|&z| sigmoid(z / cfg.temperature)).collect();
@@ -741,7 +893,8 @@ pub fn eval(a: EvalRewardArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let r = EvalRewardReport {
-        model: clf.dir.clone(),
+        model: clf.dir(),
+        arch: clf.arch(),
         data: a.data.clone(),
         temperature: cfg.temperature,
         threshold: cfg.threshold,
@@ -802,6 +955,7 @@ pub struct BenchRewardArgs {
 #[derive(Serialize)]
 struct BenchRewardReport {
     model: PathBuf,
+    arch: &'static str,
     threads: usize,
     iters: usize,
     image_size: usize,
@@ -812,7 +966,7 @@ struct BenchRewardReport {
 }
 
 pub fn bench(a: BenchRewardArgs) -> anyhow::Result<ExitCode> {
-    let clf = SuccessClassifier::load(&a.model)?;
+    let clf = Judge::load(&a.model)?;
     let frames: Vec<([ImageRgb8; 2], String)> = match &a.data {
         Some(d) => {
             let data = SuccessDataset::load(d)?;
@@ -847,7 +1001,7 @@ pub fn bench(a: BenchRewardArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let tasks = load_suite(Suite::Goal).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let s = clf.config().image_size as u32;
+            let s = clf.image_size() as u32;
             let cams = CameraConfig {
                 width: s,
                 height: s,
@@ -881,10 +1035,11 @@ pub fn bench(a: BenchRewardArgs) -> anyhow::Result<ExitCode> {
     sorted.sort_by(f64::total_cmp);
     let pct = |q: f64| rudder_robot::stats::percentile(&sorted, q);
     let r = BenchRewardReport {
-        model: clf.dir.clone(),
+        model: clf.dir(),
+        arch: clf.arch(),
         threads: rudder_tune::bench::threads(),
         iters: times.len(),
-        image_size: clf.config().image_size,
+        image_size: clf.image_size(),
         p50_ms: pct(0.5),
         p90_ms: pct(0.9),
         p99_ms: pct(0.99),
