@@ -9,6 +9,11 @@
 //! Light augmentation (a random shift of up to `shift` pixels and a brightness jitter per frame,
 //! drawn from the run's generator) keeps the tower from memorising the few init states.
 //!
+//! [`ClassifierTrainer::new_lora`] fine-tunes a trained classifier instead: PEFT-style LoRA
+//! adapters on its language model's linears train, everything else stays; checkpoints hold the
+//! adapter in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`) beside the
+//! merged weights, so [`SuccessClassifier::load`] and [`calibrate`] read them unchanged.
+//!
 //! After the last step, [`calibrate`] fits the temperature on the validation split and the
 //! threshold that reaches the precision asked for, and rewrites `reward.json`.
 
@@ -18,7 +23,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use rudder_tune::candle_nn::{VarBuilder, VarMap};
 use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic};
 use rudder_tune::config::JsonConfig;
+use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::models::paligemma;
+use rudder_tune::peft::{self, LoraConfig};
 use rudder_tune::text::tokenizer::train_bpe_with;
 use rudder_tune::train::adamw::AdamWConfig;
 use rudder_tune::train::cross_entropy::weighted_cross_entropy;
@@ -176,14 +183,31 @@ pub struct TrainData<'a> {
     pub rows: Vec<usize>,
 }
 
+/// LoRA fine-tuning of a trained classifier ([`ClassifierTrainer::new_lora`]): its weights
+/// stay fixed, PEFT-style adapters on the language model's linears train.
+pub struct LoraRun {
+    /// The base checkpoint folder (`latest` resolved).
+    pub base: PathBuf,
+    /// The adapters' settings (`base_model_name_or_path` is the base folder).
+    pub config: LoraConfig,
+    /// The base model with the adapters attached (their A / B are the optimiser's variables).
+    model: AnyModel,
+}
+
+/// The adapter's name on the model's linears.
+const ADAPTER: &str = "default";
+
 /// The classifier being trained: everything of the run but the optimiser, the order and the
 /// generator, which the trainer holds.
 pub struct Classifier {
     pub cfg: TrainConfig,
     pub model_cfg: paligemma::Config,
+    /// The weights of a from-scratch run (empty for LoRA).
     pub varmap: VarMap,
     pub encoder: Encoder,
     pub last_loss: Option<f64>,
+    /// Set for a LoRA fine-tune.
+    pub lora: Option<LoraRun>,
     device: Device,
 }
 
@@ -229,7 +253,15 @@ fn augment(px: &mut [f32], s: usize, dy: isize, dx: isize, bright: f32) {
 }
 
 impl Classifier {
+    /// The model over the current variables (for LoRA, the base with the adapters; a clone
+    /// shares every tensor, the adapters' variables included).
     pub fn model(&self) -> Result<paligemma::Model, RewardError> {
+        if let Some(l) = &self.lora {
+            return match &l.model {
+                AnyModel::PaliGemma(m) => Ok((**m).clone()),
+                _ => Err(RewardError::input("lora", "the base is not a PaliGemma")),
+            };
+        }
         Ok(paligemma::Model::new(
             &self.model_cfg,
             VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
@@ -280,37 +312,64 @@ impl Classifier {
                 .map_err(|e| RewardError::input(name, e.to_string()))?;
             Ok(write_atomic(&dir.join(name), &bytes)?)
         };
-        write_json(
-            "config.json",
-            &self
-                .cfg
-                .model
-                .config_json(self.encoder.tokenizer.vocab_size()),
-        )?;
+        match &self.lora {
+            // The base's own config.json: the architecture is the base's.
+            Some(l) => {
+                let p = l.base.join("config.json");
+                let bytes = std::fs::read(&p).map_err(|e| RewardError::File {
+                    path: p.clone(),
+                    problem: e.to_string(),
+                })?;
+                write_atomic(&dir.join("config.json"), &bytes)?;
+            }
+            None => write_json(
+                "config.json",
+                &self
+                    .cfg
+                    .model
+                    .config_json(self.encoder.tokenizer.vocab_size()),
+            )?,
+        }
         self.encoder.tokenizer.save(&dir.join("tokenizer.json"))?;
         write_json(
             "reward.json",
             &serde_json::to_value(&self.encoder.cfg)
                 .map_err(|e| RewardError::input("reward.json", e.to_string()))?,
         )?;
-        let w: std::collections::HashMap<String, Tensor> = snap
-            .params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
-            .collect();
+        let w: std::collections::HashMap<String, Tensor> = match &self.lora {
+            None => snap
+                .params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+                .collect(),
+            // The adapter in PEFT's format, and the merged weights for everything that loads
+            // plain checkpoints (SuccessClassifier::load, calibrate, eval, bench).
+            Some(l) => {
+                peft::save_adapter(&mut l.model.clone(), &l.config, ADAPTER, dir)?;
+                let mut merged = l.model.clone();
+                peft::merge(&mut merged)?;
+                merged
+                    .named_tensors()?
+                    .into_iter()
+                    .map(|(n, t)| (n, t.detach()))
+                    .collect()
+            }
+        };
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))?;
-        write_json(
-            "training.json",
-            &json!({
-                "data": data.dir,
-                "train_samples": data.indices(Split::Train).len(),
-                "config": self.cfg,
-                "step": snap.step,
-                "loss": self.last_loss,
-            }),
-        )
+        let mut info = json!({
+            "data": data.dir,
+            "train_samples": data.indices(Split::Train).len(),
+            "config": self.cfg,
+            "step": snap.step,
+            "loss": self.last_loss,
+        });
+        if let Some(l) = &self.lora {
+            info["lora_base"] = json!(l.base);
+            info["lora"] = l.config.to_json();
+        }
+        write_json("training.json", &info)
     }
 }
 
@@ -359,7 +418,13 @@ impl Family for Classifier {
     }
 
     fn weights_file(&self) -> &str {
-        "model.safetensors"
+        // LoRA: the adapter holds the trainable weights under their names (what a resume
+        // reloads); the merged model.safetensors is for inference.
+        if self.lora.is_some() {
+            "adapter_model.safetensors"
+        } else {
+            "model.safetensors"
+        }
     }
 
     fn state(&self) -> Result<Map<String, Value>, RewardError> {
@@ -373,6 +438,10 @@ impl Family for Classifier {
             "last_loss".into(),
             serde_json::to_value(self.last_loss).map_err(bad)?,
         );
+        if let Some(l) = &self.lora {
+            m.insert("lora_base".into(), json!(l.base));
+            m.insert("lora".into(), l.config.to_json());
+        }
         Ok(m)
     }
 
@@ -394,6 +463,33 @@ impl Family for Classifier {
             return Err(RewardError::File {
                 path: path.to_path_buf(),
                 problem: format!("the checkpoint's architecture {:?} differs from this run's {:?} (use the same flags, or a new --out)", cfg.model, self.cfg.model),
+            });
+        }
+        // A LoRA run resumes only a LoRA run on the same base with the same adapters.
+        let mine = self
+            .lora
+            .as_ref()
+            .map(|l| (json!(l.base), l.config.to_json()));
+        let theirs = match (state.get("lora_base"), state.get("lora")) {
+            (Some(b), Some(c)) => Some((b.clone(), c.clone())),
+            _ => None,
+        };
+        if mine != theirs {
+            let say = |x: &Option<(Value, Value)>| match x {
+                None => "full training (no LoRA)".to_string(),
+                Some((b, c)) => format!(
+                    "LoRA on {b} (r {}, lora_alpha {}, target_modules {})",
+                    c["r"], c["lora_alpha"], c["target_modules"]
+                ),
+            };
+            return Err(RewardError::File {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "the checkpoint is {}, this run is {} (use the same --init and LoRA flags, \
+                     or a new --out)",
+                    say(&theirs),
+                    say(&mine)
+                ),
             });
         }
         self.last_loss = state.get("last_loss").and_then(Value::as_f64);
@@ -506,6 +602,134 @@ impl ClassifierTrainer {
             varmap,
             encoder,
             last_loss: None,
+            lora: None,
+            device,
+        };
+        let n = rows.len();
+        Ok(Self {
+            trainer: Trainer::new(family, params, tc, n, rng)?,
+            rows,
+        })
+    }
+
+    /// LoRA fine-tuning of the trained classifier `base` (a checkpoint folder or a run folder,
+    /// through its `latest`). `cfg.model` is replaced by the base's architecture (its
+    /// `training.json`); the base's config, tokenizer, question and "yes" / "no" ids are kept,
+    /// its calibration is reset (the margins change: calibrate again). Adapters on the language
+    /// model's linears named by `lora` are the only trainable weights; their A are drawn from
+    /// the run's generator `Rng::new(cfg.seed)` before it shuffles the data, their B are zero
+    /// (the first step starts from the base's outputs). A base that is not a reward checkpoint
+    /// is refused, naming the file at fault; so is a question longer than the base's
+    /// `max_prompt_tokens`.
+    pub fn new_lora(
+        mut cfg: TrainConfig,
+        data: &SuccessDataset,
+        base: &Path,
+        lora: LoraConfig,
+    ) -> Result<Self, RewardError> {
+        if cfg.batch_size == 0 {
+            return Err(RewardError::input("batch_size", "must be > 0"));
+        }
+        let rows = data.indices(Split::Train);
+        if rows.is_empty() {
+            return Err(RewardError::File {
+                path: data.dir.join("samples.jsonl"),
+                problem: "no sample of the `train` split".into(),
+            });
+        }
+        let not_reward = |path: PathBuf, why: String| RewardError::File {
+            path,
+            problem: format!(
+                "{why}: LoRA needs a success classifier checkpoint written by `rudder train reward`"
+            ),
+        };
+        let base = rudder_tune::train::checkpoint::resolve(base)
+            .map_err(|e| not_reward(base.to_path_buf(), format!("not a checkpoint ({e})")))?;
+        let ip = base.join("training.json");
+        let text =
+            std::fs::read_to_string(&ip).map_err(|e| not_reward(ip.clone(), e.to_string()))?;
+        let info: Value = serde_json::from_str(&text)
+            .map_err(|e| not_reward(ip.clone(), format!("not JSON: {e}")))?;
+        if let Some(arch) = info.get("arch").and_then(Value::as_str) {
+            if arch != "vlm" {
+                return Err(not_reward(
+                    ip,
+                    format!("a `{arch}` checkpoint (LoRA adapts the VLM classifier)"),
+                ));
+            }
+        }
+        let spec: ClassifierSpec = info
+            .get("config")
+            .and_then(|c| c.get("model"))
+            .cloned()
+            .ok_or_else(|| not_reward(ip.clone(), "no `config.model`".into()))
+            .and_then(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| not_reward(ip.clone(), format!("`config.model`: {e}")))
+            })?;
+        cfg.model = spec;
+        for name in ["config.json", "tokenizer.json", "reward.json"] {
+            if !base.join(name).is_file() {
+                return Err(not_reward(base.join(name), "missing".into()));
+            }
+        }
+        let rp = base.join("reward.json");
+        let text =
+            std::fs::read_to_string(&rp).map_err(|e| not_reward(rp.clone(), e.to_string()))?;
+        let mut reward: RewardConfig = serde_json::from_str(&text)
+            .map_err(|e| not_reward(rp.clone(), format!("not a reward.json: {e}")))?;
+        let device = Device::Cpu;
+        let mut model = load_model(&base, &device)?.model;
+        let pg = match &model {
+            AnyModel::PaliGemma(m) => (**m).clone(),
+            _ => {
+                return Err(not_reward(
+                    base.join("config.json"),
+                    "not a PaliGemmaForConditionalGeneration".into(),
+                ))
+            }
+        };
+        let model_cfg = pg.cfg.clone();
+        // The base's margins no longer hold after fine-tuning.
+        reward.temperature = 1.0;
+        reward.threshold = 0.5;
+        reward.calibrated = false;
+        // Checks reward.json against the model and the tokenizer as loading does.
+        let tokenizer = rudder_tune::text::tokenizer::PromptTokenizer::load(&base, 0)?;
+        let clf = SuccessClassifier::from_parts(base.clone(), pg, tokenizer, reward, &rp)?;
+        let encoder = clf.encoder;
+        // Every question must fit the base's limit before a step is spent (words outside the
+        // base's vocabulary are fine: the BPE splits them).
+        for s in &data.samples {
+            encoder.prompt_ids(&s.instruction)?;
+        }
+        let mut rng = Rng::new(cfg.seed);
+        let mut lora = lora;
+        lora.base_model_name_or_path = Some(base.display().to_string());
+        let params = peft::attach_new(&mut model, &lora, ADAPTER, &mut rng, None)?;
+        let tc = TrainerConfig {
+            optim: AdamWConfig {
+                lr: cfg.lr,
+                weight_decay: cfg.weight_decay,
+                ..Default::default()
+            },
+            warmup_steps: cfg.warmup_steps,
+            total_steps: cfg.steps,
+            max_grad_norm: cfg.max_grad_norm,
+            grad_accum: 1,
+            batch_size: cfg.batch_size,
+        };
+        let family = Classifier {
+            cfg,
+            model_cfg,
+            varmap: VarMap::new(),
+            encoder,
+            last_loss: None,
+            lora: Some(LoraRun {
+                base,
+                config: lora,
+                model,
+            }),
             device,
         };
         let n = rows.len();
