@@ -82,6 +82,9 @@ pub enum RewardCommand {
     /// Write labelled frames (scripted experts, perturbed experts as hard negatives, a VLA's
     /// rollouts), balanced to 50 % positives, for `rudder train reward`.
     Data(reward::DataArgs),
+    /// Refit a trained classifier's temperature and threshold on a data set's validation split
+    /// (rewrites its reward.json or calibration.json).
+    Calibrate(reward::CalibrateArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -111,5 +114,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(e) => eval::run(e),
         Command::Steer(s) => steer::run(s),
         Command::Reward(RewardCommand::Data(d)) => reward::data(d),
+        Command::Reward(RewardCommand::Calibrate(c)) => reward::recalibrate(c),
     }
 }

@@ -536,6 +536,21 @@ pub struct TrainArgs {
     /// bag of instruction words) trained on the same frames.
     #[arg(long, value_enum, default_value = "vlm")]
     pub arch: Arch,
+    /// Fine-tune this trained classifier (checkpoint or run folder) instead of starting from a
+    /// seed; needs --lora. Its architecture, tokenizer and question are kept.
+    #[arg(long, value_name = "CKPT", requires = "lora")]
+    pub init: Option<PathBuf>,
+    /// LoRA adapters on the language model (PEFT's adapter_config.json +
+    /// adapter_model.safetensors, and merged weights), the base frozen.
+    #[arg(long, requires = "init")]
+    pub lora: bool,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Linear layers that get adapters (name suffixes, comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub lora_targets: Vec<String>,
     /// Save a checkpoint every N steps (0 = only at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: u64,
@@ -580,7 +595,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (dir, cal) = match a.arch {
         Arch::Vlm => {
-            let mut t = ClassifierTrainer::new(cfg, &data)?;
+            let mut t = match &a.init {
+                Some(base) => {
+                    if a.lora_r == 0 || a.lora_r > 1024 {
+                        bail!("--lora-r {} must be in 1..=1024", a.lora_r);
+                    }
+                    if !(a.lora_alpha.is_finite() && a.lora_alpha > 0.0) {
+                        bail!("--lora-alpha {} must be a positive number", a.lora_alpha);
+                    }
+                    let targets: Vec<&str> = a.lora_targets.iter().map(String::as_str).collect();
+                    let lc = rudder_tune::peft::LoraConfig::new(a.lora_r, a.lora_alpha, &targets);
+                    ClassifierTrainer::new_lora(cfg, &data, base, lc)
+                        .with_context(|| format!("LoRA on {}", base.display()))?
+                }
+                None => ClassifierTrainer::new(cfg, &data)?,
+            };
             let input = t.input(&data);
             let what = "the VLM success classifier";
             drive(&mut t.trainer, &input, &data, &a, what, |tmp| {
@@ -588,6 +617,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             })?
         }
         Arch::Cnn => {
+            if a.init.is_some() {
+                bail!("--init / --lora fine-tune the VLM classifier; the CNN baseline trains from a seed");
+            }
             let cnn = TrainConfigCnn {
                 steps: a.steps,
                 batch_size: a.batch,
@@ -693,6 +725,46 @@ where
         );
     };
     Ok((dir, cal))
+}
+
+// ---------------------------------------------------------------------------------------------
+// rudder reward calibrate
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  rudder reward calibrate --model runs/reward --data data/reward --min-precision 0.97")]
+pub struct CalibrateArgs {
+    /// Reward checkpoint folder or training run folder (its `latest`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set whose `val` split is calibrated on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Precision the threshold must reach on the validation split.
+    #[arg(long, default_value_t = 0.98)]
+    pub min_precision: f64,
+}
+
+pub fn recalibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    if !(a.min_precision > 0.0 && a.min_precision <= 1.0) {
+        bail!("--min-precision {} must be in (0, 1]", a.min_precision);
+    }
+    let data = SuccessDataset::load(&a.data)?;
+    let (dir, cal) = if is_cnn_checkpoint(&a.model) {
+        let (c, cal) = calibrate_cnn(&a.model, &data, a.min_precision)?;
+        (c.dir, cal)
+    } else {
+        let (c, cal) = calibrate(&a.model, &data, a.min_precision, 64)?;
+        (c.dir, cal)
+    };
+    println!(
+        "{}: calibrated on {} validation frames: temperature {:.3}, threshold {:.2} (precision >= {})",
+        dir.display(),
+        cal.samples,
+        cal.temperature,
+        cal.threshold,
+        a.min_precision
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 // ---------------------------------------------------------------------------------------------
