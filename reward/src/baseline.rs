@@ -19,7 +19,7 @@
 //! `head.fc1.{weight,bias}`, `head.fc2.{weight,bias}`. The weights start from tune's seeded
 //! from-scratch initialisation (LeCun normal, zero biases), so a seed gives one model.
 //!
-//! # Training ([`CnnFamily`] on tune's [`Trainer`])
+//! # Training ([`CnnFamily`] on tune's [`Trainer`](rudder_tune::train::Trainer))
 //!
 //! Binary cross-entropy with logits, mean over the batch; the frames of each training row are
 //! shifted and brightness-jittered exactly as the VLM's are (`train.rs`: per camera, dy, dx,
@@ -34,26 +34,25 @@
 //! [`CnnClassifier::load`] requires `cnn.json`, `model.safetensors`, `tokenizer.json` and
 //! `calibration.json` and names the one that is missing.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rudder_tune::candle_nn::{
     self, Conv2d, Conv2dConfig, Embedding, Linear, Module, VarBuilder, VarMap,
 };
-use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic};
 use rudder_tune::text::tokenizer::{train_bpe_with, PromptTokenizer};
-use rudder_tune::train::adamw::AdamWConfig;
-use rudder_tune::train::{
-    Family, Gradients, MicroBatch, Rng, Snapshot, StepStats, Trainer, TrainerConfig,
-};
+use rudder_tune::train::{Family, MicroBatch, Rng, Snapshot, StepStats};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use crate::calibration::{fit_temperature, pick_threshold, sigmoid};
-use crate::classifier::{Query, Verdict, CAMERAS};
-use crate::dataset::{Split, SuccessDataset};
-use crate::train::{Calibration, TrainData};
+use crate::calibration::check_temperature_threshold;
+use crate::classifier::{require_file, Query, Verdict, CAMERAS};
+use crate::dataset::SuccessDataset;
+use crate::train::{
+    calibrate_on_val, config_state, distinct_instructions, graph_batch, in_batches, init_params,
+    restore_config, save_model_weights, snapshot_weights, train_rows, trainer_settings,
+    training_info, write_json_file, Calibration, RewardTrainer, TrainData,
+};
 use crate::RewardError;
 
 /// `calibration.json`'s format.
@@ -278,32 +277,16 @@ impl CnnCalibration {
                 ),
             ));
         }
-        if !(self.temperature.is_finite() && (0.01..=100.0).contains(&self.temperature)) {
-            return Err(err(
-                "temperature",
-                format!("{} must be in 0.01..=100", self.temperature),
-            ));
-        }
-        if !(self.threshold.is_finite() && (0.0..1.0).contains(&self.threshold)) {
-            return Err(err(
-                "threshold",
-                format!("{} must be in [0, 1)", self.threshold),
-            ));
-        }
-        Ok(())
+        check_temperature_threshold(path, self.temperature, self.threshold)
     }
 
     /// The verdict for a margin under this calibration.
     pub fn verdict(&self, margin: f64) -> Verdict {
-        let p_success = sigmoid(margin / self.temperature);
-        Verdict {
-            margin,
-            p_raw: sigmoid(margin),
-            p_success,
-            success: p_success > self.threshold,
-        }
+        Verdict::of(margin, self.temperature, self.threshold)
     }
 }
+
+trainer_settings!(TrainConfigCnn);
 
 /// A CNN run's settings (saved in `trainer_state.json` and `training.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -380,10 +363,6 @@ fn stack(
     Ok((Tensor::from_vec(px, (b, CAMERAS.len(), 3, s, s), dev)?, ids))
 }
 
-fn to_json(name: &str, v: &impl Serialize) -> Result<Vec<u8>, RewardError> {
-    serde_json::to_vec_pretty(v).map_err(|e| RewardError::input(name, e.to_string()))
-}
-
 /// The CNN being trained: everything of the run but the optimiser, the order and the
 /// generator, which the trainer holds.
 pub struct CnnFamily {
@@ -430,17 +409,15 @@ fn data_margins(
     batch: usize,
 ) -> Result<Vec<f64>, RewardError> {
     let s = model.spec.image_size;
-    let mut out = Vec::with_capacity(idx.len());
-    for chunk in idx.chunks(batch.max(1)) {
+    in_batches(idx, batch, |chunk| {
         let rows = chunk
             .iter()
             .map(|&i| data_row(data, i, s, tok, None))
             .collect::<Result<Vec<_>, _>>()?;
         let (px, ids) = stack(rows, s, dev)?;
         let z: Vec<f32> = model.forward(&px, &ids)?.to_vec1()?;
-        out.extend(z.into_iter().map(f64::from));
-    }
-    Ok(out)
+        Ok(z.into_iter().map(f64::from).collect())
+    })
 }
 
 /// Mean binary cross-entropy with logits: `softplus(z) - y z`, with `softplus(z)` computed as
@@ -466,27 +443,14 @@ impl Family for CnnFamily {
     ) -> Result<MicroBatch, RewardError> {
         let model = self.model()?;
         let s = self.cfg.model.image_size;
-        let mut rows = Vec::with_capacity(idx.len());
-        let mut labels = Vec::with_capacity(idx.len());
-        for &k in idx {
-            let i = input.rows[k];
-            rows.push(data_row(
-                input.data,
-                i,
-                s,
-                &self.tokenizer,
-                Some((rng, self.cfg.shift, self.cfg.brightness)),
-            )?);
-            labels.push(input.data.samples[i].label);
-        }
+        let aug = (self.cfg.shift, self.cfg.brightness);
+        let (rows, labels) = input.batch(idx, |i| {
+            let aug = Some((&mut *rng, aug.0, aug.1));
+            data_row(input.data, i, s, &self.tokenizer, aug)
+        })?;
         let (px, ids) = stack(rows, s, &self.device)?;
         let z = model.forward(&px, &ids)?;
-        let loss = bce_with_logits(&z, &labels)?;
-        Ok(MicroBatch {
-            counted: idx.len(),
-            items: idx.len(),
-            gradients: Gradients::Graph(loss),
-        })
+        Ok(graph_batch(idx.len(), bce_with_logits(&z, &labels)?))
     }
 
     fn write_files(
@@ -495,38 +459,12 @@ impl Family for CnnFamily {
         snap: &Snapshot<'_>,
         data: &SuccessDataset,
     ) -> Result<(), RewardError> {
-        write_atomic(
-            &dir.join("cnn.json"),
-            &to_json("cnn.json", &self.cfg.model)?,
-        )?;
+        write_json_file(dir, "cnn.json", &self.cfg.model)?;
         self.tokenizer.save(&dir.join("tokenizer.json"))?;
-        write_atomic(
-            &dir.join("calibration.json"),
-            &to_json("calibration.json", &CnnCalibration::default())?,
-        )?;
-        let w: HashMap<String, Tensor> = snap
-            .params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
-            .collect();
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))?;
-        write_atomic(
-            &dir.join("training.json"),
-            &to_json(
-                "training.json",
-                &json!({
-                    "arch": "cnn",
-                    "data": data.dir,
-                    "train_samples": data.indices(Split::Train).len(),
-                    "config": self.cfg,
-                    "step": snap.step,
-                    "loss": self.last_loss,
-                }),
-            )?,
-        )?;
-        Ok(())
+        write_json_file(dir, "calibration.json", &CnnCalibration::default())?;
+        save_model_weights(&snapshot_weights(snap), dir)?;
+        let info = training_info(Some("cnn"), data, &self.cfg, snap.step, self.last_loss)?;
+        write_json_file(dir, "training.json", &info)
     }
 
     fn weights_file(&self) -> &str {
@@ -534,43 +472,18 @@ impl Family for CnnFamily {
     }
 
     fn state(&self) -> Result<Map<String, Value>, RewardError> {
-        let bad = |e: serde_json::Error| RewardError::input("trainer_state.json", e.to_string());
-        let mut m = Map::new();
-        m.insert(
-            "cnn_config".into(),
-            serde_json::to_value(&self.cfg).map_err(bad)?,
-        );
-        m.insert(
-            "last_loss".into(),
-            serde_json::to_value(self.last_loss).map_err(bad)?,
-        );
-        Ok(m)
+        config_state("cnn_config", &self.cfg, self.last_loss)
     }
 
     fn restore(&mut self, state: &Map<String, Value>, path: &Path) -> Result<(), RewardError> {
-        let cfg: TrainConfigCnn = state
-            .get("cnn_config")
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| RewardError::File {
-                path: path.to_path_buf(),
-                problem: format!("not a CNN reward trainer state: {e}"),
-            })?
-            .ok_or_else(|| RewardError::File {
-                path: path.to_path_buf(),
-                problem: "no `cnn_config` (not a CNN reward trainer state)".into(),
-            })?;
-        if cfg.model != self.cfg.model {
-            return Err(RewardError::File {
-                path: path.to_path_buf(),
-                problem: format!(
-                    "the checkpoint's architecture {:?} differs from this run's {:?} (use the \
-                     same flags, or a new --out)",
-                    cfg.model, self.cfg.model
-                ),
-            });
-        }
+        restore_config(
+            state,
+            path,
+            "cnn_config",
+            "CNN reward trainer state",
+            |c: &TrainConfigCnn| &c.model,
+            &self.cfg.model,
+        )?;
         self.last_loss = state.get("last_loss").and_then(Value::as_f64);
         Ok(())
     }
@@ -581,33 +494,18 @@ impl Family for CnnFamily {
 }
 
 /// A CNN run: the [`CnnFamily`] on tune's trainer.
-pub struct CnnTrainer {
-    pub trainer: Trainer<CnnFamily>,
-    pub rows: Vec<usize>,
-}
+pub type CnnTrainer = RewardTrainer<CnnFamily>;
 
-impl CnnTrainer {
+impl RewardTrainer<CnnFamily> {
     /// A freshly initialised CNN for `data` (its `train` split).
     pub fn new(cfg: TrainConfigCnn, data: &SuccessDataset) -> Result<Self, RewardError> {
         cfg.model.check(Path::new("<cnn spec>"))?;
-        if cfg.batch_size == 0 {
-            return Err(RewardError::input("batch_size", "must be > 0"));
-        }
-        let rows = data.indices(Split::Train);
-        if rows.is_empty() {
-            return Err(RewardError::File {
-                path: data.dir.join("samples.jsonl"),
-                problem: "no sample of the `train` split".into(),
-            });
-        }
-        let mut instructions: Vec<&str> = data
-            .samples
-            .iter()
-            .map(|s| s.instruction.as_str())
-            .collect();
-        instructions.sort();
-        instructions.dedup();
-        let tokenizer = train_bpe_with(instructions, std::iter::empty(), cfg.model.max_vocab)?;
+        let rows = train_rows(data, cfg.batch_size)?;
+        let tokenizer = train_bpe_with(
+            distinct_instructions(data),
+            std::iter::empty(),
+            cfg.model.max_vocab,
+        )?;
         // Every instruction must encode before a step is spent.
         for s in &data.samples {
             instruction_ids(&tokenizer, &s.instruction)?;
@@ -619,27 +517,8 @@ impl CnnTrainer {
             tokenizer.vocab_size(),
             VarBuilder::from_varmap(&varmap, DType::F32, &device),
         )?;
-        let mut params: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| RewardError::input("varmap", "poisoned lock"))?
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        rudder_tune::train::init_from_scratch(&params, cfg.seed)?;
-        let tc = TrainerConfig {
-            optim: AdamWConfig {
-                lr: cfg.lr,
-                weight_decay: cfg.weight_decay,
-                ..Default::default()
-            },
-            warmup_steps: cfg.warmup_steps,
-            total_steps: cfg.steps,
-            max_grad_norm: cfg.max_grad_norm,
-            grad_accum: 1,
-            batch_size: cfg.batch_size,
-        };
+        let params = init_params(&varmap, cfg.seed)?;
+        let tc = cfg.trainer_config();
         let rng = Rng::new(cfg.seed);
         let family = CnnFamily {
             cfg,
@@ -648,18 +527,7 @@ impl CnnTrainer {
             last_loss: None,
             device,
         };
-        let n = rows.len();
-        Ok(Self {
-            trainer: Trainer::new(family, params, tc, n, rng)?,
-            rows,
-        })
-    }
-
-    pub fn input<'a>(&self, data: &'a SuccessDataset) -> TrainData<'a> {
-        TrainData {
-            data,
-            rows: self.rows.clone(),
-        }
+        Self::start(family, params, tc, rows, rng)
     }
 }
 
@@ -694,18 +562,14 @@ pub fn is_cnn_checkpoint(dir: &Path) -> bool {
 }
 
 fn require(dir: &Path, name: &str) -> Result<PathBuf, RewardError> {
-    let p = dir.join(name);
-    if !p.is_file() {
-        return Err(RewardError::File {
-            path: p,
-            problem: format!(
-                "missing: a CNN reward checkpoint holds {} (`rudder train reward --arch cnn` \
-                 writes them); {name} is not there",
-                CNN_FILES.join(", ")
-            ),
-        });
-    }
-    Ok(p)
+    require_file(dir, name, |path| RewardError::File {
+        path,
+        problem: format!(
+            "missing: a CNN reward checkpoint holds {} (`rudder train reward --arch cnn` \
+             writes them); {name} is not there",
+            CNN_FILES.join(", ")
+        ),
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, RewardError> {
@@ -793,27 +657,7 @@ impl CnnClassifier {
         let s = self.model.spec.image_size;
         let mut rows = Vec::with_capacity(queries.len());
         for q in queries {
-            if q.frames.len() != CAMERAS.len() {
-                return Err(RewardError::input(
-                    "frames",
-                    format!(
-                        "{} frames; the classifier reads {} ({})",
-                        q.frames.len(),
-                        CAMERAS.len(),
-                        CAMERAS.join(", ")
-                    ),
-                ));
-            }
-            let mut px = Vec::with_capacity(CAMERAS.len() * 3 * s * s);
-            for (name, img) in CAMERAS.iter().zip(q.frames) {
-                px.extend(rudder_tune::image::to_pixels(
-                    name,
-                    &img.data,
-                    img.height as usize,
-                    img.width as usize,
-                    s,
-                )?);
-            }
+            let px = q.pixels(&CAMERAS, s)?;
             rows.push((px, instruction_ids(&self.tokenizer, q.instruction)?));
         }
         let (px, ids) = stack(rows, s, &self.device)?;
@@ -842,30 +686,8 @@ pub fn calibrate_cnn(
     min_precision: f64,
 ) -> Result<(CnnClassifier, Calibration), RewardError> {
     let mut clf = CnnClassifier::load(dir)?;
-    let idx = data.indices(Split::Val);
-    if idx.is_empty() {
-        return Err(RewardError::File {
-            path: data.dir.join("samples.jsonl"),
-            problem: "no sample of the `val` split to calibrate on".into(),
-        });
-    }
-    let m = clf.margins(data, &idx, 64)?;
-    let labels: Vec<bool> = idx.iter().map(|&i| data.samples[i].label).collect();
-    let t = fit_temperature(&m, &labels);
-    let p: Vec<f64> = m.iter().map(|z| sigmoid(z / t)).collect();
-    let thr = pick_threshold(&p, &labels, min_precision);
-    clf.set_calibration(t, thr);
-    write_atomic(
-        &clf.dir.join("calibration.json"),
-        &to_json("calibration.json", &clf.calibration)?,
-    )?;
-    Ok((
-        clf,
-        Calibration {
-            samples: idx.len(),
-            temperature: t,
-            threshold: thr,
-            min_precision,
-        },
-    ))
+    let cal = calibrate_on_val(data, min_precision, |idx| clf.margins(data, idx, 64))?;
+    clf.set_calibration(cal.temperature, cal.threshold);
+    write_json_file(&clf.dir, "calibration.json", &clf.calibration)?;
+    Ok((clf, cal))
 }

@@ -13,6 +13,7 @@ use rudder_tune::checkpoint::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::DatasetError;
+use crate::RewardError;
 
 /// The range [`fit_temperature`] searches.
 pub const T_MIN: f64 = 0.05;
@@ -166,6 +167,37 @@ pub fn ece(probs: &[f64], labels: &[bool], bins: usize) -> f64 {
         .filter(|b| b.count > 0)
         .map(|b| b.count as f64 / n as f64 * (b.frac_pos - b.mean_p).abs())
         .sum()
+}
+
+/// The temperature fitted on `margins` and the threshold of the calibrated probabilities that
+/// reaches `min_precision` ([`fit_temperature`], then [`pick_threshold`]).
+pub(crate) fn fit_calibration(margins: &[f64], labels: &[bool], min_precision: f64) -> (f64, f64) {
+    let t = fit_temperature(margins, labels);
+    let p: Vec<f64> = margins.iter().map(|z| sigmoid(z / t)).collect();
+    (t, pick_threshold(&p, labels, min_precision))
+}
+
+/// Checks a stored temperature (0.01..=100) and threshold ([0, 1)); `path` names the file.
+pub(crate) fn check_temperature_threshold(
+    path: &Path,
+    temperature: f64,
+    threshold: f64,
+) -> Result<(), RewardError> {
+    if !(temperature.is_finite() && (0.01..=100.0).contains(&temperature)) {
+        return Err(RewardError::field(
+            path,
+            "temperature",
+            format!("{temperature} must be in 0.01..=100"),
+        ));
+    }
+    if !(threshold.is_finite() && (0.0..1.0).contains(&threshold)) {
+        return Err(RewardError::field(
+            path,
+            "threshold",
+            format!("{threshold} must be in [0, 1)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The decision threshold on calibrated probabilities (say "done" when p >= t): the lowest t in

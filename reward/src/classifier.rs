@@ -25,7 +25,7 @@ use rudder_tune::text::prompt;
 use rudder_tune::text::tokenizer::PromptTokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::calibration::sigmoid;
+use crate::calibration::{check_temperature_threshold, sigmoid};
 use crate::RewardError;
 
 /// The question, with `{instruction}` replaced by the task's instruction.
@@ -111,19 +111,7 @@ impl RewardConfig {
         if self.yes_id == self.no_id {
             return Err(err("no_id", "must differ from yes_id".into()));
         }
-        if !(self.temperature.is_finite() && (0.01..=100.0).contains(&self.temperature)) {
-            return Err(err(
-                "temperature",
-                format!("{} must be in 0.01..=100", self.temperature),
-            ));
-        }
-        if !(self.threshold.is_finite() && (0.0..1.0).contains(&self.threshold)) {
-            return Err(err(
-                "threshold",
-                format!("{} must be in [0, 1)", self.threshold),
-            ));
-        }
-        Ok(())
+        check_temperature_threshold(path, self.temperature, self.threshold)
     }
 
     /// The question about `instruction`.
@@ -152,11 +140,67 @@ pub struct Verdict {
     pub success: bool,
 }
 
+impl Verdict {
+    /// The verdict for `margin` under the temperature and threshold of a calibration.
+    pub(crate) fn of(margin: f64, temperature: f64, threshold: f64) -> Self {
+        let p_success = sigmoid(margin / temperature);
+        Verdict {
+            margin,
+            p_raw: sigmoid(margin),
+            p_success,
+            success: p_success > threshold,
+        }
+    }
+}
+
+/// Channel-first pixels of one frame of `camera`, checked and resized to `size`.
+pub(crate) fn image_pixels(
+    camera: &str,
+    img: &ImageRgb8,
+    size: usize,
+) -> Result<Vec<f32>, RewardError> {
+    Ok(rudder_tune::image::to_pixels(
+        camera,
+        &img.data,
+        img.height as usize,
+        img.width as usize,
+        size,
+    )?)
+}
+
 /// What one classification reads: each camera's frame and the instruction.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
     pub frames: &'a [&'a ImageRgb8],
     pub instruction: &'a str,
+}
+
+impl Query<'_> {
+    /// The pixels of the frames, one per camera of `cams` in order, each resized to `size`
+    /// and concatenated; a query with another number of frames is refused.
+    pub(crate) fn pixels<S: AsRef<str>>(
+        &self,
+        cams: &[S],
+        size: usize,
+    ) -> Result<Vec<f32>, RewardError> {
+        if self.frames.len() != cams.len() {
+            let names: Vec<&str> = cams.iter().map(AsRef::as_ref).collect();
+            return Err(RewardError::input(
+                "frames",
+                format!(
+                    "{} frames given; the classifier reads {} ({})",
+                    self.frames.len(),
+                    cams.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        let mut px = Vec::with_capacity(cams.len() * 3 * size * size);
+        for (name, img) in cams.iter().zip(self.frames) {
+            px.extend(image_pixels(name.as_ref(), img, size)?);
+        }
+        Ok(px)
+    }
 }
 
 /// A batch ready for the model: ids, pixels and where to read the answer.
@@ -203,13 +247,7 @@ impl Encoder {
 
     /// Channel-first pixels of one frame, checked and resized to the tower's input.
     pub fn pixels(&self, camera: &str, img: &ImageRgb8) -> Result<Vec<f32>, RewardError> {
-        Ok(rudder_tune::image::to_pixels(
-            camera,
-            &img.data,
-            img.height as usize,
-            img.width as usize,
-            self.cfg.image_size,
-        )?)
+        image_pixels(camera, img, self.cfg.image_size)
     }
 
     /// Builds the batch of `rows` (per row: every camera's pixels, concatenated, and the
@@ -293,18 +331,28 @@ pub struct SuccessClassifier {
     device: Device,
 }
 
-fn require(dir: &Path, name: &str) -> Result<PathBuf, RewardError> {
+/// `dir/name` when it is a file, else the error `missing` makes of that path.
+pub(crate) fn require_file(
+    dir: &Path,
+    name: &str,
+    missing: impl FnOnce(PathBuf) -> RewardError,
+) -> Result<PathBuf, RewardError> {
     let p = dir.join(name);
-    if !p.is_file() {
-        return Err(RewardError::File {
-            path: p,
-            problem: format!(
-                "missing: a reward checkpoint holds config.json, model.safetensors, tokenizer.json \
-                 and reward.json (`rudder train reward` writes them); {name} is not there"
-            ),
-        });
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(missing(p))
     }
-    Ok(p)
+}
+
+fn require(dir: &Path, name: &str) -> Result<PathBuf, RewardError> {
+    require_file(dir, name, |path| RewardError::File {
+        path,
+        problem: format!(
+            "missing: a reward checkpoint holds config.json, model.safetensors, tokenizer.json \
+             and reward.json (`rudder train reward` writes them); {name} is not there"
+        ),
+    })
 }
 
 impl SuccessClassifier {
@@ -394,35 +442,15 @@ impl SuccessClassifier {
     /// The verdict for a margin under this checkpoint's calibration.
     pub fn verdict(&self, margin: f64) -> Verdict {
         let c = &self.encoder.cfg;
-        let p_success = sigmoid(margin / c.temperature);
-        Verdict {
-            margin,
-            p_raw: sigmoid(margin),
-            p_success,
-            success: p_success > c.threshold,
-        }
+        Verdict::of(margin, c.temperature, c.threshold)
     }
 
     /// Margins of a batch of queries (one forward pass).
     pub fn margins(&self, queries: &[Query<'_>]) -> Result<Vec<f64>, RewardError> {
-        let cams = &self.encoder.cfg.cameras;
+        let cfg = &self.encoder.cfg;
         let mut rows = Vec::with_capacity(queries.len());
         for q in queries {
-            if q.frames.len() != cams.len() {
-                return Err(RewardError::input(
-                    "frames",
-                    format!(
-                        "{} frames given; the classifier reads {} ({})",
-                        q.frames.len(),
-                        cams.len(),
-                        cams.join(", ")
-                    ),
-                ));
-            }
-            let mut px = Vec::new();
-            for (name, img) in cams.iter().zip(q.frames) {
-                px.extend(self.encoder.pixels(name, img)?);
-            }
+            let px = q.pixels(&cfg.cameras, cfg.image_size)?;
             rows.push((px, self.encoder.prompt_ids(q.instruction)?));
         }
         if rows.is_empty() {

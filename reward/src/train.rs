@@ -17,6 +17,8 @@
 //! After the last step, [`calibrate`] fits the temperature on the validation split and the
 //! threshold that reaches the precision asked for, and rewrites `reward.json`.
 
+use std::collections::HashMap;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -27,18 +29,18 @@ use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::models::paligemma;
 use rudder_tune::peft::{self, LoraConfig};
 use rudder_tune::text::tokenizer::train_bpe_with;
-use rudder_tune::train::adamw::AdamWConfig;
 use rudder_tune::train::cross_entropy::weighted_cross_entropy;
 use rudder_tune::train::{
     Family, Gradients, MicroBatch, Rng, Snapshot, StepStats, Trainer, TrainerConfig,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::calibration::{fit_temperature, pick_threshold, sigmoid};
+use crate::calibration::fit_calibration;
 use crate::classifier::{
-    answer_logits, margins, Encoder, RewardConfig, SuccessClassifier, CAMERAS, QUESTION,
-    REWARD_FORMAT_VERSION,
+    answer_logits, margins, require_file, Encoder, RewardConfig, SuccessClassifier, CAMERAS,
+    QUESTION, REWARD_FORMAT_VERSION,
 };
 use crate::dataset::{Split, SuccessDataset};
 use crate::RewardError;
@@ -183,6 +185,34 @@ pub struct TrainData<'a> {
     pub rows: Vec<usize>,
 }
 
+impl TrainData<'_> {
+    /// `row` of the data set row at each batch position of `idx`, in order (the generator's
+    /// draws follow it), and the rows' labels.
+    pub(crate) fn batch<T>(
+        &self,
+        idx: &[usize],
+        mut row: impl FnMut(usize) -> Result<T, RewardError>,
+    ) -> Result<(Vec<T>, Vec<bool>), RewardError> {
+        let mut rows = Vec::with_capacity(idx.len());
+        let mut labels = Vec::with_capacity(idx.len());
+        for &k in idx {
+            let i = self.rows[k];
+            rows.push(row(i)?);
+            labels.push(self.data.samples[i].label);
+        }
+        Ok((rows, labels))
+    }
+}
+
+/// A micro-batch of `n` items, each counted, whose gradients come from `loss`'s graph.
+pub(crate) fn graph_batch(n: usize, loss: Tensor) -> MicroBatch {
+    MicroBatch {
+        counted: n,
+        items: n,
+        gradients: Gradients::Graph(loss),
+    }
+}
+
 /// LoRA fine-tuning of a trained classifier ([`ClassifierTrainer::new_lora`]): its weights
 /// stay fixed, PEFT-style adapters on the language model's linears train.
 pub struct LoraRun {
@@ -238,6 +268,250 @@ pub(crate) fn frame_pixels(
     Ok(px)
 }
 
+/// The rows of `data`'s training split, once the batch size is checked (both refused when
+/// nothing could be trained).
+pub(crate) fn train_rows(
+    data: &SuccessDataset,
+    batch_size: usize,
+) -> Result<Vec<usize>, RewardError> {
+    if batch_size == 0 {
+        return Err(RewardError::input("batch_size", "must be > 0"));
+    }
+    let rows = data.indices(Split::Train);
+    if rows.is_empty() {
+        return Err(RewardError::File {
+            path: data.dir.join("samples.jsonl"),
+            problem: "no sample of the `train` split".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The data set's distinct instructions, sorted (what a run's BPE is trained on).
+pub(crate) fn distinct_instructions(data: &SuccessDataset) -> Vec<&str> {
+    let mut instructions: Vec<&str> = data
+        .samples
+        .iter()
+        .map(|s| s.instruction.as_str())
+        .collect();
+    instructions.sort();
+    instructions.dedup();
+    instructions
+}
+
+/// The variables of `varmap` by name, sorted, initialised from scratch from `seed`.
+pub(crate) fn init_params(varmap: &VarMap, seed: u64) -> Result<Vec<(String, Var)>, RewardError> {
+    let mut params: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| RewardError::input("varmap", "poisoned lock"))?
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    rudder_tune::train::init_from_scratch(&params, seed)?;
+    Ok(params)
+}
+
+/// `fn trainer_config(&self) -> TrainerConfig` (AdamW, no gradient accumulation) for a run's
+/// settings type with the fields `steps`, `batch_size`, `lr`, `weight_decay`, `warmup_steps`
+/// and `max_grad_norm`.
+macro_rules! trainer_settings {
+    ($t:ty) => {
+        impl $t {
+            pub(crate) fn trainer_config(&self) -> rudder_tune::train::TrainerConfig {
+                rudder_tune::train::TrainerConfig {
+                    optim: rudder_tune::train::adamw::AdamWConfig {
+                        lr: self.lr,
+                        weight_decay: self.weight_decay,
+                        ..Default::default()
+                    },
+                    warmup_steps: self.warmup_steps,
+                    total_steps: self.steps,
+                    max_grad_norm: self.max_grad_norm,
+                    grad_accum: 1,
+                    batch_size: self.batch_size,
+                }
+            }
+        }
+    };
+}
+pub(crate) use trainer_settings;
+
+trainer_settings!(TrainConfig);
+
+/// A reward run: a family on tune's trainer, and the rows of the training split it reads.
+pub struct RewardTrainer<F: Family> {
+    pub trainer: Trainer<F>,
+    pub rows: Vec<usize>,
+}
+
+impl<F: Family> RewardTrainer<F> {
+    /// Tune's trainer over the training `rows`.
+    pub(crate) fn start(
+        family: F,
+        params: Vec<(String, Var)>,
+        cfg: TrainerConfig,
+        rows: Vec<usize>,
+        rng: Rng,
+    ) -> Result<Self, RewardError> {
+        Ok(Self {
+            trainer: Trainer::new(family, params, cfg, rows.len(), rng)?,
+            rows,
+        })
+    }
+
+    pub fn input<'a>(&self, data: &'a SuccessDataset) -> TrainData<'a> {
+        TrainData {
+            data,
+            rows: self.rows.clone(),
+        }
+    }
+}
+
+/// `v` as pretty JSON, written atomically to `dir/name`.
+pub(crate) fn write_json_file(
+    dir: &Path,
+    name: &str,
+    v: &impl Serialize,
+) -> Result<(), RewardError> {
+    let bytes =
+        serde_json::to_vec_pretty(v).map_err(|e| RewardError::input(name, e.to_string()))?;
+    Ok(write_atomic(&dir.join(name), &bytes)?)
+}
+
+/// The trainer's variables as detached tensors by name.
+pub(crate) fn snapshot_weights(snap: &Snapshot<'_>) -> HashMap<String, Tensor> {
+    snap.params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+        .collect()
+}
+
+/// Writes `dir/model.safetensors` (PyTorch's `format` metadata).
+pub(crate) fn save_model_weights(
+    w: &HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<(), RewardError> {
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    Ok(save_safetensors_atomic(
+        w,
+        Some(meta),
+        &dir.join("model.safetensors"),
+    )?)
+}
+
+/// `training.json` of a checkpoint: the architecture when given (`arch`), the data set, the
+/// run's settings, the step and the last loss.
+pub(crate) fn training_info(
+    arch: Option<&str>,
+    data: &SuccessDataset,
+    cfg: &impl Serialize,
+    step: u64,
+    last_loss: Option<f64>,
+) -> Result<Map<String, Value>, RewardError> {
+    let bad = |e: serde_json::Error| RewardError::input("training.json", e.to_string());
+    let mut m = Map::new();
+    if let Some(a) = arch {
+        m.insert("arch".into(), json!(a));
+    }
+    m.insert("data".into(), json!(data.dir));
+    m.insert(
+        "train_samples".into(),
+        json!(data.indices(Split::Train).len()),
+    );
+    m.insert("config".into(), serde_json::to_value(cfg).map_err(bad)?);
+    m.insert("step".into(), json!(step));
+    m.insert("loss".into(), json!(last_loss));
+    Ok(m)
+}
+
+/// A family's `trainer_state.json` entries: its run settings under `key` and `last_loss`.
+pub(crate) fn config_state(
+    key: &str,
+    cfg: &impl Serialize,
+    last_loss: Option<f64>,
+) -> Result<Map<String, Value>, RewardError> {
+    let bad = |e: serde_json::Error| RewardError::input("trainer_state.json", e.to_string());
+    let mut m = Map::new();
+    m.insert(key.into(), serde_json::to_value(cfg).map_err(bad)?);
+    m.insert(
+        "last_loss".into(),
+        serde_json::to_value(last_loss).map_err(bad)?,
+    );
+    Ok(m)
+}
+
+/// The run settings a family saved under `key` in the trainer state at `path` (`what` names
+/// the state in the errors), after checking that their architecture (`model_of`) is `mine`.
+pub(crate) fn restore_config<C: DeserializeOwned, M: PartialEq + Debug>(
+    state: &Map<String, Value>,
+    path: &Path,
+    key: &str,
+    what: &str,
+    model_of: impl FnOnce(&C) -> &M,
+    mine: &M,
+) -> Result<C, RewardError> {
+    let err = |problem: String| RewardError::File {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let cfg: C = state
+        .get(key)
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| err(format!("not a {what}: {e}")))?
+        .ok_or_else(|| err(format!("no `{key}` (not a {what})")))?;
+    let theirs = model_of(&cfg);
+    if theirs != mine {
+        return Err(err(format!(
+            "the checkpoint's architecture {theirs:?} differs from this run's {mine:?} (use the \
+             same flags, or a new --out)"
+        )));
+    }
+    Ok(cfg)
+}
+
+/// Runs `f` over `idx` in chunks of `batch` (at least 1) and concatenates what it returns.
+pub(crate) fn in_batches<T>(
+    idx: &[usize],
+    batch: usize,
+    mut f: impl FnMut(&[usize]) -> Result<Vec<T>, RewardError>,
+) -> Result<Vec<T>, RewardError> {
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(batch.max(1)) {
+        out.extend(f(chunk)?);
+    }
+    Ok(out)
+}
+
+/// Fits the calibration of a checkpoint on `data`'s `val` split from the margins `margins`
+/// gives for its rows (refused when the split is empty).
+pub(crate) fn calibrate_on_val(
+    data: &SuccessDataset,
+    min_precision: f64,
+    margins: impl FnOnce(&[usize]) -> Result<Vec<f64>, RewardError>,
+) -> Result<Calibration, RewardError> {
+    let idx = data.indices(Split::Val);
+    if idx.is_empty() {
+        return Err(RewardError::File {
+            path: data.dir.join("samples.jsonl"),
+            problem: "no sample of the `val` split to calibrate on".into(),
+        });
+    }
+    let m = margins(&idx)?;
+    let labels: Vec<bool> = idx.iter().map(|&i| data.samples[i].label).collect();
+    let (temperature, threshold) = fit_calibration(&m, &labels, min_precision);
+    Ok(Calibration {
+        samples: idx.len(),
+        temperature,
+        threshold,
+        min_precision,
+    })
+}
+
 /// Shifts a channel-first `[3, s, s]` image by (dy, dx) with edge clamping and adds `bright`.
 fn augment(px: &mut [f32], s: usize, dy: isize, dx: isize, bright: f32) {
     let src = px.to_vec();
@@ -289,16 +563,14 @@ impl Classifier {
         batch: usize,
     ) -> Result<Vec<f64>, RewardError> {
         let model = self.model()?;
-        let mut out = Vec::with_capacity(idx.len());
-        for chunk in idx.chunks(batch.max(1)) {
+        in_batches(idx, batch, |chunk| {
             let rows = chunk
                 .iter()
                 .map(|&i| self.row(data, i, None))
                 .collect::<Result<Vec<_>, _>>()?;
             let b = self.encoder.batch(&rows, &self.device)?;
-            out.extend(margins(&model, &self.encoder, &b)?);
-        }
-        Ok(out)
+            margins(&model, &self.encoder, &b)
+        })
     }
 
     fn write_checkpoint(
@@ -307,11 +579,6 @@ impl Classifier {
         snap: &Snapshot<'_>,
         data: &SuccessDataset,
     ) -> Result<(), RewardError> {
-        let write_json = |name: &str, v: &Value| -> Result<(), RewardError> {
-            let bytes = serde_json::to_vec_pretty(v)
-                .map_err(|e| RewardError::input(name, e.to_string()))?;
-            Ok(write_atomic(&dir.join(name), &bytes)?)
-        };
         match &self.lora {
             // The base's own config.json: the architecture is the base's.
             Some(l) => {
@@ -322,7 +589,8 @@ impl Classifier {
                 })?;
                 write_atomic(&dir.join("config.json"), &bytes)?;
             }
-            None => write_json(
+            None => write_json_file(
+                dir,
                 "config.json",
                 &self
                     .cfg
@@ -331,17 +599,15 @@ impl Classifier {
             )?,
         }
         self.encoder.tokenizer.save(&dir.join("tokenizer.json"))?;
-        write_json(
+        // Through a `Value`: its keys sorted, as the file has always been written.
+        write_json_file(
+            dir,
             "reward.json",
             &serde_json::to_value(&self.encoder.cfg)
                 .map_err(|e| RewardError::input("reward.json", e.to_string()))?,
         )?;
-        let w: std::collections::HashMap<String, Tensor> = match &self.lora {
-            None => snap
-                .params
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
-                .collect(),
+        let w: HashMap<String, Tensor> = match &self.lora {
+            None => snapshot_weights(snap),
             // The adapter in PEFT's format, and the merged weights for everything that loads
             // plain checkpoints (SuccessClassifier::load, calibrate, eval, bench).
             Some(l) => {
@@ -355,21 +621,13 @@ impl Classifier {
                     .collect()
             }
         };
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        save_safetensors_atomic(&w, Some(meta), &dir.join("model.safetensors"))?;
-        let mut info = json!({
-            "data": data.dir,
-            "train_samples": data.indices(Split::Train).len(),
-            "config": self.cfg,
-            "step": snap.step,
-            "loss": self.last_loss,
-        });
+        save_model_weights(&w, dir)?;
+        let mut info = training_info(None, data, &self.cfg, snap.step, self.last_loss)?;
         if let Some(l) = &self.lora {
-            info["lora_base"] = json!(l.base);
-            info["lora"] = l.config.to_json();
+            info.insert("lora_base".into(), json!(l.base));
+            info.insert("lora".into(), l.config.to_json());
         }
-        write_json("training.json", &info)
+        write_json_file(dir, "training.json", &info)
     }
 }
 
@@ -386,26 +644,22 @@ impl Family for Classifier {
         _params: &[(String, Var)],
     ) -> Result<MicroBatch, RewardError> {
         let model = self.model()?;
-        let mut rows = Vec::with_capacity(idx.len());
-        let mut targets = Vec::with_capacity(idx.len());
-        for &k in idx {
-            let i = input.rows[k];
-            rows.push(self.row(input.data, i, Some(rng))?);
-            targets.push(if input.data.samples[i].label {
-                self.encoder.cfg.yes_id
-            } else {
-                self.encoder.cfg.no_id
-            });
-        }
+        let (rows, labels) = input.batch(idx, |i| self.row(input.data, i, Some(&mut *rng)))?;
+        let targets: Vec<u32> = labels
+            .iter()
+            .map(|&l| {
+                if l {
+                    self.encoder.cfg.yes_id
+                } else {
+                    self.encoder.cfg.no_id
+                }
+            })
+            .collect();
         let batch = self.encoder.batch(&rows, &self.device)?;
         let logits = answer_logits(&model, &batch)?;
         let w = vec![1.0 / idx.len().max(1) as f32; idx.len()];
         let loss = weighted_cross_entropy(&logits, &targets, &w)?;
-        Ok(MicroBatch {
-            counted: idx.len(),
-            items: idx.len(),
-            gradients: Gradients::Graph(loss),
-        })
+        Ok(graph_batch(idx.len(), loss))
     }
 
     fn write_files(
@@ -428,16 +682,7 @@ impl Family for Classifier {
     }
 
     fn state(&self) -> Result<Map<String, Value>, RewardError> {
-        let mut m = Map::new();
-        let bad = |e: serde_json::Error| RewardError::input("trainer_state.json", e.to_string());
-        m.insert(
-            "classifier_config".into(),
-            serde_json::to_value(&self.cfg).map_err(bad)?,
-        );
-        m.insert(
-            "last_loss".into(),
-            serde_json::to_value(self.last_loss).map_err(bad)?,
-        );
+        let mut m = config_state("classifier_config", &self.cfg, self.last_loss)?;
         if let Some(l) = &self.lora {
             m.insert("lora_base".into(), json!(l.base));
             m.insert("lora".into(), l.config.to_json());
@@ -446,25 +691,14 @@ impl Family for Classifier {
     }
 
     fn restore(&mut self, state: &Map<String, Value>, path: &Path) -> Result<(), RewardError> {
-        let cfg: TrainConfig = state
-            .get("classifier_config")
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| RewardError::File {
-                path: path.to_path_buf(),
-                problem: format!("not a reward trainer state: {e}"),
-            })?
-            .ok_or_else(|| RewardError::File {
-                path: path.to_path_buf(),
-                problem: "no `classifier_config` (not a reward trainer state)".into(),
-            })?;
-        if cfg.model != self.cfg.model {
-            return Err(RewardError::File {
-                path: path.to_path_buf(),
-                problem: format!("the checkpoint's architecture {:?} differs from this run's {:?} (use the same flags, or a new --out)", cfg.model, self.cfg.model),
-            });
-        }
+        restore_config(
+            state,
+            path,
+            "classifier_config",
+            "reward trainer state",
+            |c: &TrainConfig| &c.model,
+            &self.cfg.model,
+        )?;
         // A LoRA run resumes only a LoRA run on the same base with the same adapters.
         let mine = self
             .lora
@@ -502,31 +736,13 @@ impl Family for Classifier {
 }
 
 /// A classifier run: the [`Classifier`] family on tune's trainer.
-pub struct ClassifierTrainer {
-    pub trainer: Trainer<Classifier>,
-    pub rows: Vec<usize>,
-}
+pub type ClassifierTrainer = RewardTrainer<Classifier>;
 
-impl ClassifierTrainer {
+impl RewardTrainer<Classifier> {
     /// A freshly initialised classifier for `data` (its training split).
     pub fn new(cfg: TrainConfig, data: &SuccessDataset) -> Result<Self, RewardError> {
-        if cfg.batch_size == 0 {
-            return Err(RewardError::input("batch_size", "must be > 0"));
-        }
-        let rows = data.indices(Split::Train);
-        if rows.is_empty() {
-            return Err(RewardError::File {
-                path: data.dir.join("samples.jsonl"),
-                problem: "no sample of the `train` split".into(),
-            });
-        }
-        let mut instructions: Vec<&str> = data
-            .samples
-            .iter()
-            .map(|s| s.instruction.as_str())
-            .collect();
-        instructions.sort();
-        instructions.dedup();
+        let rows = train_rows(data, cfg.batch_size)?;
+        let instructions = distinct_instructions(data);
         let extra = [
             QUESTION.replace("{instruction}", ""),
             "yes".to_string(),
@@ -552,15 +768,7 @@ impl ClassifierTrainer {
             &model_cfg,
             VarBuilder::from_varmap(&varmap, DType::F32, &device),
         )?;
-        let mut params: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| RewardError::input("varmap", "poisoned lock"))?
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        rudder_tune::train::init_from_scratch(&params, cfg.seed)?;
+        let params = init_params(&varmap, cfg.seed)?;
         let reward = RewardConfig {
             format_version: REWARD_FORMAT_VERSION,
             question: QUESTION.to_string(),
@@ -583,18 +791,7 @@ impl ClassifierTrainer {
         for s in &data.samples {
             encoder.prompt_ids(&s.instruction)?;
         }
-        let tc = TrainerConfig {
-            optim: AdamWConfig {
-                lr: cfg.lr,
-                weight_decay: cfg.weight_decay,
-                ..Default::default()
-            },
-            warmup_steps: cfg.warmup_steps,
-            total_steps: cfg.steps,
-            max_grad_norm: cfg.max_grad_norm,
-            grad_accum: 1,
-            batch_size: cfg.batch_size,
-        };
+        let tc = cfg.trainer_config();
         let rng = Rng::new(cfg.seed);
         let family = Classifier {
             cfg,
@@ -605,11 +802,7 @@ impl ClassifierTrainer {
             lora: None,
             device,
         };
-        let n = rows.len();
-        Ok(Self {
-            trainer: Trainer::new(family, params, tc, n, rng)?,
-            rows,
-        })
+        Self::start(family, params, tc, rows, rng)
     }
 
     /// LoRA fine-tuning of the trained classifier `base` (a checkpoint folder or a run folder,
@@ -627,16 +820,7 @@ impl ClassifierTrainer {
         base: &Path,
         lora: LoraConfig,
     ) -> Result<Self, RewardError> {
-        if cfg.batch_size == 0 {
-            return Err(RewardError::input("batch_size", "must be > 0"));
-        }
-        let rows = data.indices(Split::Train);
-        if rows.is_empty() {
-            return Err(RewardError::File {
-                path: data.dir.join("samples.jsonl"),
-                problem: "no sample of the `train` split".into(),
-            });
-        }
+        let rows = train_rows(data, cfg.batch_size)?;
         let not_reward = |path: PathBuf, why: String| RewardError::File {
             path,
             problem: format!(
@@ -669,9 +853,7 @@ impl ClassifierTrainer {
             })?;
         cfg.model = spec;
         for name in ["config.json", "tokenizer.json", "reward.json"] {
-            if !base.join(name).is_file() {
-                return Err(not_reward(base.join(name), "missing".into()));
-            }
+            require_file(&base, name, |p| not_reward(p, "missing".into()))?;
         }
         let rp = base.join("reward.json");
         let text =
@@ -707,18 +889,7 @@ impl ClassifierTrainer {
         let mut lora = lora;
         lora.base_model_name_or_path = Some(base.display().to_string());
         let params = peft::attach_new(&mut model, &lora, ADAPTER, &mut rng, None)?;
-        let tc = TrainerConfig {
-            optim: AdamWConfig {
-                lr: cfg.lr,
-                weight_decay: cfg.weight_decay,
-                ..Default::default()
-            },
-            warmup_steps: cfg.warmup_steps,
-            total_steps: cfg.steps,
-            max_grad_norm: cfg.max_grad_norm,
-            grad_accum: 1,
-            batch_size: cfg.batch_size,
-        };
+        let tc = cfg.trainer_config();
         let family = Classifier {
             cfg,
             model_cfg,
@@ -732,18 +903,7 @@ impl ClassifierTrainer {
             }),
             device,
         };
-        let n = rows.len();
-        Ok(Self {
-            trainer: Trainer::new(family, params, tc, n, rng)?,
-            rows,
-        })
-    }
-
-    pub fn input<'a>(&self, data: &'a SuccessDataset) -> TrainData<'a> {
-        TrainData {
-            data,
-            rows: self.rows.clone(),
-        }
+        Self::start(family, params, tc, rows, rng)
     }
 }
 
@@ -765,31 +925,12 @@ pub fn calibrate(
     batch: usize,
 ) -> Result<(SuccessClassifier, Calibration), RewardError> {
     let mut clf = SuccessClassifier::load(dir)?;
-    let idx = data.indices(Split::Val);
-    if idx.is_empty() {
-        return Err(RewardError::File {
-            path: data.dir.join("samples.jsonl"),
-            problem: "no sample of the `val` split to calibrate on".into(),
-        });
-    }
-    let m = classifier_margins(&clf, data, &idx, batch)?;
-    let labels: Vec<bool> = idx.iter().map(|&i| data.samples[i].label).collect();
-    let t = fit_temperature(&m, &labels);
-    let p: Vec<f64> = m.iter().map(|z| sigmoid(z / t)).collect();
-    let thr = pick_threshold(&p, &labels, min_precision);
-    clf.set_calibration(t, thr);
-    let bytes = serde_json::to_vec_pretty(clf.config())
-        .map_err(|e| RewardError::input("reward.json", e.to_string()))?;
-    write_atomic(&clf.dir.join("reward.json"), &bytes)?;
-    Ok((
-        clf,
-        Calibration {
-            samples: idx.len(),
-            temperature: t,
-            threshold: thr,
-            min_precision,
-        },
-    ))
+    let cal = calibrate_on_val(data, min_precision, |idx| {
+        classifier_margins(&clf, data, idx, batch)
+    })?;
+    clf.set_calibration(cal.temperature, cal.threshold);
+    write_json_file(&clf.dir, "reward.json", clf.config())?;
+    Ok((clf, cal))
 }
 
 /// Margins of data set rows `idx` under a loaded classifier, in batches.
@@ -800,8 +941,7 @@ pub fn classifier_margins(
     batch: usize,
 ) -> Result<Vec<f64>, RewardError> {
     let s = data.image_size as u32;
-    let mut out = Vec::with_capacity(idx.len());
-    for chunk in idx.chunks(batch.max(1)) {
+    in_batches(idx, batch, |chunk| {
         let imgs: Vec<[rudder_robot::ImageRgb8; 2]> = chunk
             .iter()
             .map(|&i| {
@@ -830,9 +970,8 @@ pub fn classifier_margins(
                 instruction: &data.samples[i].instruction,
             })
             .collect();
-        out.extend(clf.margins(&queries)?);
-    }
-    Ok(out)
+        clf.margins(&queries)
+    })
 }
 
 /// Where a finished run's final checkpoint is.

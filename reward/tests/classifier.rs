@@ -7,108 +7,19 @@ use std::path::{Path, PathBuf};
 
 use rudder_reward::calibration::sigmoid;
 use rudder_reward::classifier::Query;
-use rudder_reward::dataset::{DatasetWriter, FrameKind, SampleMeta, Source, Split, SuccessDataset};
-use rudder_reward::train::{
-    calibrate, classifier_margins, ClassifierSpec, ClassifierTrainer, TrainConfig,
-};
+use rudder_reward::dataset::{Split, SuccessDataset};
+use rudder_reward::train::{calibrate, classifier_margins, ClassifierTrainer, TrainConfig};
 use rudder_reward::{RewardConfig, SuccessClassifier};
 use rudder_robot::{ImageRgb8, Observation};
 
-const S: usize = 16;
-const INSTRUCTIONS: [&str; 2] = ["put the bowl on the plate", "open the top drawer"];
-
-fn spec() -> ClassifierSpec {
-    ClassifierSpec {
-        image_size: 16,
-        patch_size: 8,
-        vision_hidden: 16,
-        vision_layers: 1,
-        hidden: 32,
-        layers: 1,
-        heads: 2,
-        head_dim: 16,
-        max_prompt_tokens: 64,
-        max_vocab: 512,
-    }
-}
+mod common;
+use common::{
+    accuracy, assert_same_after_resume, copy_dir, err_text, expect_err, first_and_last_loss,
+    read_json, straight_and_resumed, write_data, write_data_with, DataSpec, Run, INSTRUCTIONS, S,
+};
 
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        model: spec(),
-        steps,
-        batch_size: 16,
-        lr: 3e-3,
-        weight_decay: 0.0,
-        warmup_steps: 5,
-        max_grad_norm: Some(1.0),
-        seed: 7,
-        shift: 1,
-        brightness: 0.1,
-    }
-}
-
-/// A bright (200..=255) or dark (0..=55) S x S x 3 frame with per-pixel noise from `seed`.
-fn frame(bright: bool, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..S * S * 3)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let noise = ((x >> 33) % 56) as u8;
-            if bright {
-                200 + noise
-            } else {
-                noise
-            }
-        })
-        .collect()
-}
-
-/// Writes the synthetic data set: per split and instruction `n` positives and `n` negatives
-/// (the negatives' kinds cycle through early, failed and a hard kind). `with_val` false leaves
-/// the `val` split out.
-fn write_data(dir: &Path, n_train: usize, n_eval: usize, with_val: bool) -> SuccessDataset {
-    let mut w = DatasetWriter::create(dir, S, 3).unwrap();
-    let mut seed = 0u64;
-    for (split, n) in [
-        (Split::Train, n_train),
-        (Split::Val, n_eval),
-        (Split::Test, n_eval),
-    ] {
-        if split == Split::Val && !with_val {
-            continue;
-        }
-        for (t, instr) in INSTRUCTIONS.iter().enumerate() {
-            for k in 0..2 * n {
-                let label = k % 2 == 0;
-                let kind = if label {
-                    FrameKind::Success
-                } else {
-                    [FrameKind::Early, FrameKind::Failed, FrameKind::HoldAbove][k % 3]
-                };
-                let meta = SampleMeta {
-                    task: format!("task_{t}"),
-                    suite: "libero_goal".into(),
-                    instruction: instr.to_string(),
-                    episode: format!("{}/t{t}/e{k}", split.name()),
-                    init: k,
-                    step: k,
-                    label,
-                    kind,
-                    source: Source::Expert,
-                    split,
-                };
-                seed += 1;
-                w.push(meta, &frame(label, 2 * seed), &frame(label, 2 * seed + 1))
-                    .unwrap();
-            }
-        }
-    }
-    w.finish().unwrap();
-    SuccessDataset::load(dir).unwrap()
+    common::config(steps, 3e-3)
 }
 
 fn image(data: &[u8]) -> ImageRgb8 {
@@ -119,30 +30,17 @@ fn image(data: &[u8]) -> ImageRgb8 {
     }
 }
 
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 #[test]
 fn trains_calibrates_and_classifies_a_learnable_signal() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = write_data(&tmp.path().join("data"), 16, 8, true);
+    let data = write_data(&tmp.path().join("data"), 16, 8);
     assert_eq!(data.indices(Split::Train).len(), 64);
     assert_eq!(data.indices(Split::Val).len(), 32);
     assert_eq!(data.indices(Split::Test).len(), 32);
 
     let steps = 100;
     let mut t = ClassifierTrainer::new(config(steps), &data).unwrap();
-    let input = t.input(&data);
-    let mut first = None;
-    let mut last = 0.0;
-    for _ in 0..steps {
-        let s = t.trainer.step(&input).unwrap();
-        assert!(s.loss.is_finite());
-        first.get_or_insert(s.loss);
-        last = s.loss;
-    }
-    let first = first.unwrap();
+    let (first, last) = first_and_last_loss(&mut t, &data, steps);
     assert!(
         last < first * 0.5,
         "loss should fall: first {first}, last {last}"
@@ -181,16 +79,8 @@ fn trains_calibrates_and_classifies_a_learnable_signal() {
     let idx = data.indices(Split::Test);
     let m = classifier_margins(&clf, &data, &idx, 64).unwrap();
     assert_eq!(m.len(), idx.len());
-    let labels: Vec<bool> = idx.iter().map(|&i| data.samples[i].label).collect();
-    let acc = |said: &dyn Fn(f64) -> bool| {
-        m.iter()
-            .zip(&labels)
-            .filter(|(&z, &l)| said(z) == l)
-            .count() as f64
-            / m.len() as f64
-    };
-    let cal_acc = acc(&|z| clf.verdict(z).success);
-    let raw_acc = acc(&|z| z > 0.0);
+    let cal_acc = accuracy(&m, &data, &idx, |z| clf.verdict(z).success);
+    let raw_acc = accuracy(&m, &data, &idx, |z| z > 0.0);
     eprintln!(
         "loss {first:.4} -> {last:.4}; T {temp:.3}, threshold {thr:.2}; test accuracy \
          {cal_acc:.3} calibrated, {raw_acc:.3} raw"
@@ -278,51 +168,15 @@ fn trains_calibrates_and_classifies_a_learnable_signal() {
     );
 }
 
-fn model_bytes(run: &Path, step: u64) -> Vec<u8> {
-    std::fs::read(run.join(format!("checkpoint-{step}/model.safetensors"))).unwrap()
-}
-
 #[test]
 fn resumed_run_is_bit_identical_to_a_straight_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = write_data(&tmp.path().join("data"), 8, 2, true);
+    let data = write_data(&tmp.path().join("data"), 8, 2);
     let n = 10u64;
-
-    let straight = tmp.path().join("straight");
-    let mut t = ClassifierTrainer::new(config(n), &data).unwrap();
-    let input = t.input(&data);
-    let mut losses = Vec::new();
-    for _ in 0..n {
-        losses.push(t.trainer.step(&input).unwrap().loss);
-    }
-    t.trainer.save(&straight, 2, &data, |_| Ok(())).unwrap();
-
-    let split = tmp.path().join("split");
-    let mut t = ClassifierTrainer::new(config(n), &data).unwrap();
-    let input = t.input(&data);
-    let mut resumed_losses = Vec::new();
-    for _ in 0..n / 2 {
-        resumed_losses.push(t.trainer.step(&input).unwrap().loss);
-    }
-    t.trainer.save(&split, 2, &data, |_| Ok(())).unwrap();
-    drop(t);
-    let mut t = ClassifierTrainer::new(config(n), &data).unwrap();
-    let from = t.trainer.resume(&split).unwrap().expect("a checkpoint");
-    assert_eq!(from, split.join(format!("checkpoint-{}", n / 2)));
-    assert_eq!(t.trainer.step_count(), n / 2);
-    let input = t.input(&data);
-    for _ in n / 2..n {
-        resumed_losses.push(t.trainer.step(&input).unwrap().loss);
-    }
-    t.trainer.save(&split, 2, &data, |_| Ok(())).unwrap();
-
-    assert_eq!(losses, resumed_losses, "per-step losses");
-    let a = model_bytes(&straight, n);
-    let b = model_bytes(&split, n);
-    assert!(!a.is_empty());
-    assert!(a == b, "model.safetensors differs after resume");
-    // And the weights really moved from the half-way point.
-    assert!(model_bytes(&split, n / 2) != b);
+    let (straight, split) = straight_and_resumed(tmp.path(), &data, n, || {
+        ClassifierTrainer::new(config(n), &data).unwrap()
+    });
+    assert_same_after_resume(&straight, &split, n, "model.safetensors");
     let rj = read_json(&split.join(format!("checkpoint-{n}/reward.json")));
     assert_eq!(rj["calibrated"], false);
     assert_eq!(rj["temperature"], 1.0);
@@ -330,38 +184,15 @@ fn resumed_run_is_bit_identical_to_a_straight_one() {
 
 /// An untrained, uncalibrated checkpoint (cheap) and its data set.
 fn untrained(root: &Path) -> (SuccessDataset, PathBuf) {
-    let data = write_data(&root.join("data"), 2, 1, true);
-    let t = ClassifierTrainer::new(config(1), &data).unwrap();
-    let dir = t
-        .trainer
-        .save(&root.join("run"), 1, &data, |_| Ok(()))
-        .unwrap();
+    let data = write_data(&root.join("data"), 2, 1);
+    let dir = ClassifierTrainer::new(config(1), &data)
+        .unwrap()
+        .save(&root.join("run"), &data);
     (data, dir)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 fn load_err(dir: &Path) -> String {
-    match SuccessClassifier::load(dir) {
-        Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn expect_err<T>(r: Result<T, rudder_reward::RewardError>, needles: &[&str], what: &str) {
-    let msg = match r {
-        Ok(_) => panic!("{what}: accepted"),
-        Err(e) => e.to_string(),
-    };
-    for n in needles {
-        assert!(msg.contains(n), "{what}: `{msg}` lacks `{n}`");
-    }
+    err_text(SuccessClassifier::load(dir), &dir.display().to_string())
 }
 
 #[test]
@@ -561,7 +392,13 @@ fn bad_inputs_are_refused_with_their_names() {
     }
 
     // Calibrating on a data set without a `val` split: a clear error, no panic.
-    let noval = write_data(&tmp.path().join("noval"), 2, 1, false);
+    let noval = write_data_with(
+        &tmp.path().join("noval"),
+        DataSpec {
+            with_val: false,
+            ..DataSpec::new(2, 1)
+        },
+    );
     assert!(noval.indices(Split::Val).is_empty());
     let before = std::fs::read(ckpt.join("reward.json")).unwrap();
     expect_err(calibrate(&ckpt, &noval, 0.97, 64), &["val"], "no val split");
@@ -578,7 +415,7 @@ fn bad_inputs_are_refused_with_their_names() {
 #[test]
 fn trainer_refuses_bad_settings() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = write_data(&tmp.path().join("data"), 2, 1, true);
+    let data = write_data(&tmp.path().join("data"), 2, 1);
     let mut c = config(1);
     c.batch_size = 0;
     expect_err(ClassifierTrainer::new(c, &data), &["batch_size"], "batch 0");

@@ -7,77 +7,20 @@
 
 use std::path::Path;
 
-use rudder_reward::dataset::{DatasetWriter, FrameKind, SampleMeta, Source, Split, SuccessDataset};
-use rudder_reward::train::{
-    calibrate, classifier_margins, ClassifierSpec, ClassifierTrainer, TrainConfig,
-};
+use rudder_reward::dataset::{Split, SuccessDataset};
+use rudder_reward::train::{calibrate, classifier_margins, ClassifierTrainer};
 use rudder_reward::SuccessClassifier;
 use rudder_tune::peft::LoraConfig;
 
-const S: usize = 16;
+mod common;
+use common::{
+    accuracy, assert_same_after_resume, config, expect_err, first_and_last_loss, read_json, spec,
+    straight_and_resumed, write_data_with, DataSpec, Signal,
+};
+
 const BASE_INSTRUCTIONS: [&str; 2] = ["put the bowl on the plate", "open the top drawer"];
 /// The second is new to the base's tokenizer (its BPE splits it).
 const NEW_INSTRUCTIONS: [&str; 2] = ["put the bowl on the plate", "turn on the stove"];
-
-fn spec() -> ClassifierSpec {
-    ClassifierSpec {
-        image_size: 16,
-        patch_size: 8,
-        vision_hidden: 16,
-        vision_layers: 1,
-        hidden: 32,
-        layers: 1,
-        heads: 2,
-        head_dim: 16,
-        max_prompt_tokens: 64,
-        max_vocab: 512,
-    }
-}
-
-fn config(steps: u64, lr: f64) -> TrainConfig {
-    TrainConfig {
-        model: spec(),
-        steps,
-        batch_size: 16,
-        lr,
-        weight_decay: 0.0,
-        warmup_steps: 5,
-        max_grad_norm: Some(1.0),
-        seed: 7,
-        shift: 1,
-        brightness: 0.1,
-    }
-}
-
-/// A bright (200..=255) or dark (0..=55) S x S x 3 frame with per-pixel noise from `seed`.
-fn frame(bright: bool, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..S * S * 3)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let noise = ((x >> 33) % 56) as u8;
-            if bright {
-                200 + noise
-            } else {
-                noise
-            }
-        })
-        .collect()
-}
-
-/// The signal of a data set: whether the agent view is bright, given the label (the wrist
-/// camera is bright exactly on success).
-#[derive(Clone, Copy)]
-enum Signal {
-    /// Both cameras bright on success (the base's data).
-    Both,
-    /// Only the wrist says it; the agent view is bright on failure.
-    WristOnly,
-}
 
 /// Per split and instruction `n` positives and `n` negatives.
 fn write_data(
@@ -88,53 +31,15 @@ fn write_data(
     signal: Signal,
     seed0: u64,
 ) -> SuccessDataset {
-    let mut w = DatasetWriter::create(dir, S, 3).unwrap();
-    let mut seed = seed0;
-    for (split, n) in [
-        (Split::Train, n_train),
-        (Split::Val, n_eval),
-        (Split::Test, n_eval),
-    ] {
-        for (t, instr) in instructions.iter().enumerate() {
-            for k in 0..2 * n {
-                let label = k % 2 == 0;
-                let kind = if label {
-                    FrameKind::Success
-                } else {
-                    [FrameKind::Early, FrameKind::Failed, FrameKind::HoldAbove][k % 3]
-                };
-                let meta = SampleMeta {
-                    task: format!("task_{t}"),
-                    suite: "libero_goal".into(),
-                    instruction: instr.to_string(),
-                    episode: format!("{}/t{t}/e{k}", split.name()),
-                    init: k,
-                    step: k,
-                    label,
-                    kind,
-                    source: Source::Expert,
-                    split,
-                };
-                let agent_bright = match signal {
-                    Signal::Both => label,
-                    Signal::WristOnly => !label,
-                };
-                seed += 1;
-                w.push(
-                    meta,
-                    &frame(agent_bright, 2 * seed),
-                    &frame(label, 2 * seed + 1),
-                )
-                .unwrap();
-            }
-        }
-    }
-    w.finish().unwrap();
-    SuccessDataset::load(dir).unwrap()
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    write_data_with(
+        dir,
+        DataSpec {
+            instructions,
+            signal,
+            seed0,
+            ..DataSpec::new(n_train, n_eval)
+        },
+    )
 }
 
 /// Trains a base classifier for `steps` on the both-cameras signal; returns its checkpoint.
@@ -155,14 +60,6 @@ fn base(root: &Path, steps: u64) -> std::path::PathBuf {
     t.trainer
         .save(&root.join("base"), 1, &data, |_| Ok(()))
         .unwrap()
-}
-
-fn accuracy(m: &[f64], data: &SuccessDataset, idx: &[usize]) -> f64 {
-    m.iter()
-        .zip(idx)
-        .filter(|(&z, &i)| (z > 0.0) == data.samples[i].label)
-        .count() as f64
-        / m.len() as f64
 }
 
 fn lora_cfg() -> LoraConfig {
@@ -190,6 +87,7 @@ fn lora_learns_a_new_signal_and_writes_a_peft_adapter_and_merged_weights() {
         &classifier_margins(&base_clf, &data, &test, 64).unwrap(),
         &data,
         &test,
+        |z| z > 0.0,
     );
 
     let steps = 120;
@@ -210,20 +108,12 @@ fn lora_learns_a_new_signal_and_writes_a_peft_adapter_and_merged_weights() {
             "{n}"
         );
     }
-    let input = t.input(&data);
-    let (mut first, mut last) = (None, 0.0);
-    for _ in 0..steps {
-        let s = t.trainer.step(&input).unwrap();
-        assert!(s.loss.is_finite());
-        first.get_or_insert(s.loss);
-        last = s.loss;
-    }
+    let (first, last) = first_and_last_loss(&mut t, &data, steps);
     let unmerged = t.trainer.family.margins(&data, &test, 64).unwrap();
-    let lora_acc = accuracy(&unmerged, &data, &test);
+    let lora_acc = accuracy(&unmerged, &data, &test, |z| z > 0.0);
     eprintln!(
-        "loss {:.4} -> {last:.4}; test accuracy on the wrist-only signal: base {base_acc:.3}, \
-         LoRA {lora_acc:.3}",
-        first.unwrap()
+        "loss {first:.4} -> {last:.4}; test accuracy on the wrist-only signal: base \
+         {base_acc:.3}, LoRA {lora_acc:.3}"
     );
     assert!(base_acc < 0.9, "the base already knows it: {base_acc}");
     assert!(lora_acc >= 0.9, "LoRA accuracy {lora_acc}");
@@ -292,21 +182,6 @@ fn lora_learns_a_new_signal_and_writes_a_peft_adapter_and_merged_weights() {
     ClassifierTrainer::new_lora(config(1, 1e-2), &data, &out, lora_cfg()).unwrap();
 }
 
-fn adapter_bytes(run: &Path, step: u64) -> Vec<u8> {
-    std::fs::read(run.join(format!("checkpoint-{step}/adapter_model.safetensors"))).unwrap()
-}
-
-fn expect_err<T>(r: Result<T, rudder_reward::RewardError>, needles: &[&str], what: &str) {
-    let msg = match r {
-        Ok(_) => panic!("{what}: accepted"),
-        Err(e) => e.to_string(),
-    };
-    eprintln!("{what}: {msg}");
-    for n in needles {
-        assert!(msg.contains(n), "{what}: `{msg}` lacks `{n}`");
-    }
-}
-
 #[test]
 fn resumed_lora_run_is_bit_identical_and_checks_its_base() {
     let tmp = tempfile::tempdir().unwrap();
@@ -321,39 +196,8 @@ fn resumed_lora_run_is_bit_identical_and_checks_its_base() {
     );
     let n = 10u64;
     let new = || ClassifierTrainer::new_lora(config(n, 1e-2), &data, &base_dir, lora_cfg());
-
-    let straight = tmp.path().join("straight");
-    let mut t = new().unwrap();
-    let input = t.input(&data);
-    let losses: Vec<f64> = (0..n)
-        .map(|_| t.trainer.step(&input).unwrap().loss)
-        .collect();
-    t.trainer.save(&straight, 2, &data, |_| Ok(())).unwrap();
-
-    let split = tmp.path().join("split");
-    let mut t = new().unwrap();
-    let input = t.input(&data);
-    let mut resumed: Vec<f64> = (0..n / 2)
-        .map(|_| t.trainer.step(&input).unwrap().loss)
-        .collect();
-    t.trainer.save(&split, 2, &data, |_| Ok(())).unwrap();
-    drop(t);
-    let mut t = new().unwrap();
-    let from = t.trainer.resume(&split).unwrap().expect("a checkpoint");
-    assert_eq!(from, split.join(format!("checkpoint-{}", n / 2)));
-    assert_eq!(t.trainer.step_count(), n / 2);
-    let input = t.input(&data);
-    resumed.extend((n / 2..n).map(|_| t.trainer.step(&input).unwrap().loss));
-    t.trainer.save(&split, 2, &data, |_| Ok(())).unwrap();
-
-    assert_eq!(losses, resumed, "per-step losses");
-    let a = adapter_bytes(&straight, n);
-    assert!(!a.is_empty());
-    assert!(
-        a == adapter_bytes(&split, n),
-        "adapter differs after resume"
-    );
-    assert!(adapter_bytes(&split, n / 2) != a, "the adapters moved");
+    let (straight, split) = straight_and_resumed(tmp.path(), &data, n, || new().unwrap());
+    assert_same_after_resume(&straight, &split, n, "adapter_model.safetensors");
     let model = |run: &Path| std::fs::read(run.join(format!("checkpoint-{n}/model.safetensors")));
     assert!(model(&straight).unwrap() == model(&split).unwrap());
 
