@@ -731,7 +731,9 @@ where
 // rudder reward calibrate
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  rudder reward calibrate --model runs/reward --data data/reward --min-precision 0.97")]
+#[command(
+    after_help = "Example:\n  rudder reward calibrate --model runs/reward --data data/reward --min-precision 0.97"
+)]
 pub struct CalibrateArgs {
     /// Reward checkpoint folder or training run folder (its `latest`).
     #[arg(long)]
