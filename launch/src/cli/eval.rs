@@ -159,6 +159,8 @@ pub struct EvalOptions {
     pub inpainting: Option<Inpainting>,
     /// Folder for each episode's last camera frames (PNG).
     pub frames: Option<PathBuf>,
+    /// Simulator steps each episode goes on after its first success (0: it ends there).
+    pub steps_past_success: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,6 +272,7 @@ pub fn evaluate_tapped(
         instructions: o.instructions.clone(),
         speed_window: o.speed_window,
         frames: o.frames.clone(),
+        steps_past_success: o.steps_past_success,
     };
     let result = run_campaign_tapped(
         &campaign,
@@ -348,6 +351,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         speed_window: None,
         inpainting: a.inpainting.map(Inpainting::from),
         frames: a.frames.clone(),
+        steps_past_success: 0,
     };
     if let Some(dir) = &o.frames {
         std::fs::create_dir_all(dir)
@@ -559,6 +563,54 @@ mod tests {
         );
     }
 
+    /// An episode asked to go on after its success stops exactly that many simulator steps
+    /// later (the reward data's VLA rollouts see the policy's own success frames), and its
+    /// outcome stays the latched success.
+    #[test]
+    fn an_episode_goes_on_the_asked_steps_past_its_success() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let cams = CameraConfig {
+            width: 16,
+            height: 16,
+        };
+        rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
+        let data = DemoDataset::load(data_dir.path(), true).unwrap();
+        let tasks = load_suite(Suite::Spatial).unwrap();
+        let mut checked = 0;
+        for ep in data.episodes.iter().take(4) {
+            let task = &tasks[ep.task_index];
+            let actions: Vec<[f64; 7]> = (0..ep.steps)
+                .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
+                .collect();
+            let run = |past: usize| {
+                let env = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
+                let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), task.max_steps)
+                    .steps_past_success(past);
+                let mut replay = DemoReplay {
+                    actions: actions.clone(),
+                    horizon: 8,
+                };
+                let mut driver = LockstepDriver::new(&mut emb, loop_config(8)).unwrap();
+                driver
+                    .run(&mut emb, &mut replay, |e| e.is_done(), |_, _| {})
+                    .unwrap();
+                (emb.env().success(), emb.env().steps())
+            };
+            let (ok, at) = run(0);
+            if !ok || at + 40 > task.max_steps {
+                continue;
+            }
+            let (ok_past, steps_past) = run(40);
+            assert!(ok_past, "{}: success must stay latched", task.id);
+            assert_eq!(steps_past, at + 40, "{}", task.id);
+            checked += 1;
+        }
+        assert!(
+            checked >= 2,
+            "only {checked} demos succeeded through the loop"
+        );
+    }
+
     /// `rudder eval` reads the task's own instruction unless asked for manners (LIBERO's
     /// protocol); `--manners` cycles them, `--manner P` fixes one.
     #[test]
@@ -617,6 +669,7 @@ mod tests {
                 // Real time inpaints, and lockstep writes the last frames.
                 inpainting: (!lockstep).then_some(Inpainting::Decay),
                 frames: lockstep.then(|| frames.path().to_path_buf()),
+                steps_past_success: 0,
             };
             let r = evaluate(&o, |_| {}).unwrap();
             let tasks = load_suite(Suite::Spatial).unwrap();

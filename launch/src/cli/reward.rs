@@ -95,6 +95,11 @@ pub struct DataArgs {
     /// Rollouts per task and split (train, val, test) with --policy.
     #[arg(long, default_value_t = 3)]
     pub vla_episodes: usize,
+    /// Simulator steps a VLA rollout goes on after its first success, so the data holds the
+    /// VLA's own success frames (the arm still at the object, the gripper opening), each
+    /// labelled by the predicate as it then stands.
+    #[arg(long, default_value_t = 48)]
+    pub vla_steps_past_success: usize,
     /// Share of the negatives taken from hard kinds when balancing to 50 % positives.
     #[arg(long, default_value_t = 0.5)]
     pub hard_share: f64,
@@ -391,6 +396,7 @@ fn vla_rollouts(
             speed_window: None,
             inpainting: None,
             frames: None,
+            steps_past_success: a.vla_steps_past_success,
         };
         eprintln!(
             "VLA rollouts ({}): {} per task of suite {}",

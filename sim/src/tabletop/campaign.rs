@@ -120,11 +120,15 @@ pub fn loop_config(replan_steps: usize) -> ControlConfig {
 }
 
 /// The tabletop embodiment as an evaluation sees it: the episode ends at the task's success
-/// or after `max_steps` simulator steps (later commands are ignored), and the TCP is kept
-/// after every step.
+/// (or that many steps after it, see [`EvaluatedTabletop::steps_past_success`]) or after
+/// `max_steps` simulator steps (later commands are ignored), and the TCP is kept after every
+/// step.
 pub struct EvaluatedTabletop {
     inner: TabletopSim,
     max_steps: usize,
+    past_success: usize,
+    /// The simulator step at which the task first succeeded.
+    success_at: Option<usize>,
     done: Arc<AtomicBool>,
     /// The TCP after every simulator step (the first entry: the initial pose).
     tcp: Vec<[f64; 3]>,
@@ -156,10 +160,20 @@ impl EvaluatedTabletop {
         Self {
             inner,
             max_steps,
+            past_success: 0,
+            success_at: None,
             done: Arc::new(AtomicBool::new(false)),
             tcp,
             tap: None,
         }
+    }
+
+    /// Keeps the episode going for `steps` simulator steps after the task first succeeds
+    /// (never past `max_steps`): a recorder of labelled frames sees what the policy does once
+    /// the goal holds, as a reset-free run would. The outcome stays the latched success.
+    pub fn steps_past_success(mut self, steps: usize) -> Self {
+        self.past_success = steps;
+        self
     }
 
     /// Shows `tap` every observation of episode `episode` of task `task_index`.
@@ -208,7 +222,19 @@ impl EvaluatedTabletop {
 
     fn over(&self) -> bool {
         let env = self.inner.env();
-        env.done() || env.steps() >= self.max_steps
+        if env.steps() >= self.max_steps {
+            return true;
+        }
+        match self.success_at {
+            Some(at) => env.steps() >= at + self.past_success,
+            None => env.done(),
+        }
+    }
+
+    fn note_success(&mut self) {
+        if self.success_at.is_none() && self.inner.env().success() {
+            self.success_at = Some(self.inner.env().steps());
+        }
     }
 }
 
@@ -253,6 +279,7 @@ impl Embodiment for EvaluatedTabletop {
             return Ok(());
         }
         let r = self.inner.command(cmd);
+        self.note_success();
         if self.over() {
             self.done.store(true, Ordering::Release);
         }
@@ -308,6 +335,9 @@ pub struct CampaignOptions {
     pub speed_window: Option<usize>,
     /// Folder for each episode's last camera frames (PNG).
     pub frames: Option<PathBuf>,
+    /// Simulator steps an episode goes on after its first success (0: it ends there, as
+    /// LIBERO's evaluation does).
+    pub steps_past_success: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -471,7 +501,8 @@ pub fn run_campaign_tapped<P: Policy + 'static>(
         for episode in o.first_episode..o.first_episode + o.episodes {
             let instruction = o.instructions.for_episode(task, episode);
             let env = episode_env(task, o.seed, episode, &instruction, o.cameras)?;
-            let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), max_steps);
+            let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), max_steps)
+                .steps_past_success(o.steps_past_success);
             if let Some(t) = &tap {
                 emb = emb.with_tap(Arc::clone(t), ti, episode);
             }
