@@ -513,39 +513,62 @@ mod tests {
         }
     }
 
-    fn replay_demos(replan_steps: usize) {
+    /// One demo per spatial task (the folder lives as long as the guard).
+    fn spatial_demos(size: u32) -> (tempfile::TempDir, DemoDataset, CameraConfig) {
         let data_dir = tempfile::tempdir().unwrap();
         let cams = CameraConfig {
-            width: 16,
-            height: 16,
+            width: size,
+            height: size,
         };
         rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
         let data = DemoDataset::load(data_dir.path(), true).unwrap();
+        (data_dir, data, cams)
+    }
+
+    fn demo_actions(ep: &rudder_policy::dataset::Episode) -> Vec<[f64; 7]> {
+        (0..ep.steps)
+            .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
+            .collect()
+    }
+
+    /// Replays `actions` through the lockstep loop from the task's init state 0, going on
+    /// `past_success` steps after success; the environment as it ends.
+    fn replay_through_loop(
+        task: &rudder_sim::tabletop::Task,
+        cams: CameraConfig,
+        actions: &[[f64; 7]],
+        replan_steps: usize,
+        past_success: usize,
+    ) -> TabletopEnv {
+        let env = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
+        let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), task.max_steps)
+            .steps_past_success(past_success);
+        let mut replay = DemoReplay {
+            actions: actions.to_vec(),
+            horizon: 8,
+        };
+        let mut driver = LockstepDriver::new(&mut emb, loop_config(replan_steps)).unwrap();
+        driver
+            .run(&mut emb, &mut replay, |e| e.is_done(), |_, _| {})
+            .unwrap();
+        emb.env().clone()
+    }
+
+    fn replay_demos(replan_steps: usize) {
+        let (_dir, data, cams) = spatial_demos(16);
         let tasks = load_suite(Suite::Spatial).unwrap();
         let mut ok = 0;
         let mut report = Vec::new();
         for ep in &data.episodes {
             let task = &tasks[ep.task_index];
-            let env = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
-            let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), task.max_steps);
-            let actions: Vec<[f64; 7]> = (0..ep.steps)
-                .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
-                .collect();
-            let mut replay = DemoReplay {
-                actions,
-                horizon: 8,
-            };
+            let actions = demo_actions(ep);
             let mut direct = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
             // The premise: stepped directly, the recorded actions redo the demo.
-            for a in &replay.actions {
+            for a in &actions {
                 direct.step(a);
             }
             assert!(direct.success(), "{}: direct replay failed", task.id);
-            let mut driver = LockstepDriver::new(&mut emb, loop_config(replan_steps)).unwrap();
-            driver
-                .run(&mut emb, &mut replay, |e| e.is_done(), |_, _| {})
-                .unwrap();
-            let env = emb.env();
+            let env = replay_through_loop(task, cams, &actions, replan_steps, 0);
             ok += env.success() as usize;
             report.push(format!(
                 "{}: success {} in {} steps (demo {})",
@@ -568,41 +591,19 @@ mod tests {
     /// outcome stays the latched success.
     #[test]
     fn an_episode_goes_on_the_asked_steps_past_its_success() {
-        let data_dir = tempfile::tempdir().unwrap();
-        let cams = CameraConfig {
-            width: 16,
-            height: 16,
-        };
-        rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
-        let data = DemoDataset::load(data_dir.path(), true).unwrap();
+        let (_dir, data, cams) = spatial_demos(16);
         let tasks = load_suite(Suite::Spatial).unwrap();
         let mut checked = 0;
         for ep in data.episodes.iter().take(4) {
             let task = &tasks[ep.task_index];
-            let actions: Vec<[f64; 7]> = (0..ep.steps)
-                .map(|t| std::array::from_fn(|j| ep.action_at(t)[j] as f64))
-                .collect();
-            let run = |past: usize| {
-                let env = TabletopEnv::new(task, 0, 0, Some(cams)).unwrap();
-                let mut emb = EvaluatedTabletop::new(TabletopSim::new(env), task.max_steps)
-                    .steps_past_success(past);
-                let mut replay = DemoReplay {
-                    actions: actions.clone(),
-                    horizon: 8,
-                };
-                let mut driver = LockstepDriver::new(&mut emb, loop_config(8)).unwrap();
-                driver
-                    .run(&mut emb, &mut replay, |e| e.is_done(), |_, _| {})
-                    .unwrap();
-                (emb.env().success(), emb.env().steps())
-            };
-            let (ok, at) = run(0);
-            if !ok || at + 40 > task.max_steps {
+            let actions = demo_actions(ep);
+            let plain = replay_through_loop(task, cams, &actions, 8, 0);
+            if !plain.success() || plain.steps() + 40 > task.max_steps {
                 continue;
             }
-            let (ok_past, steps_past) = run(40);
-            assert!(ok_past, "{}: success must stay latched", task.id);
-            assert_eq!(steps_past, at + 40, "{}", task.id);
+            let past = replay_through_loop(task, cams, &actions, 8, 40);
+            assert!(past.success(), "{}: success must stay latched", task.id);
+            assert_eq!(past.steps(), plain.steps() + 40, "{}", task.id);
             checked += 1;
         }
         assert!(
@@ -627,13 +628,7 @@ mod tests {
     /// time) and the report carries every JSON field.
     #[test]
     fn eval_runs_a_trained_checkpoint() {
-        let data_dir = tempfile::tempdir().unwrap();
-        let cams = CameraConfig {
-            width: 32,
-            height: 32,
-        };
-        rudder_sim::tabletop::write_demos(Suite::Spatial, 1, data_dir.path(), 0, cams).unwrap();
-        let data = DemoDataset::load(data_dir.path(), true).unwrap();
+        let (_dir, data, _) = spatial_demos(32);
         let cfg = TrainConfig {
             model: ModelSpec::tiny(),
             steps: 2,
