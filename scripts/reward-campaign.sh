@@ -16,15 +16,15 @@ if [ ! -e runs/goal/latest ]; then
 fi
 rm -rf "$OUT/data"
 $R reward data --suite all --train-inits 24 --val-inits 8 --test-inits 10 --out "$OUT/data" \
-  --policy runs/goal --vla-episodes 5 --quiet | tee "$OUT/data.txt"
+  --policy runs/goal --vla-episodes 24 --quiet | tee "$OUT/data.txt"
 $R train reward --data "$OUT/data" --out "$OUT/model" --steps 2500 --batch 32 | tee "$OUT/train.txt"
 $R eval reward --model "$OUT/model" --data "$OUT/data" --splits test,heldout_task \
   --reliability "$OUT/reliability.png" --json > "$OUT/eval.json"
 $R eval reward --model "$OUT/model" --data "$OUT/data" --splits test,heldout_task | tee "$OUT/eval.txt"
 $R bench reward --model "$OUT/model" --data "$OUT/data" --iters 500 --json | tee "$OUT/bench.json"
-# 200 VLA episodes (held-out init states 40-59, lockstep): the classifier's final verdict
-# against the simulator's.
-$R eval --suite goal --policy runs/goal --episodes 20 --first-episode 40 --lockstep \
+# 200 VLA episodes on scenes neither model saw (init seed 1; both trained on seed 0), lockstep:
+# the classifier's final verdict against the simulator's.
+$R eval --suite goal --policy runs/goal --episodes 20 --first-episode 0 --seed 1 --lockstep \
   --reward "$OUT/model" --json > "$OUT/vla_with_reward.json"
 # The real-time loop's period error with and without the classifier beside the policy.
 $R eval --suite goal --policy runs/goal --episodes 1 --tasks 0,1,2,3,4 --json > "$OUT/rt_plain.json"
