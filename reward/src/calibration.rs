@@ -169,6 +169,11 @@ pub fn ece(probs: &[f64], labels: &[bool], bins: usize) -> f64 {
         .sum()
 }
 
+/// The precision a threshold is calibrated to reach on the validation split unless asked for
+/// another: the success classifier's precision target (a false "yes" ends a forward task early
+/// in reset-free RL, so precision is what the threshold buys; a stricter one costs recall).
+pub const DEFAULT_MIN_PRECISION: f64 = 0.97;
+
 /// The temperature fitted on `margins` and the threshold of the calibrated probabilities that
 /// reaches `min_precision` ([`fit_temperature`], then [`pick_threshold`]).
 pub(crate) fn fit_calibration(margins: &[f64], labels: &[bool], min_precision: f64) -> (f64, f64) {

@@ -533,7 +533,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub shift: usize,
     /// Precision the calibrated threshold must reach on the validation split.
-    #[arg(long, default_value_t = 0.98)]
+    #[arg(long, default_value_t = rudder_reward::calibration::DEFAULT_MIN_PRECISION)]
     pub min_precision: f64,
     /// Resume from OUT/latest.
     #[arg(long)]
@@ -748,7 +748,7 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Precision the threshold must reach on the validation split.
-    #[arg(long, default_value_t = 0.98)]
+    #[arg(long, default_value_t = rudder_reward::calibration::DEFAULT_MIN_PRECISION)]
     pub min_precision: f64,
 }
 
