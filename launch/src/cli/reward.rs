@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::cli::progress::{bar, TrainProgress};
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rudder_reward::baseline::{
     calibrate_cnn, is_cnn_checkpoint, CnnClassifier, CnnSpec, CnnTrainer, TrainConfigCnn,
 };
@@ -38,20 +38,6 @@ use serde::Serialize;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn bar(n: u64, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(n);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,28 +683,15 @@ where
         data.tasks(Split::Train).len(),
         a.steps
     );
-    let pb = bar(a.steps, a.quiet);
-    pb.set_position(tr.step_count());
-    let mut ema: Option<f64> = None;
+    let mut progress = TrainProgress::new(a.steps, tr.step_count(), a.log_every, a.quiet);
     while tr.step_count() < a.steps {
         let s = tr.step(input)?;
-        let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
-        ema = Some(e);
-        pb.set_position(s.step);
-        pb.set_message(format!("loss {:.4} (avg {e:.4}) lr {:.2e}", s.loss, s.lr));
-        if a.log_every > 0 && s.step % a.log_every == 0 {
-            pb.suspend(|| {
-                println!(
-                    "step {:>6}  loss {:.5}  avg {e:.5}  lr {:.3e}  grad_norm {:.3}  {:.2} s/step",
-                    s.step, s.loss, s.lr, s.grad_norm, s.seconds
-                )
-            });
-        }
+        progress.record(&s);
         if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
             tr.save(&a.out, a.keep, data, |_| Ok(()))?;
         }
     }
-    pb.finish_and_clear();
+    progress.finish();
     let mut cal = None;
     let dir = tr.save(&a.out, a.keep, data, |tmp| {
         cal = Some(calibrate_in(tmp)?);

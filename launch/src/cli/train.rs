@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use crate::cli::progress::{bar, TrainProgress};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use rudder_tune::candle_core::{Device, Var};
 use rudder_tune::load::{load_model, AnyModel};
 use rudder_tune::peft::{self, LoraConfig};
@@ -349,39 +349,15 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         data.meta.episodes_per_task(),
         a.steps
     );
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(a.steps);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
-    bar.set_position(trainer.step_count());
-    let mut ema: Option<f64> = None;
+    let mut progress = TrainProgress::new(a.steps, trainer.step_count(), a.log_every, a.quiet);
     while trainer.step_count() < a.steps {
         let s = trainer.step(&data)?;
-        let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
-        ema = Some(e);
-        bar.set_position(s.step);
-        bar.set_message(format!("loss {:.4} (avg {e:.4}) lr {:.2e}", s.loss, s.lr));
-        if a.log_every > 0 && s.step % a.log_every == 0 {
-            bar.suspend(|| {
-                println!(
-                    "step {:>6}  loss {:.5}  avg {e:.5}  lr {:.3e}  grad_norm {:.3}  {:.2} s/step",
-                    s.step, s.loss, s.lr, s.grad_norm, s.seconds
-                )
-            });
-        }
+        progress.record(&s);
         if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
             trainer.save(&a.out, a.keep, &data)?;
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let dir = trainer.save(&a.out, a.keep, &data)?;
     println!("policy checkpoint: {}", dir.display());
     Ok(ExitCode::SUCCESS)
@@ -521,18 +497,7 @@ fn sft(a: SftArgs) -> anyhow::Result<ExitCode> {
         a.steps,
         backward
     );
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(a.steps);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = bar(a.steps, a.quiet);
     bar.set_position(trainer.step_count());
     let save =
         |trainer: &SftTrainer, loaded: &mut rudder_tune::load::LoadedModel| -> anyhow::Result<()> {
