@@ -127,8 +127,6 @@ pub struct EvaluatedTabletop {
     inner: TabletopSim,
     max_steps: usize,
     past_success: usize,
-    /// The simulator step at which the task first succeeded.
-    success_at: Option<usize>,
     done: Arc<AtomicBool>,
     /// The TCP after every simulator step (the first entry: the initial pose).
     tcp: Vec<[f64; 3]>,
@@ -161,7 +159,6 @@ impl EvaluatedTabletop {
             inner,
             max_steps,
             past_success: 0,
-            success_at: None,
             done: Arc::new(AtomicBool::new(false)),
             tcp,
             tap: None,
@@ -225,15 +222,9 @@ impl EvaluatedTabletop {
         if env.steps() >= self.max_steps {
             return true;
         }
-        match self.success_at {
+        match env.success_step() {
             Some(at) => env.steps() >= at + self.past_success,
             None => env.done(),
-        }
-    }
-
-    fn note_success(&mut self) {
-        if self.success_at.is_none() && self.inner.env().success() {
-            self.success_at = Some(self.inner.env().steps());
         }
     }
 }
@@ -279,7 +270,6 @@ impl Embodiment for EvaluatedTabletop {
             return Ok(());
         }
         let r = self.inner.command(cmd);
-        self.note_success();
         if self.over() {
             self.done.store(true, Ordering::Release);
         }

@@ -131,7 +131,8 @@ pub struct TabletopEnv {
     task: Task,
     instruction: String,
     steps: usize,
-    success: bool,
+    /// The step count at which every goal first held (success is latched from then on).
+    success_step: Option<usize>,
     stats: EnvStats,
     render: Option<(Renderer, CameraConfig)>,
     check_penetration: bool,
@@ -179,7 +180,7 @@ impl TabletopEnv {
             instruction: instruction.to_string(),
             task: task.clone(),
             steps: 0,
-            success: false,
+            success_step: None,
             stats: EnvStats::default(),
             render: cameras.map(|c| (Renderer::new(), c)),
             check_penetration: true,
@@ -230,11 +231,16 @@ impl TabletopEnv {
     }
 
     pub fn success(&self) -> bool {
-        self.success
+        self.success_step.is_some()
+    }
+
+    /// The step count at which the task first succeeded.
+    pub fn success_step(&self) -> Option<usize> {
+        self.success_step
     }
 
     pub fn done(&self) -> bool {
-        self.success || self.steps >= self.task.max_steps
+        self.success() || self.steps >= self.task.max_steps
     }
 
     /// Whether every goal predicate holds now (not latched like `success()`).
@@ -371,11 +377,11 @@ impl TabletopEnv {
                 .max(self.world.hand_penetration(&self.flange()));
             self.stats.max_penetration = self.stats.max_penetration.max(p);
         }
-        if !self.success {
-            self.success = self.goal_holds();
+        if self.success_step.is_none() && self.goal_holds() {
+            self.success_step = Some(self.steps);
         }
         StepInfo {
-            success: self.success,
+            success: self.success(),
             done: self.done(),
             refused,
         }
