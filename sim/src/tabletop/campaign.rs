@@ -127,6 +127,8 @@ pub struct EvaluatedTabletop {
     inner: TabletopSim,
     max_steps: usize,
     past_success: usize,
+    /// The simulator step at which the task first succeeded.
+    success_at: Option<usize>,
     done: Arc<AtomicBool>,
     /// The TCP after every simulator step (the first entry: the initial pose).
     tcp: Vec<[f64; 3]>,
@@ -159,6 +161,7 @@ impl EvaluatedTabletop {
             inner,
             max_steps,
             past_success: 0,
+            success_at: None,
             done: Arc::new(AtomicBool::new(false)),
             tcp,
             tap: None,
@@ -222,9 +225,15 @@ impl EvaluatedTabletop {
         if env.steps() >= self.max_steps {
             return true;
         }
-        match env.success_step() {
+        match self.success_at {
             Some(at) => env.steps() >= at + self.past_success,
             None => env.done(),
+        }
+    }
+
+    fn note_success(&mut self) {
+        if self.success_at.is_none() && self.inner.env().success() {
+            self.success_at = Some(self.inner.env().steps());
         }
     }
 }
@@ -270,6 +279,7 @@ impl Embodiment for EvaluatedTabletop {
             return Ok(());
         }
         let r = self.inner.command(cmd);
+        self.note_success();
         if self.over() {
             self.done.store(true, Ordering::Release);
         }

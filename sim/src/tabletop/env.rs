@@ -131,8 +131,7 @@ pub struct TabletopEnv {
     task: Task,
     instruction: String,
     steps: usize,
-    /// The step count at which every goal first held (success is latched from then on).
-    success_step: Option<usize>,
+    success: bool,
     stats: EnvStats,
     render: Option<(Renderer, CameraConfig)>,
     check_penetration: bool,
@@ -180,7 +179,7 @@ impl TabletopEnv {
             instruction: instruction.to_string(),
             task: task.clone(),
             steps: 0,
-            success_step: None,
+            success: false,
             stats: EnvStats::default(),
             render: cameras.map(|c| (Renderer::new(), c)),
             check_penetration: true,
@@ -231,16 +230,11 @@ impl TabletopEnv {
     }
 
     pub fn success(&self) -> bool {
-        self.success_step.is_some()
-    }
-
-    /// The step count at which the task first succeeded.
-    pub fn success_step(&self) -> Option<usize> {
-        self.success_step
+        self.success
     }
 
     pub fn done(&self) -> bool {
-        self.success() || self.steps >= self.task.max_steps
+        self.success || self.steps >= self.task.max_steps
     }
 
     /// Whether every goal predicate holds now (not latched like `success()`).
@@ -377,11 +371,11 @@ impl TabletopEnv {
                 .max(self.world.hand_penetration(&self.flange()));
             self.stats.max_penetration = self.stats.max_penetration.max(p);
         }
-        if self.success_step.is_none() && self.goal_holds() {
-            self.success_step = Some(self.steps);
+        if !self.success {
+            self.success = self.goal_holds();
         }
         StepInfo {
-            success: self.success(),
+            success: self.success,
             done: self.done(),
             refused,
         }
