@@ -134,3 +134,44 @@ impl Policy for TabletopVla {
         out
     }
 }
+
+/// A reset-free RL run's actor steering the noise of a loaded VLA, as the loop's policy: the
+/// actor's mode, no exploration, no learning. Clones share one agent.
+#[derive(Clone)]
+pub struct RlActor {
+    agent: Arc<Mutex<rudder_policy::rl::LatentAgent>>,
+    latency_ms: Arc<Mutex<Vec<f64>>>,
+}
+
+impl RlActor {
+    /// The agent in `dir` (an `OUT` of `rudder train rl`, or one of its checkpoints) for
+    /// `vla`'s checkpoint.
+    pub fn load(vla: &LoadedVla, dir: &Path, latency_ms: Arc<Mutex<Vec<f64>>>) -> anyhow::Result<Self> {
+        let dir = rudder_tune::train::checkpoint::latest(dir)?.unwrap_or_else(|| dir.to_path_buf());
+        let policy = Arc::new(
+            VlaPolicy::load(&vla.dir).with_context(|| format!("loading {}", vla.dir.display()))?,
+        );
+        let mut agent = rudder_policy::rl::LatentAgent::load(policy, &dir)
+            .with_context(|| format!("--rl {}", dir.display()))?
+            .with_layout(LAYOUT);
+        agent.explore = false;
+        agent.learn = false;
+        Ok(Self {
+            agent: Arc::new(Mutex::new(agent)),
+            latency_ms,
+        })
+    }
+}
+
+impl Policy for RlActor {
+    fn infer(&mut self, obs: &Observation) -> Result<ActionChunk, PolicyError> {
+        let t0 = Instant::now();
+        let out = lock(&self.agent).infer(obs);
+        lock(&self.latency_ms).push(t0.elapsed().as_secs_f64() * 1e3);
+        out
+    }
+
+    fn reset(&mut self) {
+        lock(&self.agent).reset();
+    }
+}

@@ -17,6 +17,7 @@ pub mod dataset;
 pub mod error;
 pub mod noise;
 pub mod normalize;
+pub mod rl;
 pub mod tokens;
 pub mod train;
 pub mod vla;

@@ -113,6 +113,41 @@ impl Inpainting {
 /// normalised space (`horizon x action_dim`, row-major).
 type InferredChunk = (Vec<Vec<f32>>, Option<Vec<f32>>);
 
+/// Fixed-point iterations per undone Euler step when inverting the flow (3 bring the tiny
+/// fixture's round trip from 14 % of the chunk's scale to below 1 %).
+const INVERT_FIXED_POINT: usize = 3;
+
+/// Where a flow chunk's noise comes from.
+enum Noise<'a> {
+    /// Drawn from a seed (the policy's own sampling).
+    Seed(u64),
+    /// Chosen by the caller (a latent-noise actor), `horizon x action_dim`, row-major.
+    Given(&'a [f32]),
+    /// Found by inverting the flow from this normalised chunk (returned in `normalized`).
+    Invert(&'a [f32]),
+    /// No chunk: only the prefix pass, for its features.
+    FeaturesOnly,
+}
+
+/// What one pass of the model gives: the rows, the normalised chunk (or, when inverting, the
+/// noise) and the flow head's pooled prefix features.
+struct FlowChunk {
+    rows: Vec<Vec<f32>>,
+    normalized: Option<Vec<f32>>,
+    features: Option<Vec<f32>>,
+}
+
+/// A chunk decoded from caller-chosen noise, for latent-noise RL.
+#[derive(Debug, Clone)]
+pub struct LatentChunk {
+    /// The pooled prefix features (images and instruction) followed by the normalised state.
+    pub features: Vec<f32>,
+    /// Un-normalised rows, `horizon x action_dim`.
+    pub rows: Vec<Vec<f32>>,
+    /// The same chunk in the model's normalised space, row-major.
+    pub normalized: Vec<f32>,
+}
+
 /// The last chunk inferred through `rudder_robot::Policy`, in the model's normalised space.
 #[derive(Debug, Clone)]
 struct LastChunk {
@@ -454,6 +489,118 @@ impl VlaPolicy {
             .map(|(rows, _)| rows)
     }
 
+    /// Length of the noise a flow chunk is decoded from (`horizon x max_action_dim`); 0 for
+    /// the tokens head, which has none.
+    pub fn noise_dim(&self) -> usize {
+        match &self.model {
+            Head::Flow(m) => m.cfg.chunk_size * m.cfg.max_action_dim,
+            Head::Tokens { .. } => 0,
+        }
+    }
+
+    /// Length of [`LatentChunk::features`]: the prefix's width plus the padded state.
+    pub fn feature_dim(&self) -> usize {
+        match &self.model {
+            Head::Flow(m) => m.vlm.language_model.cfg.hidden_size + m.cfg.max_state_dim,
+            Head::Tokens { .. } => 0,
+        }
+    }
+
+    fn obs_images(obs: &Observation) -> Vec<(String, rudder_robot::ImageRgb8)> {
+        obs.images
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn require_flow(&self) -> Result<(), FlowError> {
+        if self.is_flow() {
+            Ok(())
+        } else {
+            Err(FlowError::input(
+                "policy",
+                format!(
+                    "{} has a tokens head; latent-noise RL needs the flow head",
+                    self.dir.display()
+                ),
+            ))
+        }
+    }
+
+    /// Decodes the chunk for `obs` from `noise` (`noise_dim()` values) instead of the policy's
+    /// own draw: the action of a latent-noise actor steering the frozen flow (DSRL). No
+    /// inpainting, so the chunk is a function of (observation, noise) alone.
+    pub fn decode_latent(&self, obs: &Observation, noise: &[f32]) -> Result<LatentChunk, FlowError> {
+        self.require_flow()?;
+        let c = self.infer_with(
+            &Self::obs_images(obs),
+            &obs.state,
+            &obs.instruction,
+            Noise::Given(noise),
+            None,
+            None,
+        )?;
+        Ok(LatentChunk {
+            features: c.features.unwrap_or_default(),
+            rows: c.rows,
+            normalized: c.normalized.unwrap_or_default(),
+        })
+    }
+
+    /// The features of `obs` ([`LatentChunk::features`]) from the prefix pass alone.
+    pub fn latent_features(&self, obs: &Observation) -> Result<Vec<f32>, FlowError> {
+        self.require_flow()?;
+        let c = self.infer_with(
+            &Self::obs_images(obs),
+            &obs.state,
+            &obs.instruction,
+            Noise::FeaturesOnly,
+            None,
+            None,
+        )?;
+        Ok(c.features.unwrap_or_default())
+    }
+
+    /// The features of `obs` and the noise the flow would decode into `rows` (un-normalised,
+    /// `horizon x action_dim`; shorter chunks are padded by repeating the last row): how a
+    /// demonstrated chunk enters the latent actor's action space.
+    pub fn encode_latent(
+        &self,
+        obs: &Observation,
+        rows: &[Vec<f32>],
+    ) -> Result<(Vec<f32>, Vec<f32>), FlowError> {
+        self.require_flow()?;
+        let Head::Flow(m) = &self.model else {
+            return Err(FlowError::input("policy", "no flow head"));
+        };
+        let (h, a) = (m.cfg.chunk_size, m.cfg.max_action_dim);
+        let Some(last) = rows.last() else {
+            return Err(FlowError::input("actions", "empty chunk"));
+        };
+        let mut target = Vec::with_capacity(h * a);
+        for i in 0..h {
+            let row = rows.get(i).unwrap_or(last);
+            let mut r: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            if let Some(ms) = &self.norm.actions {
+                ms.normalize(&mut r);
+            }
+            r.resize(a, 0.0);
+            target.extend(r.iter().map(|&v| v as f32));
+        }
+        let c = self.infer_with(
+            &Self::obs_images(obs),
+            &obs.state,
+            &obs.instruction,
+            Noise::Invert(&target),
+            None,
+            None,
+        )?;
+        Ok((
+            c.features.unwrap_or_default(),
+            c.normalized.unwrap_or_default(),
+        ))
+    }
+
     /// The chunk (un-normalised rows) and, for the flow head, the same chunk in the model's
     /// normalised space; `guide` inpaints it (flow head only).
     fn infer_inner(
@@ -465,6 +612,19 @@ impl VlaPolicy {
         hooks: Option<&mut Hooks>,
         guide: Option<(Vec<f32>, Vec<f32>)>,
     ) -> Result<InferredChunk, FlowError> {
+        self.infer_with(images, state, prompt_text, Noise::Seed(seed), hooks, guide)
+            .map(|c| (c.rows, c.normalized))
+    }
+
+    fn infer_with(
+        &self,
+        images: &[(String, rudder_robot::ImageRgb8)],
+        state: &[f64],
+        prompt_text: &str,
+        noise_in: Noise<'_>,
+        hooks: Option<&mut Hooks>,
+        guide: Option<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<FlowChunk, FlowError> {
         let cams = self.settings.cameras.len();
         let size = self.image_size();
         let per_image = self.vision().num_patches();
@@ -545,7 +705,11 @@ impl VlaPolicy {
                             .collect()
                     })
                     .collect();
-                return Ok((rows, None));
+                return Ok(FlowChunk {
+                    rows,
+                    normalized: None,
+                    features: None,
+                });
             }
         };
         let cfg = &model.cfg;
@@ -555,6 +719,7 @@ impl VlaPolicy {
         }
         st.resize(cfg.max_state_dim, 0.0);
         let st: Vec<f32> = st.iter().map(|&v| v as f32).collect();
+        let state_features = st.clone();
         let seq = ids.len();
         let inputs = pi0::Inputs {
             input_ids: Tensor::from_vec(ids, (1, seq), &self.device)?,
@@ -564,8 +729,54 @@ impl VlaPolicy {
         };
         let state_t = Tensor::from_vec(st, (1, cfg.max_state_dim), &self.device)?;
         let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
-        let noise_t = Tensor::from_vec(noise::gaussian(seed, h * a), (1, h, a), &self.device)?;
+        let noise_v = match noise_in {
+            Noise::Seed(seed) => noise::gaussian(seed, h * a),
+            Noise::Given(v) if v.len() == h * a && v.iter().all(|x| x.is_finite()) => v.to_vec(),
+            Noise::Given(v) => {
+                return Err(FlowError::input(
+                    "noise",
+                    format!(
+                        "expected {h} x {a} = {} finite values, got {} (finite: {})",
+                        h * a,
+                        v.len(),
+                        v.iter().all(|x| x.is_finite())
+                    ),
+                ))
+            }
+            Noise::FeaturesOnly => {
+                let cache = model.prefix_cache(&inputs, hooks)?;
+                let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
+                features.extend(&state_features);
+                return Ok(FlowChunk {
+                    rows: Vec::new(),
+                    normalized: None,
+                    features: Some(features),
+                });
+            }
+            Noise::Invert(target) => {
+                if target.len() != h * a {
+                    return Err(FlowError::input(
+                        "actions",
+                        format!("expected {h} x {a} normalised values, got {}", target.len()),
+                    ));
+                }
+                let cache = model.prefix_cache(&inputs, hooks)?;
+                let x0 = Tensor::from_vec(target.to_vec(), (1, h, a), &self.device)?;
+                let w = model.invert_actions(&cache, &state_t, &x0, None, INVERT_FIXED_POINT)?;
+                let w: Vec<f32> = w.flatten_all()?.to_vec1()?;
+                let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
+                features.extend(&state_features);
+                return Ok(FlowChunk {
+                    rows: Vec::new(),
+                    normalized: Some(w),
+                    features: Some(features),
+                });
+            }
+        };
+        let noise_t = Tensor::from_vec(noise_v, (1, h, a), &self.device)?;
         let cache = model.prefix_cache(&inputs, hooks)?;
+        let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
+        features.extend(&state_features);
         let guide = match guide {
             Some((target, weights)) => Some(pi0::ChunkGuide {
                 target: Tensor::from_vec(target, (1, h, a), &self.device)?,
@@ -593,7 +804,11 @@ impl VlaPolicy {
             }
             chunk.push(r.into_iter().map(|v| v as f32).collect());
         }
-        Ok((chunk, Some(normalized)))
+        Ok(FlowChunk {
+            rows: chunk,
+            normalized: Some(normalized),
+            features: Some(features),
+        })
     }
 
     /// The inpainting guide for a chunk starting at `start_time`: the previous chunk's tail,
@@ -679,6 +894,15 @@ impl VlaPolicy {
                 normalized,
             });
         }
+        self.chunk_from_rows(obs.timestamp, &rows)
+    }
+
+    /// The loop's chunk for un-normalised `rows` starting at `timestamp`.
+    pub fn chunk_from_rows(
+        &self,
+        timestamp: f64,
+        rows: &[Vec<f32>],
+    ) -> Result<ActionChunk, PolicyError> {
         let space = self.chunk_space();
         let f = |v: f32| v as f64;
         let actions = rows
@@ -699,7 +923,7 @@ impl VlaPolicy {
                 },
             })
             .collect();
-        ActionChunk::new(space, obs.timestamp, self.settings.dt, actions)
+        ActionChunk::new(space, timestamp, self.settings.dt, actions)
             .map_err(|e| PolicyError::Inference(e.to_string()))
     }
 }

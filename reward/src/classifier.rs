@@ -490,3 +490,14 @@ impl SuccessClassifier {
         self.classify(&frames, &obs.instruction)
     }
 }
+
+/// The classifier as the success detector of a reset-free run.
+impl rudder_robot::SuccessJudge for SuccessClassifier {
+    fn judge(&mut self, obs: &Observation) -> Result<rudder_robot::Judgement, String> {
+        let v = self.classify_observation(obs).map_err(|e| e.to_string())?;
+        Ok(rudder_robot::Judgement {
+            probability: v.p_success,
+            success: v.success,
+        })
+    }
+}

@@ -5,7 +5,9 @@ pub mod bench;
 pub mod control;
 pub mod driving;
 pub mod embodiment;
+pub mod judge;
 pub mod kinematic;
+pub mod learner;
 pub mod policy;
 #[cfg(feature = "ros2")]
 pub mod ros2;
@@ -19,7 +21,9 @@ pub use control::{
     WatchdogConfig,
 };
 pub use embodiment::{Embodiment, EmbodimentError};
+pub use judge::{Debounce, Judgement, SuccessJudge};
 pub use kinematic::KinematicUr5;
+pub use learner::{AttemptEnd, Learner};
 pub use policy::{Policy, PolicyError};
 pub use safety::{JointLimits, SafetyConfig, SafetyFilter, SafetyReport, WorkspaceBox};
 pub use types::{

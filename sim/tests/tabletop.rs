@@ -480,7 +480,10 @@ mod tabletop {
             noisy_dir.path(),
             0,
             cams,
-            DemoOptions { action_noise: 0.15 },
+            DemoOptions {
+                action_noise: 0.15,
+                ..DemoOptions::default()
+            },
         )
         .expect("demos");
         assert_eq!(noisy.action_noise, 0.15);
@@ -528,7 +531,10 @@ mod tabletop {
                 noisy_dir.path(),
                 0,
                 cams,
-                DemoOptions { action_noise: bad },
+                DemoOptions {
+                    action_noise: bad,
+                    ..DemoOptions::default()
+                },
             )
             .expect_err("bad noise");
             assert!(e.to_string().contains("action noise"), "{e}");

@@ -23,6 +23,7 @@ pub mod load;
 pub mod lora;
 pub mod models;
 pub mod peft;
+pub mod rl;
 pub mod state;
 pub mod text;
 pub mod train;

@@ -93,6 +93,10 @@ pub struct EvalArgs {
     /// real-time chunking's inpainting) [default: the checkpoint's policy.json, else off].
     #[arg(long, value_enum)]
     pub inpainting: Option<InpaintingArg>,
+    /// A reset-free RL run (`rudder train rl`) whose actor picks the flow's noise for this
+    /// policy (its mode: no exploration, no learning).
+    #[arg(long, value_name = "DIR")]
+    pub rl: Option<PathBuf>,
     /// Write each episode's last camera frames here as PNG
     /// (`<task>_ep<N>_<success|failure>_<camera>.png`), to see how failures end.
     #[arg(long, value_name = "DIR")]
@@ -161,6 +165,8 @@ pub struct EvalOptions {
     pub frames: Option<PathBuf>,
     /// Simulator steps each episode goes on after its first success (0: it ends there).
     pub steps_past_success: usize,
+    /// An RL agent's checkpoint steering the policy's noise (`rudder train rl`).
+    pub rl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,14 +280,21 @@ pub fn evaluate_tapped(
         frames: o.frames.clone(),
         steps_past_success: o.steps_past_success,
     };
+    let agent = match &o.rl {
+        Some(dir) => Some(crate::vla::RlActor::load(vla, dir, Arc::clone(&latency))?),
+        None => None,
+    };
     let result = run_campaign_tapped(
         &campaign,
         tap,
-        |_, _| {
+        |_, _| -> Box<dyn rudder_robot::Policy> {
+            if let Some(a) = &agent {
+                return Box::new(a.clone());
+            }
             // Every episode replays the same noise draws, whatever ran before it (and a
             // sweep's conditions compare on equal noise).
             lock(&vla.model).reset_noise();
-            vla.policy(o.steering.as_ref(), Some(Arc::clone(&latency)))
+            Box::new(vla.policy(o.steering.as_ref(), Some(Arc::clone(&latency))))
         },
         progress,
     )?;
@@ -352,6 +365,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         inpainting: a.inpainting.map(Inpainting::from),
         frames: a.frames.clone(),
         steps_past_success: 0,
+        rl: a.rl.clone(),
     };
     if let Some(dir) = &o.frames {
         std::fs::create_dir_all(dir)
@@ -665,6 +679,7 @@ mod tests {
                 inpainting: (!lockstep).then_some(Inpainting::Decay),
                 frames: lockstep.then(|| frames.path().to_path_buf()),
                 steps_past_success: 0,
+                rl: None,
             };
             let r = evaluate(&o, |_| {}).unwrap();
             let tasks = load_suite(Suite::Spatial).unwrap();

@@ -6,6 +6,7 @@ pub mod launch;
 pub mod model;
 pub mod progress;
 pub mod reward;
+pub mod rl;
 pub mod serve;
 pub mod sim;
 pub mod steer;

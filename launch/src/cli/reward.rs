@@ -86,6 +86,11 @@ pub struct DataArgs {
     /// labelled by the predicate as it then stands.
     #[arg(long, default_value_t = 48)]
     pub vla_steps_past_success: usize,
+    /// Also the goal suite's backward (reset) tasks, each episode starting where the forward
+    /// expert's episode of the same init state ended (for `rudder train rl`); a held-out
+    /// forward task holds out its backward task too.
+    #[arg(long)]
+    pub with_backward: bool,
     /// Share of the negatives taken from hard kinds when balancing to 50 % positives.
     #[arg(long, default_value_t = 0.5)]
     pub hard_share: f64,
@@ -103,6 +108,9 @@ struct Job {
     init: usize,
     split: Split,
     perturbation: Option<Perturbation>,
+    /// A backward task's forward task, whose expert episode of the same init state sets the
+    /// scene the backward episode starts from.
+    forward: Option<Task>,
 }
 
 /// A labelled frame waiting for the balance.
@@ -176,9 +184,28 @@ pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
                 holdout.push(t.id.clone());
             }
         }
-        for task in tasks {
+        let backward = if a.with_backward {
+            rudder_sim::tabletop::load_backward(suite)
+                .map_err(|e| anyhow::anyhow!("suite {}: {e}", suite.name()))?
+        } else {
+            Vec::new()
+        };
+        if a.with_backward && backward.is_empty() {
+            bail!(
+                "--with-backward: suite {} has no backward tasks (the goal suite has)",
+                suite.name()
+            );
+        }
+        let mut listed: Vec<(Task, Option<Task>)> =
+            tasks.iter().map(|t| (t.clone(), None)).collect();
+        for (fid, back) in backward {
+            let forward = tasks.iter().find(|t| t.id == fid).cloned();
+            listed.push((back, forward));
+        }
+        for (task, forward) in listed {
             all_ids.push(task.id.clone());
-            let held = holdout.contains(&task.id);
+            let held = holdout.contains(&task.id)
+                || forward.as_ref().is_some_and(|f| holdout.contains(&f.id));
             for (split, inits) in split_inits(&a) {
                 // A held-out task is only ever evaluated, on the test init states.
                 let split = match (held, split) {
@@ -193,6 +220,7 @@ pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
                         init,
                         split,
                         perturbation: None,
+                        forward: forward.clone(),
                     });
                     for p in Perturbation::ALL {
                         if p.applies_to(&task) {
@@ -202,6 +230,7 @@ pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
                                 init,
                                 split,
                                 perturbation: Some(p),
+                                forward: forward.clone(),
                             });
                         }
                     }
@@ -237,7 +266,14 @@ pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
                 if lock(&first_error).is_some() {
                     break;
                 }
-                match expert_episode(&j.task, a.seed, j.init, j.perturbation, cameras, &sampling) {
+                let episode = match &j.forward {
+                    None => {
+                        expert_episode(&j.task, a.seed, j.init, j.perturbation, cameras, &sampling)
+                            .map_err(|e| e.to_string())
+                    }
+                    Some(f) => backward_episode(f, j, a.seed, cameras, &sampling),
+                };
+                match episode {
                     Ok(ep) => lock(&results).push((i, ep)),
                     Err(e) => {
                         lock(&first_error)
@@ -322,6 +358,23 @@ pub fn data(a: DataArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A backward task's scripted episode from where the forward expert's episode ended.
+fn backward_episode(
+    forward: &Task,
+    j: &Job,
+    seed: u64,
+    cameras: CameraConfig,
+    sampling: &FrameSampling,
+) -> Result<LabelledEpisode, String> {
+    let end = rudder_sim::tabletop::demos::forward_expert_end(forward, seed, j.init, cameras)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the forward expert of {} failed", forward.id))?;
+    let env = rudder_sim::tabletop::TabletopEnv::continuing(end, &j.task, &j.task.instruction)
+        .map_err(|e| e.to_string())?;
+    rudder_sim::tabletop::labelled::expert_episode_from(env, j.init, j.perturbation, sampling)
+        .map_err(|e| e.to_string())
+}
+
 /// A VLA's rollouts in lockstep, every frame's label from the predicate: real failures (and
 /// real successes) beside the scripted ones.
 fn vla_rollouts(
@@ -383,6 +436,7 @@ fn vla_rollouts(
             inpainting: None,
             frames: None,
             steps_past_success: a.vla_steps_past_success,
+            rl: None,
         };
         eprintln!(
             "VLA rollouts ({}): {} per task of suite {}",

@@ -92,6 +92,10 @@ pub struct DemosArgs {
     /// recorded, so the data teach recovering from small position errors. 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub action_noise: f64,
+    /// Also record each goal task's backward task (reset-free RL), each episode starting where
+    /// the forward expert's episode ended; goal suite only.
+    #[arg(long)]
+    pub with_backward: bool,
 }
 
 fn suites(name: &str) -> anyhow::Result<Vec<Suite>> {
@@ -158,7 +162,14 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
         width: a.size,
         height: a.size,
     };
-    for s in suites(&a.suite)? {
+    let chosen = suites(&a.suite)?;
+    if a.with_backward && chosen != [Suite::Goal] {
+        anyhow::bail!(
+            "--with-backward: backward tasks exist for the goal suite only (got --suite {})",
+            a.suite
+        );
+    }
+    for s in chosen {
         let out = if a.suite == "all" {
             a.out.join(format!("{s:?}").to_lowercase())
         } else {
@@ -172,6 +183,7 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
             cams,
             tabletop::DemoOptions {
                 action_noise: a.action_noise,
+                with_backward: a.with_backward,
             },
         )?;
         println!(

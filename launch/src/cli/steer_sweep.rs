@@ -208,6 +208,7 @@ pub fn run(a: SweepArgs, rec: &RecordingFlags) -> anyhow::Result<ExitCode> {
         inpainting: None,
         frames: None,
         steps_past_success: 0,
+        rl: None,
     };
     let total = (1 + a.reference_manners.len() + names.len() * a.alphas.len()) as u64;
     let bar = (!a.json).then(|| {

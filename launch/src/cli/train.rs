@@ -36,6 +36,9 @@ optimizer and trainer state. A killed run resumes from OUT/latest with --resume.
     /// Train the VLM success classifier on labelled frames (`rudder reward data`), then
     /// calibrate it on the validation split.
     Reward(crate::cli::reward::TrainArgs),
+    /// Reset-free RL fine-tuning of a flow VLA with the success classifier (RoboFuME):
+    /// latent-noise actor and Cal-QL critic, forward and backward tasks alternating.
+    Rl(crate::cli::rl::RlArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -241,6 +244,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Sft(a) => sft(a),
         TrainCommand::Vla(a) => vla(a),
         TrainCommand::Reward(a) => crate::cli::reward::train(a),
+        TrainCommand::Rl(a) => crate::cli::rl::train(a),
     }
 }
 

@@ -13,7 +13,8 @@
 
 use super::physics::{tcp_of, Refusal, World, FLANGE_TO_TCP, MAX_OPENING};
 use super::render::{Camera, Renderer};
-use super::tasks::{Task, TaskError};
+use super::scene::TABLE;
+use super::tasks::{Task, TaskError, INIT_STATES};
 use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector3};
 use rudder_robot::control::EefDeltaScale;
 use rudder_robot::safety::WorkspaceBox;
@@ -157,7 +158,7 @@ impl TabletopEnv {
         instruction: &str,
         cameras: Option<CameraConfig>,
     ) -> Result<Self, TaskError> {
-        let scene = task.init_state(seed, k % super::tasks::INIT_STATES)?;
+        let scene = task.init_state(seed, k % INIT_STATES)?;
         let model = Ur5Model::ur5();
         let q = home_joints(&model);
         let mut cfg = SafetyConfig::ur5(CONTROL_HZ);
@@ -184,6 +185,92 @@ impl TabletopEnv {
             render: cameras.map(|c| (Renderer::new(), c)),
             check_penetration: true,
         })
+    }
+
+    /// Reset-free continuation: `prev`'s world (objects, arm, gripper, drawer and knob) under
+    /// another task of the same scene, e.g. a backward task from where the forward one ended.
+    pub fn continuing(
+        prev: TabletopEnv,
+        task: &Task,
+        instruction: &str,
+    ) -> Result<Self, TaskError> {
+        let mut env = prev;
+        env.switch_task(task, instruction)?;
+        Ok(env)
+    }
+
+    /// Switches to `task` and `instruction` without touching the world (objects, arm joints
+    /// and velocities, gripper, what it holds, drawer and knob): the step counter, the success
+    /// flag and the episode's counters start again. `task` must describe the same objects
+    /// (names and kinds, in order) as the one the world came from.
+    pub fn switch_task(&mut self, task: &Task, instruction: &str) -> Result<(), TaskError> {
+        let objects = &self.world.scene.objects;
+        let same = task.objects.len() == objects.len()
+            && task
+                .objects
+                .iter()
+                .zip(objects)
+                .all(|(spec, o)| spec.name == o.name && spec.kind == o.kind);
+        if !same {
+            return Err(TaskError {
+                file: task.file.clone(),
+                line: 1,
+                message: format!(
+                    "task `{}` has other objects than the scene of `{}`; cannot continue without a reset",
+                    task.id, self.task.id
+                ),
+            });
+        }
+        self.task = task.clone();
+        self.instruction = instruction.to_string();
+        self.steps = 0;
+        self.success = false;
+        self.stats = EnvStats::default();
+        Ok(())
+    }
+
+    /// Names of the objects that left the workspace: centre below the table top or outside the
+    /// table's xy extent (objects in the hand count where they are). In a reset-free run this
+    /// is the only condition for [`TabletopEnv::intervene`].
+    pub fn objects_off_table(&self) -> Vec<String> {
+        self.world
+            .scene
+            .objects
+            .iter()
+            .filter(|o| {
+                let c = o.bounds().centre();
+                !(c.iter().all(|v| v.is_finite())
+                    && c[2] >= TABLE.max[2]
+                    && TABLE.contains_xy([c[0], c[1]], 0.0))
+            })
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// Puts the world back to init state `k mod 50` (drawn from `seed`) of the current task,
+    /// the arm at home with open, empty fingers; the step counter, success flag and counters
+    /// start again. A reset-free run must call this only when
+    /// [`TabletopEnv::objects_off_table`] is non-empty: anything else is a reset.
+    pub fn intervene(&mut self, seed: u64, k: usize) -> Result<(), TaskError> {
+        let scene = self.task.init_state(seed, k % INIT_STATES)?;
+        let q = home_joints(&self.model);
+        self.filter.reset(&q).map_err(|e| TaskError {
+            file: self.task.file.clone(),
+            line: 1,
+            message: format!("home pose rejected by the safety filter: {e}"),
+        })?;
+        self.world = World::new(scene);
+        self.q = q;
+        self.qd = [0.0; 6];
+        self.steps = 0;
+        self.success = false;
+        self.stats = EnvStats::default();
+        Ok(())
+    }
+
+    /// The world, for tests and hand-made scenes: changes bypass contacts and support.
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
     }
 
     /// Skips the per-step interpenetration audit (it is an independent check, not physics).

@@ -6,7 +6,7 @@
 
 use super::env::{TabletopEnv, CONTROL_HZ};
 use super::geom::Aabb;
-use super::physics::{hand_boxes, Held, FINGER_STEP, MAX_OPENING};
+use super::physics::{hand_boxes, yaw_of, Held, FINGER_STEP, MAX_OPENING};
 use super::scene::{Joint, Kind, Object, Role, Scene, KNOB_ON, TABLE};
 use super::tasks::{Placement, Predicate, Task};
 use nalgebra::{UnitQuaternion, Vector3};
@@ -67,10 +67,14 @@ enum Cmd {
     },
     /// Close (or open) the fingers for up to `steps` steps, holding position.
     Grip { close: bool, steps: usize },
+    /// Bring the empty fingers to about `width` apart (up to `steps` steps), holding position.
+    Width { width: f64, steps: usize },
 }
 
 const OPEN: f64 = -1.0;
 const CLOSE: f64 = 1.0;
+/// Gripper action that leaves the fingers as they are.
+const KEEP: f64 = 0.0;
 /// Above the highest thing around when travelling.
 const TRAVEL_CLEAR: f64 = 0.04;
 /// Fingertips above an object's top before descending onto it.
@@ -79,6 +83,11 @@ const RELEASE_GAP: f64 = 0.012;
 const SIDE_OFFSET: f64 = 0.15;
 const ABOVE_EXTRA: f64 = 0.1;
 const MAX_REPLANS: usize = 5;
+/// TCP speed out of and into snug spots (m/s): slow enough that the path stays straight.
+const SNUG_SPEED: f64 = 0.04;
+/// Gaps (m) beside a carried object and beside a finger below which a spot counts as snug.
+const SNUG_OBJECT: f64 = 0.008;
+const SNUG_FINGER: f64 = 0.005;
 /// How far above its release point `HoldAbove` keeps the carried object's TCP.
 const HOLD_ABOVE: f64 = 0.09;
 /// Nearest and farthest centre distance `DropBeside` looks at from the release point.
@@ -290,6 +299,22 @@ impl Expert {
                 }
                 [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.grip]
             }
+            Cmd::Width { width, steps } => {
+                let w = env.world().width;
+                self.grip = if w > width + FINGER_STEP / 2.0 {
+                    CLOSE
+                } else if w < width - FINGER_STEP / 2.0 {
+                    OPEN
+                } else {
+                    KEEP
+                };
+                if self.grip == KEEP || self.cmd_steps >= steps {
+                    self.grip = KEEP;
+                    self.next();
+                    return self.act(env);
+                }
+                [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, self.grip]
+            }
             Cmd::Move {
                 to,
                 yaw,
@@ -345,6 +370,16 @@ impl Expert {
         self.plan.pop_front();
         self.cmd_steps = 0;
     }
+}
+
+/// A narrowed finger opening for a grasp (see `Planner::pregrasp`).
+#[derive(Debug, Clone, Copy)]
+struct Pregrasp {
+    width: f64,
+    /// Reached from the current opening in whole steps, without opening fully first.
+    from_current: bool,
+    /// No margin beside the object: the hover point must be met to a fraction of a millimetre.
+    tight: bool,
 }
 
 struct Planner<'a> {
@@ -478,6 +513,12 @@ impl Planner<'_> {
                     return out;
                 };
                 if let Some(xy) = self.target_beside(ia, ib, pred) {
+                    self.pick_place(&mut out, ia, xy);
+                }
+            }
+            Predicate::At(a, x, y, r) => {
+                if let Some(ia) = idx(a) {
+                    let xy = self.target_at(ia, [*x, *y], *r);
                     self.pick_place(&mut out, ia, xy);
                 }
             }
@@ -778,6 +819,175 @@ impl Planner<'_> {
         None
     }
 
+    /// Where to set `a` down for `At`: `xy` when its footprint is free there, else the nearest
+    /// free table spot within 0.6 `r` of it (so the centre still lands inside the circle).
+    fn target_at(&self, a: usize, xy: [f64; 2], r: f64) -> [f64; 2] {
+        let s = self.scene();
+        let ha = s.objects[a].bounds().size();
+        let carried = s.carried_by(a);
+        let free = |p: [f64; 2]| {
+            let fp = Aabb::new(
+                [p[0] - ha[0] / 2.0, p[1] - ha[1] / 2.0, 0.0],
+                [p[0] + ha[0] / 2.0, p[1] + ha[1] / 2.0, 0.0],
+            );
+            TABLE.contains_xy([fp.min[0], fp.min[1]], 0.0)
+                && TABLE.contains_xy([fp.max[0], fp.max[1]], 0.0)
+                && s.objects
+                    .iter()
+                    .enumerate()
+                    .all(|(i, o)| carried.contains(&i) || o.bounds().xy_gap(&fp) >= 0.01)
+        };
+        if free(xy) {
+            return xy;
+        }
+        let mut d = 0.005;
+        while d <= 0.6 * r {
+            for k in 0..16 {
+                let t = k as f64 * std::f64::consts::TAU / 16.0;
+                let p = [xy[0] + d * t.cos(), xy[1] + d * t.sin()];
+                if free(p) {
+                    return p;
+                }
+            }
+            d += 0.005;
+        }
+        xy
+    }
+
+    /// How wide the fingers come down from `hover` to `grasp` around `a`. `None`: fully open,
+    /// the usual. Otherwise the widest opening the fingers can reach (whole finger steps from
+    /// fully open, or from where they are) that enters nothing else on the way down: first with
+    /// 5 mm beside `a` and 2 mm to the rest, else touching (`tight`, e.g. the cream cheese in
+    /// the bowl, 59 mm of fingers and cheese in 63 mm).
+    fn pregrasp(&self, a: usize, grasp: [f64; 3], hover: f64) -> Option<Pregrasp> {
+        let s = self.scene();
+        let world = self.env.world();
+        // The fingers close along y (yaw 0).
+        let size = s.objects[a].bounds().size()[1];
+        let flange = super::env::down_pose(grasp, 0.0);
+        let rise = (hover - grasp[2]).max(0.0);
+        let carried = s.carried_by(a);
+        let fits = |w: f64, beside: f64, inflate: f64| {
+            let hands = hand_boxes(&flange, w);
+            // What the closing fingers would meet first: nothing but `a` may stand between them.
+            let (lo, hi) = if hands[0].min[1] < hands[1].min[1] {
+                (hands[0], hands[1])
+            } else {
+                (hands[1], hands[0])
+            };
+            let gap = Aabb::new(
+                [lo.min[0], lo.max[1], lo.min[2]],
+                [lo.max[0], hi.min[1], lo.max[2]],
+            );
+            let other_between = s.objects.iter().enumerate().any(|(i, o)| {
+                !carried.contains(&i) && o.boxes().any(|(_, pb)| pb.penetrates(&gap))
+            });
+            w >= size + 2.0 * beside - 1e-9
+                && !other_between
+                && !hands.iter().any(|hb| {
+                    let mut swept = *hb;
+                    swept.max[2] += rise;
+                    for k in 0..2 {
+                        swept.min[k] -= inflate;
+                        swept.max[k] += inflate;
+                    }
+                    s.objects.iter().enumerate().any(|(i, o)| {
+                        i != a
+                            && o.bounds().penetrates(&swept)
+                            && o.boxes().any(|(_, pb)| pb.penetrates(&swept))
+                    })
+                })
+        };
+        if fits(MAX_OPENING, 0.0, 0.0) {
+            return None;
+        }
+        let steps = (MAX_OPENING / FINGER_STEP).round() as i32;
+        let mut cands: Vec<(f64, bool)> = (1..=steps)
+            .map(|k| (MAX_OPENING - k as f64 * FINGER_STEP, false))
+            .collect();
+        let w0 = world.width;
+        if world.held.is_none() && w0 < MAX_OPENING - 1e-9 {
+            for k in -steps..steps {
+                let w = w0 + k as f64 * FINGER_STEP;
+                if (0.0..MAX_OPENING - 1e-9).contains(&w) {
+                    cands.push((w, true));
+                }
+            }
+        }
+        cands.sort_by(|p, q| q.0.total_cmp(&p.0));
+        let pick = |beside: f64, inflate: f64, tight: bool| {
+            cands
+                .iter()
+                .find(|(w, _)| fits(*w, beside, inflate))
+                .map(|&(width, from_current)| Pregrasp {
+                    width,
+                    from_current,
+                    tight,
+                })
+        };
+        pick(0.005, 0.002, false).or_else(|| pick(0.0, 0.0, true))
+    }
+
+    /// The highest top of anything closer than `SNUG_OBJECT` to the sides of the carried
+    /// `group` or `SNUG_FINGER` to the fingers', if any.
+    fn snug_top(&self, group: &[usize]) -> Option<f64> {
+        let s = self.scene();
+        let hands = hand_boxes(&self.env.flange(), self.env.world().width);
+        let carried = group
+            .iter()
+            .flat_map(|&g| s.objects[g].boxes().map(|(_, b)| (b, SNUG_OBJECT)))
+            .chain(hands.into_iter().take(2).map(|b| (b, SNUG_FINGER)));
+        let mut top: Option<f64> = None;
+        for (b, margin) in carried {
+            let mut near = b;
+            for k in 0..2 {
+                near.min[k] -= margin;
+                near.max[k] += margin;
+            }
+            for (i, o) in s.objects.iter().enumerate() {
+                if group.contains(&i) {
+                    continue;
+                }
+                for (_, pb) in o.boxes() {
+                    if pb.penetrates(&near) {
+                        top = Some(top.map_or(pb.max[2], |t| t.max(pb.max[2])));
+                    }
+                }
+            }
+        }
+        top
+    }
+
+    /// Whether closing the fingers where they are would take `a`: it sits between them, as
+    /// where the forward expert just let go of it. The only way to get an object out of a
+    /// container too narrow for the open fingers beside it (the cream cheese in the bowl).
+    fn between_fingers(&self, a: usize) -> bool {
+        let w = self.env.world();
+        if w.held.is_some() || w.width <= 0.0 {
+            return false;
+        }
+        let [f0, f1] = {
+            let h = hand_boxes(&self.env.flange(), w.width);
+            [h[0], h[1]]
+        };
+        let b = self.scene().objects[a].bounds();
+        let z = (f0.max[2].min(b.max[2])) - (f0.min[2].max(b.min[2]));
+        // Fingers apart along `k`, overlapping the object along the other axis `j`.
+        let inside = |k: usize| {
+            let j = 1 - k;
+            let (lo, hi) = if f0.min[k] < f1.min[k] {
+                (f0, f1)
+            } else {
+                (f1, f0)
+            };
+            let tcp = self.env.tcp();
+            b.min[k] >= lo.max[k] - 1e-4
+                && b.max[k] <= hi.min[k] + 1e-4
+                && (b.centre()[j] - tcp[j]).abs() <= b.size()[j] / 2.0
+        };
+        z >= 0.009 && (inside(0) || inside(1))
+    }
+
     /// Grasp height for an object: fingertips just above its base, palm clear of its top.
     fn grasp_z(b: &Aabb) -> f64 {
         (b.min[2] + 0.008).max(b.max[2] - 0.04)
@@ -787,14 +997,64 @@ impl Planner<'_> {
         let b = self.scene().objects[a].bounds();
         let c = b.centre();
         let grasp = [c[0], c[1], Self::grasp_z(&b)];
+        if !self.holding(a) && self.between_fingers(a) {
+            out.push_back(Cmd::Grip {
+                close: true,
+                steps: (MAX_OPENING / FINGER_STEP) as usize + 2,
+            });
+            return;
+        }
         if !self.holding(a) {
-            if self.env.world().held.is_some() || self.env.world().width < MAX_OPENING - 1e-9 {
-                out.push_back(Cmd::Grip {
-                    close: false,
-                    steps: (MAX_OPENING / FINGER_STEP) as usize + 1,
-                });
+            let hover = b.max[2] + HOVER;
+            match self.pregrasp(a, grasp, hover) {
+                None => {
+                    if self.env.world().held.is_some()
+                        || self.env.world().width < MAX_OPENING - 1e-9
+                    {
+                        out.push_back(Cmd::Grip {
+                            close: false,
+                            steps: (MAX_OPENING / FINGER_STEP) as usize + 1,
+                        });
+                    }
+                    self.approach(out, self.env.tcp(), grasp, hover, 0.0, &[], OPEN);
+                }
+                Some(p) => {
+                    if !p.from_current && self.env.world().held.is_some() {
+                        out.push_back(Cmd::Grip {
+                            close: false,
+                            steps: (MAX_OPENING / FINGER_STEP) as usize + 1,
+                        });
+                    }
+                    // Rise (opening fully unless the width comes from where the fingers are),
+                    // set the width up there, come down keeping it.
+                    let first = out.len();
+                    self.approach(out, self.env.tcp(), grasp, hover, 0.0, &[], KEEP);
+                    if let (false, Some(Cmd::Move { grip, .. })) =
+                        (p.from_current, out.get_mut(first))
+                    {
+                        *grip = OPEN;
+                    }
+                    let steps = 2 * (MAX_OPENING / FINGER_STEP) as usize + 2;
+                    out.insert(
+                        first + 1,
+                        Cmd::Width {
+                            width: p.width,
+                            steps,
+                        },
+                    );
+                    if p.tight {
+                        // Touching fingers leave no room for the usual 4 mm at the hover point,
+                        // nor for a path bent by a fast start (see `place`).
+                        let n = out.len();
+                        if let Some(Cmd::Move { tol, .. }) = out.get_mut(n - 2) {
+                            *tol = 0.0003;
+                        }
+                        if let Some(Cmd::Move { speed, .. }) = out.get_mut(n - 1) {
+                            *speed = SNUG_SPEED;
+                        }
+                    }
+                }
             }
-            self.approach(out, self.env.tcp(), grasp, b.max[2] + HOVER, 0.0, &[], OPEN);
             out.push_back(Cmd::Grip {
                 close: true,
                 steps: (MAX_OPENING / FINGER_STEP) as usize + 2,
@@ -814,7 +1074,17 @@ impl Planner<'_> {
         let b = s.objects[a].bounds();
         let c = b.centre();
         let tcp = self.env.tcp();
-        let from = tcp;
+        let mut from = tcp;
+        // Out of a snug spot (the cheese between the bowl's walls) slowly and straight up: a
+        // fast start from rest bends the path by millimetres (the safety filter's acceleration
+        // limits), enough to catch a wall.
+        if let Some(top) = self.snug_top(&group) {
+            let z = top + (tcp[2] - b.min[2]) + 0.01;
+            if z > tcp[2] {
+                from = [tcp[0], tcp[1], z];
+                out.push_back(self.mv(from, SNUG_SPEED, 0.004, CLOSE));
+            }
+        }
         // The object's footprint centred on the target; the TCP goes where that puts it.
         let size = b.size();
         let fp = Aabb::new(
@@ -900,7 +1170,8 @@ impl Planner<'_> {
     }
 
     /// Grasp the knob and turn the wrist.
-    /// `turn` is the wrist rotation to apply (radians, + turns on).
+    /// `turn` is the wrist rotation to apply (radians, + turns on); a fresh grasp is made at
+    /// yaw 0, so it is also the final yaw.
     fn turn(&self, out: &mut VecDeque<Cmd>, c: usize, turn: f64) {
         let o = &self.scene().objects[c];
         let Some(kp) = o.grip_part() else { return };
@@ -910,6 +1181,31 @@ impl Planner<'_> {
         };
         let kc = kb.centre();
         let grasp = [kc[0], kc[1], kb.min[2] + 0.006];
+        // Still holding it (where the forward expert turned it on): turn back from here.
+        // Letting go at a turned yaw jams the fingers around the knob (its box and theirs).
+        if matches!(self.env.world().held, Some(Held::Knob { obj, .. }) if obj == c) {
+            let at = self.env.tcp();
+            let yaw = yaw_of(&self.env.flange()) + turn;
+            out.push_back(Cmd::Move {
+                to: at,
+                yaw,
+                speed: self.fine_speed(),
+                tol: 0.004,
+                grip: CLOSE,
+            });
+            out.push_back(Cmd::Grip {
+                close: false,
+                steps: 4,
+            });
+            out.push_back(Cmd::Move {
+                to: [at[0], at[1], at[2] + 0.08],
+                yaw,
+                speed: self.fine_speed(),
+                tol: 0.01,
+                grip: OPEN,
+            });
+            return;
+        }
         if self.env.world().held.is_some() || self.env.world().width < MAX_OPENING - 1e-9 {
             out.push_back(Cmd::Grip {
                 close: false,

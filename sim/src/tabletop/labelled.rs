@@ -124,6 +124,19 @@ pub fn expert_episode(
     sampling: &FrameSampling,
 ) -> Result<LabelledEpisode, SuiteError> {
     let env = TabletopEnv::new(task, seed, init, Some(cameras))?.without_audit();
+    expert_episode_from(env, init, perturbation, sampling)
+}
+
+/// [`expert_episode`] from a given start: e.g. a backward task's episode starting where the
+/// forward expert's episode of init state `init` ended ([`super::demos::forward_expert_end`]).
+pub fn expert_episode_from(
+    env: TabletopEnv,
+    init: usize,
+    perturbation: Option<Perturbation>,
+    sampling: &FrameSampling,
+) -> Result<LabelledEpisode, SuiteError> {
+    let env = env.without_audit();
+    let task = env.task().clone();
     let expert = match perturbation {
         Some(p) => Expert::with_perturbation(&env, p),
         None => Expert::new(&env),

@@ -15,6 +15,7 @@ pub mod geom;
 pub mod labelled;
 pub mod physics;
 pub mod render;
+pub mod reset_free;
 pub mod scene;
 pub mod shadow;
 pub mod suites;
@@ -34,7 +35,7 @@ pub use expert::{Expert, Manner, Perturbation};
 pub use labelled::{expert_episode, FrameSampling, LabelledEpisode, LabelledFrame};
 pub use shadow::ShadowExpert;
 pub use suites::{
-    benchmark, load_suite, run_suite, run_tasks, Suite, SuiteError, SuiteReport, TaskReport,
-    Throughput,
+    benchmark, load_backward, load_suite, run_suite, run_tasks, Suite, SuiteError, SuiteReport,
+    TaskReport, Throughput,
 };
 pub use tasks::{Predicate, Task, TaskError};

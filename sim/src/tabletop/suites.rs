@@ -44,6 +44,12 @@ const GOAL: &[(&str, &str)] = embed!("goal":
     "open_drawer", "bowl_on_stove", "bowl_on_cabinet", "open_drawer_bowl_inside",
     "cheese_in_bowl", "turn_on_stove", "bowl_on_plate", "bottle_on_cabinet",
     "cheese_left_of_bowl", "close_drawer");
+/// One backward task per goal task, in `GOAL`'s order: it undoes the forward goal in the same
+/// scene, so the two can alternate without a reset.
+const GOAL_BACKWARD: &[(&str, &str)] = embed!("goal_backward":
+    "open_drawer", "bowl_on_stove", "bowl_on_cabinet", "open_drawer_bowl_inside",
+    "cheese_in_bowl", "turn_on_stove", "bowl_on_plate", "bottle_on_cabinet",
+    "cheese_left_of_bowl", "close_drawer");
 
 impl Suite {
     pub const ALL: [Suite; 3] = [Suite::Spatial, Suite::Object, Suite::Goal];
@@ -73,6 +79,15 @@ impl Suite {
             Suite::Goal => GOAL,
         }
     }
+
+    /// The embedded backward task files, one per task in `files()`'s order (empty for suites
+    /// without backward tasks: only `goal` has them).
+    pub fn backward_files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Suite::Goal => GOAL_BACKWARD,
+            Suite::Spatial | Suite::Object => &[],
+        }
+    }
 }
 
 /// Parses every task of an embedded suite.
@@ -82,6 +97,47 @@ pub fn load_suite(suite: Suite) -> Result<Vec<Task>, TaskError> {
         .iter()
         .map(|(path, src)| Task::parse(path, src))
         .collect()
+}
+
+/// The backward tasks of `suite` as (forward task id, backward task), in `load_suite`'s
+/// order; empty for suites without backward tasks. Each backward task has the id
+/// `goal_back_<forward file name>` and exactly its forward task's objects and placements, so
+/// `TabletopEnv::switch_task` can continue from the forward task's end state.
+pub fn load_backward(suite: Suite) -> Result<Vec<(String, Task)>, TaskError> {
+    let back = suite.backward_files();
+    if back.is_empty() {
+        return Ok(Vec::new());
+    }
+    let forward = load_suite(suite)?;
+    let mut out = Vec::with_capacity(back.len());
+    for (fwd, (path, src)) in forward.into_iter().zip(back) {
+        let task = Task::parse(path, src)?;
+        let err = |message: String| TaskError {
+            file: path.to_string(),
+            line: 1,
+            message,
+        };
+        let stem = fwd.id.strip_prefix("goal_").unwrap_or(&fwd.id);
+        if task.id != format!("goal_back_{stem}") {
+            return Err(err(format!(
+                "backward task `{}` does not match forward task `{}`",
+                task.id, fwd.id
+            )));
+        }
+        let same = task.objects.len() == fwd.objects.len()
+            && task.objects.iter().zip(&fwd.objects).all(|(a, b)| {
+                (&a.name, a.kind, a.size, a.color, &a.placement, a.joint)
+                    == (&b.name, b.kind, b.size, b.color, &b.placement, b.joint)
+            });
+        if !same {
+            return Err(err(format!(
+                "objects and placements differ from `{}`'s ({})",
+                fwd.id, fwd.file
+            )));
+        }
+        out.push((fwd.id, task));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,7 +8,8 @@
 //! instruction = "put the bowl on the plate"
 //! max_steps = 300
 //! manners = ["", "slowly", "from above"]   # optional: phrases appended per episode
-//! goal = ["(On bowl plate)"]
+//! goal = ["(On bowl plate)"]              # or e.g. "(At bowl 0.40 0.06 0.06)": on the table
+//!                                         # within 0.06 m of (0.40, 0.06)
 //!
 //! [[region]]
 //! name = "left"
@@ -61,6 +62,9 @@ pub enum Predicate {
     LeftOf(String, String),
     RightOf(String, String),
     Near(String, String, f64),
+    /// `(At obj x y r)`: `obj` rests directly on the table (not held, not on another object)
+    /// with its bounds centre within `r` metres of `(x, y)` in the table plane.
+    At(String, f64, f64, f64),
 }
 
 impl Predicate {
@@ -75,7 +79,8 @@ impl Predicate {
             Predicate::Open(a)
             | Predicate::Closed(a)
             | Predicate::TurnedOn(a)
-            | Predicate::TurnedOff(a) => vec![a],
+            | Predicate::TurnedOff(a)
+            | Predicate::At(a, ..) => vec![a],
         }
     }
 
@@ -143,6 +148,10 @@ impl Predicate {
                 let (ca, cb) = (oa.bounds().centre(), ob.bounds().centre());
                 resting(ia) && (ca[0] - cb[0]).hypot(ca[1] - cb[1]) <= *d
             }
+            Predicate::At(a, x, y, r) => get(a).is_some_and(|(_, o)| {
+                let c = o.bounds().centre();
+                o.support == Support::Table && (c[0] - x).hypot(c[1] - y) <= *r
+            }),
         }
     }
 }
@@ -679,7 +688,17 @@ fn parse_predicate(
             ))
         }
     };
-    let kinds: Vec<Kind> = args.iter().map(|a| kind_of(a)).collect::<Result<_, _>>()?;
+    // Trailing numbers (Near's distance, At's x y r) are not object names.
+    let named = match head {
+        "At" => 1,
+        "Near" => 2,
+        _ => args.len(),
+    };
+    let kinds: Vec<Kind> = args
+        .iter()
+        .take(named)
+        .map(|a| kind_of(a))
+        .collect::<Result<_, _>>()?;
     let movable = |i: usize| -> Result<(), TaskError> {
         let spec = objects.iter().find(|o| o.name == args[i]);
         let ok = spec.is_some_and(|o| {
@@ -778,11 +797,39 @@ fn parse_predicate(
             };
             Predicate::Near(args[0].into(), args[1].into(), d)
         }
+        "At" => {
+            arity(4)?;
+            movable(0)?;
+            let num = |i: usize, what: &str| -> Result<f64, TaskError> {
+                args[i]
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| cx.err(g.span(), format!("bad {what} `{}` in `{s}`", args[i])))
+            };
+            let (x, y, r) = (num(1, "x")?, num(2, "y")?, num(3, "radius")?);
+            if r <= 0.0 {
+                return Err(cx.err(
+                    g.span(),
+                    format!("radius must be > 0 metres, got `{}` in `{s}`", args[3]),
+                ));
+            }
+            if !TABLE.contains_xy([x, y], 0.0) {
+                return Err(cx.err(
+                    g.span(),
+                    format!(
+                        "({x}, {y}) in `{s}` is off the table (x {:.2}..{:.2}, y {:.2}..{:.2})",
+                        TABLE.min[0], TABLE.max[0], TABLE.min[1], TABLE.max[1]
+                    ),
+                ));
+            }
+            Predicate::At(args[0].into(), x, y, r)
+        }
         _ => {
             return Err(cx.err(
                 g.span(),
                 format!(
-                    "unknown predicate `{head}` (known: On, In, Open, Closed, TurnedOn, TurnedOff, Above, LeftOf, RightOf, Near)"
+                    "unknown predicate `{head}` (known: On, In, Open, Closed, TurnedOn, TurnedOff, Above, LeftOf, RightOf, Near, At)"
                 ),
             ))
         }
@@ -805,6 +852,11 @@ fn check_contradictions(
                 (On(x, p) | In(x, p), On(y, q) | In(y, q)) => x == y && p != q,
                 (LeftOf(x, p), LeftOf(y, q)) | (RightOf(x, p), RightOf(y, q)) => x == q && y == p,
                 (LeftOf(x, p), RightOf(y, q)) | (RightOf(x, p), LeftOf(y, q)) => x == y && p == q,
+                // At needs the table under it, On / In another object.
+                (At(x, ..), On(y, _) | In(y, _)) | (On(y, _) | In(y, _), At(x, ..)) => x == y,
+                (At(x, ax, ay, ar), At(y, bx, by, br)) => {
+                    x == y && (ax - bx).hypot(ay - by) > ar + br
+                }
                 _ => false,
             };
             if clash {

@@ -142,6 +142,9 @@ pub struct PrefixCache {
     pub key_valid: Vec<Vec<bool>>,
     /// Position id of the state token per row; the actions follow it.
     pub suffix_start: Vec<i64>,
+    /// `[batch, hidden]`: the mean of the prefix's final hidden states over its valid
+    /// positions, a summary of what the policy sees and was asked (an RL critic's input).
+    pub pooled: Tensor,
 }
 
 impl PrefixCache {
@@ -400,7 +403,7 @@ impl Model {
         };
         let m = mask::build(b, t, t, &self.device, |bi, _, k| key_valid[bi][k])?;
         let mut kv = Vec::new();
-        self.vlm.language_model.forward_embeds(
+        let (h, _) = self.vlm.language_model.forward_embeds(
             &embeds,
             &positions,
             Some(&m),
@@ -408,10 +411,20 @@ impl Model {
             hooks,
             false,
         )?;
+        let weights: Vec<f32> = key_valid
+            .iter()
+            .flat_map(|row| {
+                let n = row.iter().filter(|&&v| v).count().max(1) as f32;
+                row.iter().map(move |&v| if v { 1.0 / n } else { 0.0 })
+            })
+            .collect();
+        let weights = Tensor::from_vec(weights, (b, 1, t), &self.device)?.to_dtype(h.dtype())?;
+        let pooled = weights.matmul(&h)?.squeeze(1)?;
         Ok(PrefixCache {
             kv,
             key_valid,
             suffix_start,
+            pooled,
         })
     }
 
@@ -641,6 +654,39 @@ impl Model {
                 let t_next = 1.0 + (step + 1) as f64 * dt;
                 let on_path = ((noise * t_next)? + (target * (1.0 - t_next))?)?;
                 x = (&x + (on_path - &x)?.broadcast_mul(weights)?)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// The noise that [`Self::sample_actions_cached`] would turn into `actions`: each Euler
+    /// step of the sampler (`x' = x - dt v(x, t)`) undone in turn, latest first, by solving
+    /// `x = x' + dt v(x, t)` with `fixed_point` iterations started from `x'` (the flow is an
+    /// invertible map, and for dt times the field's Lipschitz constant below 1 the iteration
+    /// contracts to the discrete sampler's exact inverse). A demonstrated chunk so gets the
+    /// noise a latent-noise actor would have to choose to reproduce it.
+    pub fn invert_actions(
+        &self,
+        cache: &PrefixCache,
+        state: &Tensor,
+        actions: &Tensor,
+        num_steps: Option<usize>,
+        fixed_point: usize,
+    ) -> Result<Tensor> {
+        let steps = num_steps.unwrap_or(self.cfg.num_inference_steps);
+        if steps == 0 {
+            candle_core::bail!("invert_actions: num_steps must be > 0");
+        }
+        let b = actions.dim(0)?;
+        let dt = 1.0 / steps as f64;
+        let mut x = actions.clone();
+        for k in (0..steps).rev() {
+            let t = (1.0 - k as f64 * dt) as f32;
+            let time = Tensor::full(t, b, &self.device)?;
+            let landed = x.clone();
+            for _ in 0..=fixed_point {
+                let v = self.velocity_cached(cache, state, &x, &time, None)?;
+                x = (&landed + (v * dt)?)?;
             }
         }
         Ok(x)
