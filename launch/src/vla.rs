@@ -146,7 +146,11 @@ pub struct RlActor {
 impl RlActor {
     /// The agent in `dir` (an `OUT` of `rudder train rl`, or one of its checkpoints) for
     /// `vla`'s checkpoint.
-    pub fn load(vla: &LoadedVla, dir: &Path, latency_ms: Arc<Mutex<Vec<f64>>>) -> anyhow::Result<Self> {
+    pub fn load(
+        vla: &LoadedVla,
+        dir: &Path,
+        latency_ms: Arc<Mutex<Vec<f64>>>,
+    ) -> anyhow::Result<Self> {
         let dir = rudder_tune::train::checkpoint::latest(dir)?.unwrap_or_else(|| dir.to_path_buf());
         let policy = Arc::new(
             VlaPolicy::load(&vla.dir).with_context(|| format!("loading {}", vla.dir.display()))?,

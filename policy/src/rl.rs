@@ -20,8 +20,8 @@ use rudder_robot::{ActionChunk, AttemptEnd, Learner, Observation, Policy, Policy
 use rudder_tune::checkpoint::{save_safetensors_atomic, TensorStore};
 use rudder_tune::rl::{
     actor_loss, cal_ql_penalty, critic_loss, entropy_alpha_loss, mc_returns, soft_update,
-    td_target, CalQlConfig, Critic, CriticConfig, Mlp, PenaltyInputs, ReplayBuffer,
-    TanhGaussian, Transition,
+    td_target, CalQlConfig, Critic, CriticConfig, Mlp, PenaltyInputs, ReplayBuffer, TanhGaussian,
+    Transition,
 };
 use rudder_tune::train::{AdamW, AdamWConfig, Rng};
 use serde::{Deserialize, Serialize};
@@ -368,7 +368,8 @@ impl LatentAgent {
         let (a_pi, logp_pi) = dist.sample_n(&mut self.rng, n)?;
         let q_pi = self.critic.forward_n(&batch.obs, &a_pi.detach())?;
         let (a_npi, logp_next) = dist_next.sample_n(&mut self.rng, n)?;
-        let q_next_pi = self.critic.forward_n(&batch.next_obs, &a_npi.detach())?;
+        // As CQL's and Cal-QL's code: actions drawn at the next states, scored at these.
+        let q_next_pi = self.critic.forward_n(&batch.obs, &a_npi.detach())?;
         let pen_cfg = CalQlConfig {
             action_scale: self.cfg.noise_scale,
             ..cfg.clone()
@@ -413,7 +414,10 @@ impl LatentAgent {
         soft_update(&self.target_vars, &self.critic_vars, cfg.tau)?;
         self.updates += 1;
         let scalar = |t: &Tensor| -> Result<f32, FlowError> {
-            Ok(t.detach().to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?)
+            Ok(t.detach()
+                .to_dtype(DType::F32)?
+                .mean_all()?
+                .to_scalar::<f32>()?)
         };
         let stats = UpdateStats {
             critic_loss: scalar(&c_loss)?,
@@ -423,7 +427,10 @@ impl LatentAgent {
             clipped_pi: penalty.clipped_pi,
             entropy_alpha: alpha as f32,
         };
-        for (name, v) in [("critic loss", stats.critic_loss), ("actor loss", stats.actor_loss)] {
+        for (name, v) in [
+            ("critic loss", stats.critic_loss),
+            ("actor loss", stats.actor_loss),
+        ] {
             if !v.is_finite() {
                 return Err(FlowError::input(
                     "rl update",
@@ -571,9 +578,7 @@ impl LatentAgent {
         let (o, a) = (agent.vla.feature_dim(), agent.vla.noise_dim());
         agent.offline = ReplayBuffer::load_expecting(&dir.join("offline.safetensors"), o, a)?;
         agent.online = ReplayBuffer::load_expecting(&dir.join("online.safetensors"), o, a)?;
-        agent.rng = Rng {
-            state: state.rng,
-        };
+        agent.rng = Rng { state: state.rng };
         agent.updates = state.updates;
         agent.decisions = state.decisions;
         Ok(agent)
@@ -715,9 +720,7 @@ pub fn add_demos(
         };
         while t + 1 < ep.steps {
             let obs = observe(t);
-            let rows: Vec<Vec<f32>> = (t..t + horizon)
-                .map(|i| ep.action_at(i).to_vec())
-                .collect();
+            let rows: Vec<Vec<f32>> = (t..t + horizon).map(|i| ep.action_at(i).to_vec()).collect();
             let (features, noise) = agent.vla.encode_latent(&obs, &rows)?;
             abs_sum += noise.iter().map(|v| f64::from(v.abs())).sum::<f64>();
             abs_n += noise.len();

@@ -530,7 +530,11 @@ impl VlaPolicy {
     /// Decodes the chunk for `obs` from `noise` (`noise_dim()` values) instead of the policy's
     /// own draw: the action of a latent-noise actor steering the frozen flow (DSRL). No
     /// inpainting, so the chunk is a function of (observation, noise) alone.
-    pub fn decode_latent(&self, obs: &Observation, noise: &[f32]) -> Result<LatentChunk, FlowError> {
+    pub fn decode_latent(
+        &self,
+        obs: &Observation,
+        noise: &[f32],
+    ) -> Result<LatentChunk, FlowError> {
         self.require_flow()?;
         let c = self.infer_with(
             &Self::obs_images(obs),

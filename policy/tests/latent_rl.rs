@@ -59,7 +59,10 @@ fn inverting_the_flow_recovers_the_noise_of_a_decoded_chunk() {
         .iter()
         .flat_map(|r| r[..d].iter())
         .fold(0f32, |m, v| m.max(v.abs()));
-    assert!(worst <= 0.01 * scale.max(1e-3), "round trip {worst} vs scale {scale}");
+    assert!(
+        worst <= 0.01 * scale.max(1e-3),
+        "round trip {worst} vs scale {scale}"
+    );
     // Another noise gives another chunk: the latent space is what the actor moves in.
     let other = p
         .decode_latent(&o, &rudder_policy::noise::gaussian(8, n))
@@ -109,13 +112,15 @@ fn the_agent_learns_online_and_resumes_from_its_checkpoint_exactly() {
         let chunk = agent.infer(&obs(&p, s)).unwrap();
         assert_eq!(chunk.actions.len(), p.action_horizon());
     }
-    agent
-        .end_attempt(&obs(&p, 9), AttemptEnd::Success)
-        .unwrap();
+    agent.end_attempt(&obs(&p, 9), AttemptEnd::Success).unwrap();
     assert_eq!(agent.online_len(), 6);
     let before = agent.updates;
     agent.infer(&obs(&p, 1)).unwrap();
-    assert_eq!(agent.updates, before + 1, "learning starts after the warm-up");
+    assert_eq!(
+        agent.updates,
+        before + 1,
+        "learning starts after the warm-up"
+    );
 
     let dir = std::env::temp_dir().join(format!("latent-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

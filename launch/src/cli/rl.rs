@@ -12,8 +12,7 @@ use rudder_policy::rl::{add_demos, LatentAgent, LatentRlConfig, OfflineOptions};
 use rudder_policy::VlaPolicy;
 use rudder_reward::SuccessClassifier;
 use rudder_sim::tabletop::reset_free::{
-    task_pairs, AttemptRecord, ResetFreeObserver, ResetFreeOptions, ResetFreeReport,
-    ResetFreeRun,
+    task_pairs, AttemptRecord, ResetFreeObserver, ResetFreeOptions, ResetFreeReport, ResetFreeRun,
 };
 use rudder_sim::tabletop::{CameraConfig, TabletopSim};
 
@@ -96,7 +95,10 @@ fn task_indices(names: &[String]) -> anyhow::Result<Vec<usize>> {
                 .with_context(|| {
                     format!(
                         "--tasks: unknown task `{n}` (goal suite: {} or 0..{})",
-                        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", "),
+                        all.iter()
+                            .map(|t| t.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         all.len()
                     )
                 })
@@ -114,7 +116,11 @@ impl ResetFreeObserver for Curves {
     fn judged(&mut self, step: u64, p: f64, backward: bool) {
         if let Some(rec) = &self.rec {
             rec.set_time_sequence("step", step as i64);
-            let path = if backward { "reward/p_backward" } else { "reward/p_forward" };
+            let path = if backward {
+                "reward/p_backward"
+            } else {
+                "reward/p_forward"
+            };
             let _ = rec.log(path, &rerun::Scalars::single(p));
         }
     }
@@ -145,9 +151,61 @@ impl ResetFreeObserver for Curves {
                 ),
             );
             let rate = self.forward.0 as f64 / self.forward.1.max(1) as f64;
-            let _ = rec.log("attempts/forward_success_rate", &rerun::Scalars::single(rate));
+            let _ = rec.log(
+                "attempts/forward_success_rate",
+                &rerun::Scalars::single(rate),
+            );
         }
     }
+}
+
+/// The tasks the classifier saw in training, from its data set's `samples.jsonl` (None when
+/// the data set is not where `training.json` says).
+fn trained_tasks(reward_dir: &Path) -> Option<std::collections::BTreeSet<String>> {
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reward_dir.join("training.json")).ok()?)
+            .ok()?;
+    let data = PathBuf::from(info.get("data")?.as_str()?);
+    let text = std::fs::read_to_string(data.join("samples.jsonl")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("split").and_then(|s| s.as_str()) == Some("train"))
+            .filter_map(|v| v.get("task")?.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Every forward and backward task of the run must be one the classifier was trained on: its
+/// verdicts on an unseen task are near chance (reward/README.md), and they are the reward.
+fn check_classifier_tasks(
+    reward_dir: &Path,
+    pairs: &[(
+        usize,
+        rudder_sim::tabletop::Task,
+        rudder_sim::tabletop::Task,
+    )],
+) -> anyhow::Result<()> {
+    let Some(known) = trained_tasks(reward_dir) else {
+        tracing::warn!(
+            "cannot list the tasks {} was trained on (its data set is not where training.json              says); its verdicts on tasks it never saw are near chance",
+            reward_dir.display()
+        );
+        return Ok(());
+    };
+    for (_, f, b) in pairs {
+        for t in [f, b] {
+            if !known.contains(&t.id) {
+                bail!(
+                    "--reward {}: the classifier was not trained on task `{}` (it knows {} tasks;                      make its data with `rudder reward data --suite goal --with-backward`)",
+                    reward_dir.display(),
+                    t.id,
+                    known.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn save(out: &Path, agent: &LatentAgent, report: &ResetFreeReport) -> anyhow::Result<()> {
@@ -210,6 +268,7 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
             vla.cameras()
         );
     }
+    check_classifier_tasks(&reward_dir, &task_pairs(&tasks)?)?;
     if !rc.calibrated {
         tracing::warn!("the classifier is not calibrated: its threshold is 0.5 on raw margins");
     }
@@ -317,12 +376,23 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
         forward: (0, 0),
     };
     while !run.finished() {
-        run.advance(a.checkpoint_every.max(1), &mut agent_ref, &mut judge, &mut curves)?;
+        run.advance(
+            a.checkpoint_every.max(1),
+            &mut agent_ref,
+            &mut judge,
+            &mut curves,
+        )?;
         if let Some(rec) = &curves.rec {
             rec.set_time_sequence("step", run.report().steps as i64);
             let s = agent_ref.last_stats();
-            let _ = rec.log("learner/q_chosen", &rerun::Scalars::single(agent_ref.last_q() as f64));
-            let _ = rec.log("learner/critic_loss", &rerun::Scalars::single(s.critic_loss as f64));
+            let _ = rec.log(
+                "learner/q_chosen",
+                &rerun::Scalars::single(agent_ref.last_q() as f64),
+            );
+            let _ = rec.log(
+                "learner/critic_loss",
+                &rerun::Scalars::single(s.critic_loss as f64),
+            );
             let _ = rec.log(
                 "attempts/interventions",
                 &rerun::Scalars::single(run.report().interventions as f64),

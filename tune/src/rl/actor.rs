@@ -102,7 +102,12 @@ impl TanhGaussian {
 
     /// Sum over the last dimension of the log-density of `a = scale * tanh(u)` given `u` and
     /// the standardised `eps = (u - mean) / std`.
-    fn log_density(&self, u: &Tensor, eps: &Tensor, log_std: &Tensor) -> candle_core::Result<Tensor> {
+    fn log_density(
+        &self,
+        u: &Tensor,
+        eps: &Tensor,
+        log_std: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
         let gauss = ((eps.sqr()? * -0.5)? - log_std)?;
         let per_dim = ((gauss - log1m_tanh_sq(u)?)? - (half_log_2pi + self.scale.ln()))?;
@@ -149,9 +154,7 @@ impl TanhGaussian {
             .and_then(|y| y.clamp(-1.0 + ATANH_EPS, 1.0 - ATANH_EPS))
             .context(what)?;
         // atanh(y) = (log(1 + y) - log(1 - y)) / 2
-        let u = ((y.clone() + 1.0)
-            .and_then(|p| p.log())
-            .context(what)?
+        let u = ((y.clone() + 1.0).and_then(|p| p.log()).context(what)?
             - (y.neg().context(what)? + 1.0)
                 .and_then(|m| m.log())
                 .context(what)?)

@@ -107,7 +107,12 @@ fn scalar(t: &Tensor, what: &str) -> Result<f32> {
 /// gradient reaches the target network). `next_q_min` is the ensemble minimum of the target
 /// network at the policy's next actions; as in Cal-QL's default (`backup_entropy = False`)
 /// it carries no entropy term.
-pub fn td_target(reward: &Tensor, done: &Tensor, next_q_min: &Tensor, gamma: f64) -> Result<Tensor> {
+pub fn td_target(
+    reward: &Tensor,
+    done: &Tensor,
+    next_q_min: &Tensor,
+    gamma: f64,
+) -> Result<Tensor> {
     let b = reward.dims();
     if b.len() != 1 {
         return Err(shape_err("reward", b, &[reward.elem_count()]));
@@ -120,11 +125,11 @@ pub fn td_target(reward: &Tensor, done: &Tensor, next_q_min: &Tensor, gamma: f64
     (reward.detach() + boot).context(what)
 }
 
-/// The tensors of [`cal_ql_penalty`]. Q-values come from the online critic at the current
-/// observations: `q_data` at the data actions `[E, B]`, `q_rand` at `N` uniform random
-/// actions, `q_pi` at `N` policy actions for the current observations and `q_next_pi` at `N`
-/// policy actions for the next observations (`[E, B, N]` each; `[B]` / `[B, N]` for one
-/// network). `logp_pi` / `logp_next` `[B, N]` are those actions' log-densities (detached
+/// The tensors of [`cal_ql_penalty`]. Every Q-value comes from the online critic at the
+/// current observations `s`: `q_data` at the data actions `[E, B]`, `q_rand` at `N` uniform
+/// random actions, `q_pi` at `N` actions the policy samples at `s`, and `q_next_pi` at `N`
+/// actions the policy samples at the next observations `s'` (still evaluated at `s`, as CQL's
+/// and Cal-QL's code do) (`[E, B, N]` each; `[B]` / `[B, N]` for one network). `logp_pi` / `logp_next` `[B, N]` are those actions' log-densities (detached
 /// here), `mc_return` `[B]` the data's return-to-go.
 #[derive(Debug, Clone, Copy)]
 pub struct PenaltyInputs<'a> {
@@ -175,6 +180,15 @@ pub fn cal_ql_penalty(x: &PenaltyInputs, action_dim: usize, cfg: &CalQlConfig) -
     }
     let b = qd[qd.len() - 1];
     let n = x.q_rand.dims().last().copied().unwrap_or(0);
+    if n == 0 || x.q_rand.rank() != qd.len() + 1 {
+        return Err(TuneError::input(
+            "q_rand",
+            format!(
+                "shape {:?}, expected q_data's {qd:?} and N > 0 sampled actions",
+                x.q_rand.dims()
+            ),
+        ));
+    }
     let mut qn = qd.clone();
     qn.push(n);
     check("q_rand", x.q_rand, &qn)?;
@@ -295,7 +309,11 @@ pub fn actor_loss(
 
 /// SAC's entropy-temperature loss `-mean(log_alpha * (logp + target_entropy))` with `logp`
 /// `[B]` detached; `log_alpha` is a scalar variable (`entropy_alpha = exp(log_alpha)`).
-pub fn entropy_alpha_loss(log_alpha: &Tensor, logp: &Tensor, target_entropy: f64) -> Result<Tensor> {
+pub fn entropy_alpha_loss(
+    log_alpha: &Tensor,
+    logp: &Tensor,
+    target_entropy: f64,
+) -> Result<Tensor> {
     if log_alpha.rank() != 0 {
         return Err(shape_err("log_alpha", log_alpha.dims(), &[]));
     }

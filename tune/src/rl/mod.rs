@@ -26,11 +26,11 @@ pub mod returns;
 
 pub use actor::TanhGaussian;
 pub use cal_ql::{
-    actor_loss, cal_ql_penalty, critic_loss, entropy_alpha_loss, td_target, CalQlConfig,
-    Penalty, PenaltyInputs,
+    actor_loss, cal_ql_penalty, critic_loss, entropy_alpha_loss, td_target, CalQlConfig, Penalty,
+    PenaltyInputs,
 };
 pub use critic::{Critic, CriticConfig};
 pub use mlp::Mlp;
-pub use params::{copy_params, init_seeded, sorted_params, soft_update};
+pub use params::{copy_params, init_seeded, soft_update, sorted_params};
 pub use replay::{Batch, ReplayBuffer, Transition};
 pub use returns::mc_returns;

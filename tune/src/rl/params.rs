@@ -87,8 +87,8 @@ pub fn soft_update(target: &VarMap, online: &VarMap, tau: f64) -> Result<()> {
         let what = || format!("soft update of `{name}`");
         let t = tv.as_tensor().detach();
         let o = ov.as_tensor().detach();
-        let new = ((t * (1.0 - tau)).context(what())? + (o * tau).context(what())?)
-            .context(what())?;
+        let new =
+            ((t * (1.0 - tau)).context(what())? + (o * tau).context(what())?).context(what())?;
         tv.set(&new).context(what())?;
     }
     Ok(())

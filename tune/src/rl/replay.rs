@@ -157,10 +157,7 @@ impl ReplayBuffer {
                 ));
             }
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(TuneError::input(
-                    name,
-                    format!("element {i} is {}", v[i]),
-                ));
+                return Err(TuneError::input(name, format!("element {i} is {}", v[i])));
             }
             Ok(())
         };
@@ -383,40 +380,32 @@ impl ReplayBuffer {
         let obs_dim = field("obs_dim")? as usize;
         let action_dim = field("action_dim")? as usize;
         let pushed = field("pushed")?;
-        let mut buf = Self::new(capacity, obs_dim, action_dim).map_err(|e| {
-            TuneError::ConfigField {
+        let mut buf =
+            Self::new(capacity, obs_dim, action_dim).map_err(|e| TuneError::ConfigField {
                 path: path.to_path_buf(),
                 field: "capacity / obs_dim / action_dim".into(),
                 problem: e.to_string(),
-            }
-        })?;
-        let n = store
-            .get("reward")?
-            .dims()
-            .first()
-            .copied()
-            .unwrap_or(0);
+            })?;
+        let n = store.get("reward")?.dims().first().copied().unwrap_or(0);
         if n > capacity {
             return Err(store.tensor_error(
                 "reward",
                 format!("{n} transitions, more than the capacity {capacity}"),
             ));
         }
-        let read = |name: &str, dtype: DType, dims: &[usize]| -> Result<Tensor> {
-            let t = store.get(name)?;
-            if t.dtype() != dtype {
-                return Err(
-                    store.tensor_error(name, format!("dtype {:?}, expected {dtype:?}", t.dtype()))
-                );
-            }
-            if t.dims() != dims {
-                return Err(store.tensor_error(
-                    name,
-                    format!("shape {:?}, expected {dims:?}", t.dims()),
-                ));
-            }
-            Ok(t.clone())
-        };
+        let read =
+            |name: &str, dtype: DType, dims: &[usize]| -> Result<Tensor> {
+                let t = store.get(name)?;
+                if t.dtype() != dtype {
+                    return Err(store
+                        .tensor_error(name, format!("dtype {:?}, expected {dtype:?}", t.dtype())));
+                }
+                if t.dims() != dims {
+                    return Err(store
+                        .tensor_error(name, format!("shape {:?}, expected {dims:?}", t.dims())));
+                }
+                Ok(t.clone())
+            };
         let f32s = |name: &str, dims: &[usize]| -> Result<Vec<f32>> {
             let t = read(name, DType::F32, dims)?;
             let v = t
@@ -437,7 +426,9 @@ impl ReplayBuffer {
             .to_vec1::<u8>()
             .map_err(|e| store.tensor_error("done", e.to_string()))?;
         if let Some(i) = done.iter().position(|&d| d > 1) {
-            return Err(store.tensor_error("done", format!("element {i} is {}, not 0 or 1", done[i])));
+            return Err(
+                store.tensor_error("done", format!("element {i} is {}, not 0 or 1", done[i]))
+            );
         }
         buf.done = done.into_iter().map(|d| d == 1).collect();
         // Stored oldest first: slot i is the i-th oldest, as in a buffer filled from empty.
