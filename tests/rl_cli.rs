@@ -167,8 +167,15 @@ fn a_reset_free_run_trains_resumes_evaluates_and_refuses_bad_input() {
             ],
         )
     };
-    let o = rl("200", &[]);
+    let rrd = tmp.path().join("rl.rrd");
+    let rrd_s = rrd.to_string_lossy().into_owned();
+    let o = rl("200", &["--rerun", &rrd_s]);
     ok(&o, "train rl");
+    let size = std::fs::metadata(&rrd).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 1000,
+        "the Rerun recording holds the curves ({size} bytes)"
+    );
     let stdout = text(&o.stdout);
     assert!(stdout.contains("offline:"), "{stdout}");
     let r = latest_report(&out);

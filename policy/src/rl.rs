@@ -132,6 +132,8 @@ pub struct LatentAgent {
     pub decisions: u64,
     last_stats: UpdateStats,
     last_q: f32,
+    /// (decision, critic value of the chosen noise) since the last [`Self::take_q_log`].
+    q_log: Vec<(u64, f32)>,
     /// Where the VLA's state sits in the loop's observation (None: the observation's state is
     /// the VLA's own, as in demos).
     layout: Option<rudder_robot::ArmStateLayout>,
@@ -223,6 +225,7 @@ impl LatentAgent {
             decisions: 0,
             last_stats: UpdateStats::default(),
             last_q: 0.0,
+            q_log: Vec::new(),
             layout: None,
         })
     }
@@ -268,6 +271,11 @@ impl LatentAgent {
 
     pub fn last_stats(&self) -> UpdateStats {
         self.last_stats
+    }
+
+    /// The critic's values of the noises chosen since the last call, by decision (for curves).
+    pub fn take_q_log(&mut self) -> Vec<(u64, f32)> {
+        std::mem::take(&mut self.q_log)
     }
 
     /// The critic's (ensemble-minimum) value of the last chosen noise.
@@ -326,6 +334,9 @@ impl LatentAgent {
         };
         let q = self.critic.forward(&obs, &a)?;
         self.last_q = Critic::min_q(&q)?.flatten_all()?.to_vec1::<f32>()?[0];
+        if self.learn && self.q_log.len() < 100_000 {
+            self.q_log.push((self.decisions, self.last_q));
+        }
         Ok(a.flatten_all()?.to_vec1()?)
     }
 

@@ -386,13 +386,14 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
             rec.set_time_sequence("step", run.report().steps as i64);
             let s = agent_ref.last_stats();
             let _ = rec.log(
-                "learner/q_chosen",
-                &rerun::Scalars::single(agent_ref.last_q() as f64),
-            );
-            let _ = rec.log(
                 "learner/critic_loss",
                 &rerun::Scalars::single(s.critic_loss as f64),
             );
+            let _ = rec.log("learner/q_data", &rerun::Scalars::single(s.q_data as f64));
+            for (decision, q) in agent_ref.take_q_log() {
+                rec.set_time_sequence("decision", decision as i64);
+                let _ = rec.log("learner/q_chosen", &rerun::Scalars::single(q as f64));
+            }
             let _ = rec.log(
                 "attempts/interventions",
                 &rerun::Scalars::single(run.report().interventions as f64),
