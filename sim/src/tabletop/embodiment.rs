@@ -16,6 +16,8 @@ use std::time::Instant;
 /// state) and both cameras when the env renders.
 pub struct TabletopSim {
     env: TabletopEnv,
+    /// The last observation the loop took, for a success detector reading the same frame.
+    last: Option<Observation>,
 }
 
 impl TabletopSim {
@@ -25,7 +27,12 @@ impl TabletopSim {
     pub const LAYOUT: ArmStateLayout = ArmStateLayout::ur5_libero();
 
     pub fn new(env: TabletopEnv) -> Self {
-        Self { env }
+        Self { env, last: None }
+    }
+
+    /// The observation of the loop's latest tick (None before the first).
+    pub fn last_observation(&self) -> Option<&Observation> {
+        self.last.as_ref()
     }
 
     pub fn env(&self) -> &TabletopEnv {
@@ -74,7 +81,9 @@ impl Embodiment for TabletopSim {
     }
 
     fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        loop_observation(&mut self.env)
+        let obs = loop_observation(&mut self.env)?;
+        self.last = Some(obs.clone());
+        Ok(obs)
     }
 
     fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {

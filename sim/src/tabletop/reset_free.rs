@@ -12,8 +12,7 @@ use super::env::{CameraConfig, TabletopEnv};
 use super::suites::{load_backward, load_suite, Suite};
 use super::tasks::Task;
 use rudder_robot::{
-    ArmStateLayout, AttemptEnd, ControlError, Debounce, Embodiment, EmbodimentError, JointCommand,
-    JointLimits, JointState, Learner, LockstepDriver, Observation, SuccessJudge,
+    AttemptEnd, ControlError, Debounce, Embodiment, Learner, LockstepDriver, SuccessJudge,
 };
 use serde::Serialize;
 use std::time::Instant;
@@ -129,41 +128,6 @@ pub struct ResetFreeReport {
     pub judge_s: f64,
 }
 
-/// The tabletop embodiment that keeps its last observation for the detector.
-struct Watched {
-    inner: TabletopSim,
-    last: Option<Observation>,
-}
-
-impl Embodiment for Watched {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn joint_names(&self) -> Vec<String> {
-        self.inner.joint_names()
-    }
-    fn control_rate_hz(&self) -> f64 {
-        self.inner.control_rate_hz()
-    }
-    fn state_layout(&self) -> ArmStateLayout {
-        self.inner.state_layout()
-    }
-    fn limits(&self) -> JointLimits {
-        self.inner.limits()
-    }
-    fn read_state(&mut self) -> Result<JointState, EmbodimentError> {
-        self.inner.read_state()
-    }
-    fn observe(&mut self) -> Result<Observation, EmbodimentError> {
-        let obs = self.inner.observe()?;
-        self.last = Some(obs.clone());
-        Ok(obs)
-    }
-    fn command(&mut self, cmd: &JointCommand) -> Result<(), EmbodimentError> {
-        self.inner.command(cmd)
-    }
-}
-
 /// The goal suite's (forward, backward) pairs, checked: every forward task has its backward
 /// task, and `tasks` names existing ones.
 pub fn task_pairs(tasks: &[usize]) -> Result<Vec<(usize, Task, Task)>, ResetFreeError> {
@@ -197,7 +161,7 @@ pub fn task_pairs(tasks: &[usize]) -> Result<Vec<(usize, Task, Task)>, ResetFree
 pub struct ResetFreeRun {
     o: ResetFreeOptions,
     pairs: Vec<(usize, Task, Task)>,
-    emb: Watched,
+    emb: TabletopSim,
     /// Next attempt: pair `cursor / 2`, backward when `cursor` is odd.
     cursor: usize,
     debounce: Debounce,
@@ -240,10 +204,7 @@ impl ResetFreeRun {
             .map_or(0, |p| 2 * (p + 1));
         Ok(Self {
             o: o.clone(),
-            emb: Watched {
-                inner: TabletopSim::new(env),
-                last: None,
-            },
+            emb: TabletopSim::new(env),
             pairs,
             cursor,
             debounce: Debounce::new(o.debounce),
@@ -264,7 +225,7 @@ impl ResetFreeRun {
     }
 
     pub fn env(&self) -> &TabletopEnv {
-        self.emb.inner.env()
+        self.emb.env()
     }
 
     /// Runs attempts until `steps` more simulator steps have passed (the last attempt runs to
@@ -304,8 +265,7 @@ impl ResetFreeRun {
             task: task.id.clone(),
             reason,
         };
-        emb.inner
-            .env_mut()
+        emb.env_mut()
             .switch_task(task, &task.instruction)
             .map_err(|e| scene_err(e.to_string()))?;
         policy.reset();
@@ -324,17 +284,16 @@ impl ResetFreeRun {
             report.loop_s += t.elapsed().as_secs_f64();
             steps += 1;
             report.steps += 1;
-            predicate |= emb.inner.env().goal_holds();
-            if !emb.inner.env().objects_off_table().is_empty() {
-                emb.inner
-                    .env_mut()
+            predicate |= emb.env().goal_holds();
+            if !emb.env().objects_off_table().is_empty() {
+                emb.env_mut()
                     .intervene(o.seed, o.first_init + 1 + report.interventions)
                     .map_err(|e| scene_err(e.to_string()))?;
                 report.interventions += 1;
                 break AttemptEnd::Intervention;
             }
             if steps % o.judge_every.max(1) == 0 {
-                if let Some(obs) = &emb.last {
+                if let Some(obs) = emb.last_observation() {
                     let t = Instant::now();
                     let j = judge.judge(obs).map_err(|reason| ResetFreeError::Judge {
                         attempt,
@@ -353,7 +312,7 @@ impl ResetFreeRun {
                 break AttemptEnd::TimeOut;
             }
         };
-        let mut last = emb.inner.observe().map_err(|e| scene_err(e.to_string()))?;
+        let mut last = emb.observe().map_err(|e| scene_err(e.to_string()))?;
         last.instruction.clone_from(&task.instruction);
         policy
             .end_attempt(&last, end)
