@@ -470,12 +470,13 @@ impl LatentAgent {
 
     fn infer_inner(&mut self, obs: &Observation) -> Result<ActionChunk, FlowError> {
         let obs = &self.view(obs)?;
-        let features = self.vla.latent_features(obs)?;
-        self.close(Some(features.clone()), 0.0, false);
-        let noise = self.choose(&features)?;
-        let decoded = self.vla.decode_latent(obs, &noise)?;
+        let vla = Arc::clone(&self.vla);
+        let (decoded, noise) = vla.decode_chosen(obs, &mut |features| {
+            self.close(Some(features.to_vec()), 0.0, false);
+            self.choose(features)
+        })?;
         self.pending = Some(Pending {
-            obs: features,
+            obs: decoded.features,
             action: noise,
         });
         self.decisions += 1;

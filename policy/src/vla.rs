@@ -125,6 +125,8 @@ enum Noise<'a> {
     Given(&'a [f32]),
     /// Found by inverting the flow from this normalised chunk (returned in `normalized`).
     Invert(&'a [f32]),
+    /// Chosen from the prefix's features (a latent-noise actor), in the same pass.
+    Chosen(&'a mut dyn FnMut(&[f32]) -> Result<Vec<f32>, FlowError>),
     /// No chunk: only the prefix pass, for its features.
     FeaturesOnly,
 }
@@ -551,6 +553,36 @@ impl VlaPolicy {
         })
     }
 
+    /// [`Self::decode_latent`] with the noise chosen by `choose` from this observation's
+    /// features (one prefix pass for both); returns the chunk and the noise.
+    pub fn decode_chosen(
+        &self,
+        obs: &Observation,
+        choose: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>, FlowError>,
+    ) -> Result<(LatentChunk, Vec<f32>), FlowError> {
+        self.require_flow()?;
+        let mut chosen = Vec::new();
+        let mut keep = |f: &[f32]| {
+            let w = choose(f)?;
+            chosen.clone_from(&w);
+            Ok(w)
+        };
+        let c = self.infer_with(
+            &Self::obs_images(obs),
+            &obs.state,
+            &obs.instruction,
+            Noise::Chosen(&mut keep),
+            None,
+            None,
+        )?;
+        let chunk = LatentChunk {
+            features: c.features.unwrap_or_default(),
+            rows: c.rows,
+            normalized: c.normalized.unwrap_or_default(),
+        };
+        Ok((chunk, chosen))
+    }
+
     /// The features of `obs` ([`LatentChunk::features`]) from the prefix pass alone.
     pub fn latent_features(&self, obs: &Observation) -> Result<Vec<f32>, FlowError> {
         self.require_flow()?;
@@ -733,24 +765,29 @@ impl VlaPolicy {
         };
         let state_t = Tensor::from_vec(st, (1, cfg.max_state_dim), &self.device)?;
         let (h, a) = (cfg.chunk_size, cfg.max_action_dim);
+        // One prefix pass serves every use: its features, a chooser's noise, the inversion.
+        let cache = model.prefix_cache(&inputs, hooks)?;
+        let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
+        features.extend(&state_features);
+        let given = |v: Vec<f32>| {
+            if v.len() == h * a && v.iter().all(|x| x.is_finite()) {
+                return Ok(v);
+            }
+            Err(FlowError::input(
+                "noise",
+                format!(
+                    "expected {h} x {a} = {} finite values, got {} (finite: {})",
+                    h * a,
+                    v.len(),
+                    v.iter().all(|x| x.is_finite())
+                ),
+            ))
+        };
         let noise_v = match noise_in {
             Noise::Seed(seed) => noise::gaussian(seed, h * a),
-            Noise::Given(v) if v.len() == h * a && v.iter().all(|x| x.is_finite()) => v.to_vec(),
-            Noise::Given(v) => {
-                return Err(FlowError::input(
-                    "noise",
-                    format!(
-                        "expected {h} x {a} = {} finite values, got {} (finite: {})",
-                        h * a,
-                        v.len(),
-                        v.iter().all(|x| x.is_finite())
-                    ),
-                ))
-            }
+            Noise::Given(v) => given(v.to_vec())?,
+            Noise::Chosen(choose) => given(choose(&features)?)?,
             Noise::FeaturesOnly => {
-                let cache = model.prefix_cache(&inputs, hooks)?;
-                let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
-                features.extend(&state_features);
                 return Ok(FlowChunk {
                     rows: Vec::new(),
                     normalized: None,
@@ -764,23 +801,16 @@ impl VlaPolicy {
                         format!("expected {h} x {a} normalised values, got {}", target.len()),
                     ));
                 }
-                let cache = model.prefix_cache(&inputs, hooks)?;
                 let x0 = Tensor::from_vec(target.to_vec(), (1, h, a), &self.device)?;
                 let w = model.invert_actions(&cache, &state_t, &x0, None, INVERT_FIXED_POINT)?;
-                let w: Vec<f32> = w.flatten_all()?.to_vec1()?;
-                let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
-                features.extend(&state_features);
                 return Ok(FlowChunk {
                     rows: Vec::new(),
-                    normalized: Some(w),
+                    normalized: Some(w.flatten_all()?.to_vec1()?),
                     features: Some(features),
                 });
             }
         };
         let noise_t = Tensor::from_vec(noise_v, (1, h, a), &self.device)?;
-        let cache = model.prefix_cache(&inputs, hooks)?;
-        let mut features: Vec<f32> = cache.pooled.flatten_all()?.to_vec1()?;
-        features.extend(&state_features);
         let guide = match guide {
             Some((target, weights)) => Some(pi0::ChunkGuide {
                 target: Tensor::from_vec(target, (1, h, a), &self.device)?,

@@ -290,7 +290,7 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
     };
 
     let resume = rudder_tune::train::checkpoint::latest(&a.out)?;
-    let (mut agent, done) = match &resume {
+    let (agent, done) = match &resume {
         Some(dir) => {
             let agent = LatentAgent::load(Arc::clone(&vla), dir)
                 .with_context(|| format!("resuming from {}", dir.display()))?;
@@ -355,10 +355,7 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
             (agent, None)
         }
     };
-    let mut agent_ref = {
-        agent = agent.with_layout(TabletopSim::LAYOUT);
-        agent
-    };
+    let mut agent = agent.with_layout(TabletopSim::LAYOUT);
     let mut run = ResetFreeRun::new(&opts, done)?;
     let rec = match &a.rerun {
         Some(p) => Some(
@@ -378,19 +375,19 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
     while !run.finished() {
         run.advance(
             a.checkpoint_every.max(1),
-            &mut agent_ref,
+            &mut agent,
             &mut judge,
             &mut curves,
         )?;
         if let Some(rec) = &curves.rec {
             rec.set_time_sequence("step", run.report().steps as i64);
-            let s = agent_ref.last_stats();
+            let s = agent.last_stats();
             let _ = rec.log(
                 "learner/critic_loss",
                 &rerun::Scalars::single(s.critic_loss as f64),
             );
             let _ = rec.log("learner/q_data", &rerun::Scalars::single(s.q_data as f64));
-            for (decision, q) in agent_ref.take_q_log() {
+            for (decision, q) in agent.take_q_log() {
                 rec.set_time_sequence("decision", decision as i64);
                 let _ = rec.log("learner/q_chosen", &rerun::Scalars::single(q as f64));
             }
@@ -399,7 +396,7 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
                 &rerun::Scalars::single(run.report().interventions as f64),
             );
         }
-        save(&a.out, &agent_ref, run.report())?;
+        save(&a.out, &agent, run.report())?;
     }
     curves.bar.finish_and_clear();
     let r = run.report();
@@ -419,7 +416,7 @@ pub fn train(a: RlArgs) -> anyhow::Result<ExitCode> {
         r.wall_s,
         r.loop_s,
         r.judge_s,
-        agent_ref.updates
+        agent.updates
     );
     Ok(ExitCode::SUCCESS)
 }
