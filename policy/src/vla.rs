@@ -117,6 +117,9 @@ type InferredChunk = (Vec<Vec<f32>>, Option<Vec<f32>>);
 /// fixture's round trip from 14 % of the chunk's scale to below 1 %).
 const INVERT_FIXED_POINT: usize = 3;
 
+/// Picks a chunk's noise from the prefix's features (a latent-noise actor).
+pub type NoiseChooser<'a> = dyn FnMut(&[f32]) -> Result<Vec<f32>, FlowError> + 'a;
+
 /// Where a flow chunk's noise comes from.
 enum Noise<'a> {
     /// Drawn from a seed (the policy's own sampling).
@@ -126,7 +129,7 @@ enum Noise<'a> {
     /// Found by inverting the flow from this normalised chunk (returned in `normalized`).
     Invert(&'a [f32]),
     /// Chosen from the prefix's features (a latent-noise actor), in the same pass.
-    Chosen(&'a mut dyn FnMut(&[f32]) -> Result<Vec<f32>, FlowError>),
+    Chosen(&'a mut NoiseChooser<'a>),
     /// No chunk: only the prefix pass, for its features.
     FeaturesOnly,
 }
@@ -558,7 +561,7 @@ impl VlaPolicy {
     pub fn decode_chosen(
         &self,
         obs: &Observation,
-        choose: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>, FlowError>,
+        choose: &mut NoiseChooser<'_>,
     ) -> Result<(LatentChunk, Vec<f32>), FlowError> {
         self.require_flow()?;
         let mut chosen = Vec::new();
