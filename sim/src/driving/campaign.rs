@@ -97,8 +97,63 @@ fn group(items: &[&ScenarioMetrics]) -> GroupReport {
     }
 }
 
-/// Runs `scenarios` scenarios: generated from `seed`, or the first ones of the DB at `db`
-/// (with its map file beside it; 0 = all of them).
+/// Every scenario of the nuPlan-schema log at `path`, or of every `*.db` log in the folder
+/// `path` (in file-name order), each with its map file beside it.
+pub fn load_logs(path: &Path) -> Result<Vec<Scenario>, DrivingError> {
+    if !path.is_dir() {
+        return nuplan_db::load_scenarios(path, None);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| DrivingError::Db {
+        path: path.display().to_string(),
+        reason: format!("cannot list the folder: {e}"),
+    })?;
+    let mut dbs: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+        .collect();
+    dbs.sort();
+    if dbs.is_empty() {
+        return Err(DrivingError::Db {
+            path: path.display().to_string(),
+            reason: "the folder holds no *.db log".into(),
+        });
+    }
+    let mut out = Vec::new();
+    for db in dbs {
+        out.extend(nuplan_db::load_scenarios(&db, None)?);
+    }
+    Ok(out)
+}
+
+/// Writes `count` generated scenarios (from `seed`) as nuPlan-schema logs, one
+/// `<index>_<type>.db` and its map per scenario, into `dir`; returns the paths written.
+pub fn write_generated_logs(
+    dir: &Path,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<std::path::PathBuf>, DrivingError> {
+    std::fs::create_dir_all(dir).map_err(|e| DrivingError::Db {
+        path: dir.display().to_string(),
+        reason: format!("cannot create the folder: {e}"),
+    })?;
+    let mut written = Vec::with_capacity(count);
+    for i in 0..count {
+        let s = generator::generate(seed, i);
+        let db = dir.join(format!("{i:04}_{}.db", s.scenario_type));
+        if db.exists() {
+            return Err(DrivingError::Db {
+                path: db.display().to_string(),
+                reason: "already exists; write the logs into an empty folder".into(),
+            });
+        }
+        nuplan_db::write_db(&db, &s)?;
+        written.push(db);
+    }
+    Ok(written)
+}
+
+/// Runs `scenarios` scenarios: generated from `seed`, or the first ones of the log(s) at `db`
+/// (a DB file or a folder of them, maps beside them; 0 = all of them).
 pub fn run_campaign(
     planner: PlannerKind,
     scenarios: usize,
@@ -109,7 +164,7 @@ pub fn run_campaign(
     let t0 = Instant::now();
     let loaded = match db {
         Some(p) => {
-            let mut v = nuplan_db::load_scenarios(p, None)?;
+            let mut v = load_logs(p)?;
             if scenarios > 0 {
                 v.truncate(scenarios);
             }

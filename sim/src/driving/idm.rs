@@ -1,10 +1,9 @@
 //! The Intelligent Driver Model along lane paths: the longitudinal law, lane-path building over
-//! the lane graph, leader search along a path, and the reactive (CLS-R) agents that follow
-//! their lanes with it.
+//! the lane graph and leader search along a path (the IDM planner's); the reactive (CLS-R)
+//! agents that follow their lanes with the same law are [`super::reactive`].
 
 use super::geometry::{wrap_angle, OrientedBox, Polyline, P2};
-use super::map::{Lane, LaneId, LaneKind, LightStatus, Map};
-use super::scenario::{AgentBox, AgentObs, AgentState, Category, Scenario};
+use super::map::{Lane, LaneId, Map};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IdmParams {
@@ -38,23 +37,27 @@ impl IdmParams {
     };
 
     /// IDM acceleration at speed `v` toward `v0`, with an optional leader (bumper gap, leader
-    /// speed along the path), clipped to [-decel_max, accel_max] as nuPlan's policy does.
+    /// speed along the path), clipped to [-decel_max, accel_max] as nuPlan's policy does. As
+    /// in the devkit's `IDMPolicy`, s* is not clamped (a faster leader lowers it below s0) and
+    /// the gap is floored at the minimum gap s0, not at zero.
     pub fn accel(&self, v: f64, v0: f64, lead: Option<(f64, f64)>) -> f64 {
         let v0 = v0.max(1e-3);
         let free = 1.0 - (v.max(0.0) / v0).powf(self.exponent);
         let inter = match lead {
             None => 0.0,
             Some((gap, vl)) => {
-                let dv = v - vl;
-                let s_star = self.min_gap
-                    + (v * self.headway
-                        + v * dv / (2.0 * (self.accel_max * self.decel_max).sqrt()))
-                    .max(0.0);
-                let gap = gap.max(1e-2);
-                (s_star / gap).powi(2)
+                let s_star = self.desired_gap(v, vl);
+                (s_star / gap.max(self.min_gap)).powi(2)
             }
         };
         (self.accel_max * (free - inter)).clamp(-self.decel_max, self.accel_max)
+    }
+
+    /// The desired gap s* = s0 + v T + v (v - v_lead) / (2 sqrt(a b)).
+    pub fn desired_gap(&self, v: f64, v_lead: f64) -> f64 {
+        self.min_gap
+            + v * self.headway
+            + v * (v - v_lead) / (2.0 * (self.accel_max * self.decel_max).sqrt())
     }
 }
 
@@ -186,157 +189,6 @@ pub fn find_leader(
     best
 }
 
-/// Reactive agents: every vehicle observed at the start on a lane follows its lane path with
-/// IDM; everything else replays its log (nuPlan's CLS-R makes vehicles only reactive).
-pub struct ReactiveAgents {
-    agents: Vec<IdmAgent>,
-}
-
-struct IdmAgent {
-    track: usize,
-    path: LanePath,
-    s: f64,
-    v: f64,
-    v0: f64,
-}
-
-const AGENT_LOOKAHEAD: f64 = 60.0;
-
-impl ReactiveAgents {
-    pub fn new(scenario: &Scenario) -> ReactiveAgents {
-        let map = &scenario.map;
-        let mut agents = Vec::new();
-        for (i, t) in scenario.tracks.iter().enumerate() {
-            if t.category != Category::Vehicle {
-                continue;
-            }
-            let Some(s0) = t.at(0) else { continue };
-            let c = P2::new(s0.x, s0.y);
-            let Some(lane) = map.best_lane_at(c, s0.heading) else {
-                continue;
-            };
-            if wrap_angle(lane.centerline.project(c).heading - s0.heading).abs() > 1.0 {
-                continue;
-            }
-            // Prefer the successor the logged track actually drove into.
-            let end = t
-                .states
-                .iter()
-                .rev()
-                .flatten()
-                .next()
-                .copied()
-                .unwrap_or(s0);
-            let end_p = P2::new(end.x, end.y);
-            let ids = follow_lanes(map, lane, 200.0, |l| l.centerline.project(end_p).distance);
-            let Some(path) = LanePath::from_lanes(map, &ids) else {
-                continue;
-            };
-            let s = path.line.project(c).s;
-            let v0 = map.speed_limit_of(lane).unwrap_or(10.0);
-            agents.push(IdmAgent {
-                track: i,
-                path,
-                s,
-                v: s0.speed(),
-                v0,
-            });
-        }
-        ReactiveAgents { agents }
-    }
-
-    /// The objects at `step`: reactive vehicles at their simulated states, the rest from the
-    /// log. Reactive agents are advanced by [`Self::step`].
-    pub fn observe(&self, scenario: &Scenario, step: usize) -> Vec<AgentObs> {
-        let mut out = Vec::new();
-        for (i, t) in scenario.tracks.iter().enumerate() {
-            if let Some(a) = self.agents.iter().find(|a| a.track == i) {
-                let p = a.path.line.pose_at(a.s);
-                out.push(AgentObs {
-                    id: t.id,
-                    category: t.category,
-                    state: AgentState {
-                        x: p.x,
-                        y: p.y,
-                        heading: p.heading,
-                        vx: a.v * p.heading.cos(),
-                        vy: a.v * p.heading.sin(),
-                    },
-                    length: t.length,
-                    width: t.width,
-                });
-            } else if let Some(s) = t.at(step) {
-                out.push(AgentObs {
-                    id: t.id,
-                    category: t.category,
-                    state: s,
-                    length: t.length,
-                    width: t.width,
-                });
-            }
-        }
-        out
-    }
-
-    /// Advances every reactive agent by `dt`, with the ego box and the current objects as
-    /// potential leaders and red-light connectors as stops.
-    pub fn step(
-        &mut self,
-        scenario: &Scenario,
-        current: &[AgentObs],
-        ego: OrientedBox,
-        ego_speed: f64,
-        lights: &[(LaneId, LightStatus)],
-        dt: f64,
-    ) {
-        let red: Vec<LaneId> = lights
-            .iter()
-            .filter(|(_, s)| *s == LightStatus::Red)
-            .map(|x| x.0)
-            .collect();
-        let mut updates = Vec::with_capacity(self.agents.len());
-        for a in &self.agents {
-            let t = &scenario.tracks[a.track];
-            let others = current
-                .iter()
-                .filter(|o| o.id != t.id)
-                .map(|o| Obstacle {
-                    bbox: o.bbox(),
-                    speed: o.speed(),
-                })
-                .chain(std::iter::once(Obstacle {
-                    bbox: ego,
-                    speed: ego_speed,
-                }));
-            let red_here: Vec<LaneId> = red
-                .iter()
-                .copied()
-                .filter(|id| {
-                    scenario
-                        .map
-                        .lane(*id)
-                        .is_some_and(|l| l.kind == LaneKind::Connector)
-                })
-                .collect();
-            let lead = find_leader(
-                &a.path,
-                a.s + t.length / 2.0,
-                t.width / 2.0,
-                AGENT_LOOKAHEAD,
-                others,
-                &red_here,
-            );
-            let acc = IdmParams::AGENTS.accel(a.v, a.v0, lead);
-            let v = (a.v + acc * dt).max(0.0);
-            updates.push((a.s + v * dt, v));
-        }
-        for (a, (s, v)) in self.agents.iter_mut().zip(updates) {
-            a.s = s;
-            a.v = v;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +204,22 @@ mod tests {
         assert!((a - (1.0 - (0.5f64).powi(4) - 1.0)).abs() < 1e-12);
         // Very close: clipped at the maximum deceleration.
         assert_eq!(p.accel(10.0, 10.0, Some((0.1, 0.0))), -2.0);
+        // The devkit's worked case: v = v0 = 10 m/s, the end of a path 35 m ahead of a 5 m car
+        // (a stopped leader at a 32.5 m gap): s* = 1 + 15 + 100 / (2 sqrt 2) = 51.36 m, so
+        // 1 - 1 - (51.36 / 32.5)^2 = -2.50, clipped to -2.
+        let s_star = p.desired_gap(10.0, 0.0);
+        assert!((s_star - (16.0 + 100.0 / (2.0 * 2f64.sqrt()))).abs() < 1e-12);
+        assert_eq!(p.accel(10.0, 10.0, Some((32.5, 0.0))), -2.0);
+        // s* is not clamped: a leader much faster than us makes it negative.
+        assert!(p.desired_gap(2.0, 20.0) < 0.0);
+        // The gap is floored at s0 = 1 m: a 0.2 m gap weighs as 1 m would.
+        let q = IdmParams {
+            decel_max: 100.0,
+            ..p
+        };
+        assert_eq!(
+            q.accel(1.0, 10.0, Some((0.2, 1.0))),
+            q.accel(1.0, 10.0, Some((1.0, 1.0)))
+        );
     }
 }

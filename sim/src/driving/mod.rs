@@ -3,7 +3,8 @@
 //! - [`map`], [`scenario`]: the world model; [`generator`] builds seeded scenarios of nuPlan's
 //!   types, [`nuplan_db`] loads nuPlan-schema SQLite logs with a map file of ours beside them.
 //! - [`vehicle`] (kinematic bicycle with actuator lags) driven by [`lqr`] (nuPlan's two-stage
-//!   tracker); [`idm`] drives reactive agents and the IDM planner.
+//!   tracker); [`idm`] is the IDM law the IDM planner follows, [`reactive`] the CLS-R agents
+//!   that follow it as the devkit's `IDMAgents` do (shapes in [`occupancy`]).
 //! - [`simulation`] runs one scenario with a planner; [`metrics`] scores it exactly as
 //!   nuplan-devkit does; [`campaign`] runs many and aggregates.
 //! - The planner interface (`Planner`, `Observation`, `Trajectory`, the ego and object states)
@@ -19,7 +20,9 @@ pub mod map;
 pub mod map_view;
 pub mod metrics;
 pub mod nuplan_db;
+pub mod occupancy;
 pub mod planners;
+pub mod reactive;
 pub mod savgol;
 pub mod scenario;
 pub mod simulation;

@@ -4,14 +4,16 @@
 //! (`<db stem>.map.json`) beside the DB since nuPlan keeps maps outside it. Also writes such a
 //! DB from scenarios, which is how the tests build one.
 
-use super::geometry::P2;
+use super::geometry::{wrap_angle, P2};
 use super::map::{LaneId, LightStatus, Map};
 use super::scenario::{
     AgentState, Category, EgoPose, Scenario, Track, HISTORY_STEPS, HORIZON_STEPS,
 };
+use super::vehicle::REAR_TO_CENTER;
 use super::DrivingError;
 use rusqlite::{params, Connection, OpenFlags};
 use std::collections::HashMap;
+use std::f64::consts::FRAC_PI_2;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,6 +33,10 @@ pub const REQUIRED_TABLES: [&str; 9] = [
 const SUBSAMPLE: usize = 2;
 /// Share of expert samples that must lie on the map.
 const MIN_COVERAGE: f64 = 0.9;
+/// A tag anchors its scenario 3 s after the scenario's first frame: nuplan-devkit's scenario
+/// mapping gives every type (duration 15 s, offset -3 s), and its extraction takes the frames
+/// with timestamp >= tag - 3 s. So a turning or stopping scenario starts before the manoeuvre.
+pub const TAG_OFFSET_US: i64 = 3_000_000;
 
 type Token = [u8; 16];
 
@@ -291,22 +297,26 @@ pub fn load_scenarios(db: &Path, map: Option<&Path>) -> Result<Vec<Scenario>, Dr
             .get(&pc)
             .ok_or_else(|| cx.dangling("scenario_tag", "lidar_pc_token", &pc, "lidar_pc"))?;
         let token = hex(&pc);
+        // The scenario starts at the first frame at or after tag - 3 s (the log's first frame
+        // if the tag is nearer its start), as the devkit extracts it.
+        let start_ts = pcs[i0].timestamp.saturating_sub(TAG_OFFSET_US);
+        let first = pcs[..=i0].partition_point(|p| p.timestamp < start_ts);
         // Sample indices at 10 Hz; missing history repeats the first sample, the future may be
         // shorter than 15 s at the end of a log.
         let idx: Vec<usize> = (0..=HISTORY_STEPS + HORIZON_STEPS)
             .map(|k| {
-                (i0 as i64 + (k as i64 - HISTORY_STEPS as i64) * SUBSAMPLE as i64).max(0) as usize
+                (first as i64 + (k as i64 - HISTORY_STEPS as i64) * SUBSAMPLE as i64).max(0)
+                    as usize
             })
             .take_while(|&i| i < pcs.len())
             .collect();
         if idx.len() < HISTORY_STEPS + 2 {
             return Err(DrivingError::Scenario {
                 token,
-                reason: "fewer than 0.2 s of log after the tag".into(),
+                reason: "fewer than 0.2 s of log after the scenario's start (tag - 3 s)".into(),
             });
         }
         let expert: Vec<EgoPose> = idx.iter().map(|&i| poses[&pcs[i].ego]).collect();
-        let _ = pcs[i0].timestamp;
         let mut ids: HashMap<Token, usize> = HashMap::new();
         let mut trs: Vec<Track> = Vec::new();
         for (k, &i) in idx.iter().enumerate() {
@@ -358,14 +368,49 @@ pub fn load_scenarios(db: &Path, map: Option<&Path>) -> Result<Vec<Scenario>, Dr
     Ok(out)
 }
 
-/// The lanes the expert drove through, in order.
+/// The lanes the expert drove through, in order, by where its box centre was (the devkit
+/// extracts the expert's route from its centres; an ego pose is its rear axle). Where lanes
+/// overlap (a fork of connectors), the expert stays on the current lane while it can, prefers a
+/// successor of it, and among those the one it stays in longest, so the route is a connected
+/// chain and not the first connector the fork happened to list.
 pub fn route_from_expert(map: &Map, expert: &[EgoPose]) -> Vec<LaneId> {
+    let aligned: Vec<Vec<LaneId>> = expert
+        .iter()
+        .map(|e| {
+            let (sin, cos) = e.heading.sin_cos();
+            let c = P2::new(e.x + REAR_TO_CENTER * cos, e.y + REAR_TO_CENTER * sin);
+            map.lanes_at(c)
+                .filter(|l| {
+                    wrap_angle(l.centerline.project(c).heading - e.heading).abs() < FRAC_PI_2
+                })
+                .map(|l| l.id)
+                .collect()
+        })
+        .collect();
+    let stay = |id: LaneId, from: usize| {
+        aligned[from..]
+            .iter()
+            .take_while(|h| h.contains(&id))
+            .count()
+    };
     let mut route: Vec<LaneId> = Vec::new();
-    for e in expert {
-        if let Some(l) = map.best_lane_at(P2::new(e.x, e.y), e.heading) {
-            if route.last() != Some(&l.id) && !route.contains(&l.id) {
-                route.push(l.id);
-            }
+    for (k, here) in aligned.iter().enumerate() {
+        let last = route.last().copied();
+        if last.is_some_and(|l| here.contains(&l)) {
+            continue;
+        }
+        let fresh = here.iter().copied().filter(|id| !route.contains(id));
+        let linked: Vec<LaneId> = fresh
+            .clone()
+            .filter(|id| last.is_some_and(|l| map.connected(l, *id)))
+            .collect();
+        let pool: Vec<LaneId> = if linked.is_empty() {
+            fresh.collect()
+        } else {
+            linked
+        };
+        if let Some(best) = pool.into_iter().max_by_key(|id| stay(*id, k)) {
+            route.push(best);
         }
     }
     route
@@ -424,10 +469,19 @@ CREATE TABLE scenario_tag (token BLOB PRIMARY KEY, lidar_pc_token BLOB, type TEX
 ";
 
 /// Writes `scenario` as one nuPlan-schema log at 20 Hz (odd frames interpolated between the
-/// 10 Hz samples) with its tag on the initial frame, and its map beside the DB.
+/// 10 Hz samples) with its tag 3 s after the initial frame (so the devkit's extraction, and
+/// [`load_scenarios`], start the scenario at its initial state), and its map beside the DB.
 pub fn write_db(db: &Path, scenario: &Scenario) -> Result<(), DrivingError> {
     let pstr = db.display().to_string();
     let cx = Ctx { path: &pstr };
+    let tag_frame = 2 * HISTORY_STEPS + (TAG_OFFSET_US / 50_000) as usize;
+    if (2 * scenario.expert.len()).saturating_sub(1) <= tag_frame {
+        return Err(cx.db(format!(
+            "scenario `{}` lasts {:.1} s after its start; a tag sits 3 s after the start, so it needs more",
+            scenario.token,
+            scenario.num_steps().saturating_sub(1) as f64 * super::scenario::DT
+        )));
+    }
     let mut conn = Connection::open(db).map_err(|e| cx.db(e))?;
     conn.execute_batch(SCHEMA).map_err(|e| cx.db(e))?;
     let mut counter: u64 = 0;
@@ -511,7 +565,7 @@ pub fn write_db(db: &Path, scenario: &Scenario) -> Result<(), DrivingError> {
                 ))?;
             }
         }
-        if f == 2 * HISTORY_STEPS {
+        if f == tag_frame {
             e(tx.execute(
                 "INSERT INTO scenario_tag VALUES (?1, ?2, ?3, NULL)",
                 params![tok(9), pc, scenario.scenario_type],

@@ -1,10 +1,10 @@
 //! One closed-loop run: every 0.1 s the planner sees the world, the LQR tracker turns its
 //! trajectory into an acceleration and a steering rate, the bicycle model moves the ego, and the
-//! agents replay their log or advance with IDM. The recorded history is what the metrics score.
+//! agents replay their log or advance with IDM (CLS-R: [`super::reactive`]). The recorded history is what the metrics score.
 
-use super::idm::ReactiveAgents;
 use super::lqr::LqrTracker;
 use super::map::Map;
+use super::reactive::{replayed_in_reactive_mode, EgoView, ReactiveAgents};
 use super::scenario::{AgentObs, Scenario, DT};
 use super::vehicle::{EgoState, Pacifica};
 use super::DrivingError;
@@ -76,12 +76,22 @@ pub fn simulate(
         }
         let cmd = tracker.track(&ego, &traj);
         if let Some(r) = &mut reactive {
+            // The devkit updates its agents with the next step's lights and replayed objects
+            // and the ego as it is before its own move.
+            let replayed: Vec<AgentObs> = scenario
+                .agents_at(step + 1)
+                .into_iter()
+                .filter(|o| replayed_in_reactive_mode(o.category))
+                .collect();
             r.step(
-                scenario,
-                &agents,
-                ego.footprint(),
-                ego.vehicle.speed,
-                lights,
+                &scenario.map,
+                EgoView {
+                    footprint: ego.footprint(),
+                    speed: ego.vehicle.speed,
+                    heading: ego.vehicle.heading,
+                },
+                scenario.lights_at(step + 1),
+                &replayed,
                 DT,
             );
         }
