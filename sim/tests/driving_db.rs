@@ -55,6 +55,76 @@ fn round_trip_matches_the_generated_scenario() {
     assert!(r.per_type.contains_key("starting_unprotected_cross_turn"));
 }
 
+/// The timestamp of the frame a scenario tag points at (µs).
+fn tag_timestamp(c: &Connection) -> i64 {
+    c.query_row(
+        "SELECT p.timestamp FROM scenario_tag t JOIN lidar_pc p ON p.token = t.lidar_pc_token",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Moves the scenario tag to the frame at `ts` (µs).
+fn move_tag(c: &Connection, ts: i64) {
+    c.execute(
+        "UPDATE scenario_tag SET lidar_pc_token = (SELECT token FROM lidar_pc WHERE timestamp = ?1)",
+        [ts],
+    )
+    .unwrap();
+}
+
+#[test]
+fn scenario_starts_3_s_before_its_tag() {
+    // nuplan-devkit extracts (duration 15 s, offset -3 s) around every tag: the scenario's
+    // first frame is the first at or after tag - 3 s.
+    let dir = tempfile::tempdir().unwrap();
+    let g = generator::generate(3, 5); // a turn: the pose changes every frame
+    let db = dir.path().join("log.db");
+    write_db(&db, &g).unwrap();
+    let c = Connection::open(&db).unwrap();
+    // The writer puts the tag 3 s after the initial frame (frames are 50 ms apart and the
+    // initial frame follows 2 s of history), so the round trip starts where the generator did.
+    assert_eq!(tag_timestamp(&c), (2_000_000 + 3_000_000) as i64);
+    let s = &load_scenarios(&db, None).unwrap()[0];
+    assert_eq!(s.ego_initial(), g.ego_initial());
+    // A tag 5 s after the initial frame: the scenario starts 2 s in, i.e. at step 20 of the
+    // generated one, and lasts to the log's end (15 s - 2 s left).
+    move_tag(&c, 7_000_000);
+    let s = &load_scenarios(&db, None).unwrap()[0];
+    let e = s.ego_initial();
+    let want = g.expert_at(20);
+    assert!(
+        want.x.hypot(want.y) > 0.0
+            && (want.x - g.ego_initial().x).hypot(want.y - g.ego_initial().y) > 1.0
+    );
+    assert!(
+        (e.x - want.x).abs() < 1e-9 && (e.y - want.y).abs() < 1e-9,
+        "{e:?} vs {want:?}"
+    );
+    assert_eq!(s.num_steps(), 151 - 20);
+    // Its history is the 2 s before that: the generated scenario's steps 0..20.
+    assert!((s.expert[0].x - g.expert_at(0).x).abs() < 1e-9);
+    // A tag 1 s into the log: tag - 3 s is before the log's first frame, so the scenario
+    // starts at the first frame, with no history to repeat but that frame.
+    move_tag(&c, 1_000_000);
+    let s = &load_scenarios(&db, None).unwrap()[0];
+    let (e, first) = (s.ego_initial(), g.expert[0]);
+    assert!((e.x - first.x).abs() < 1e-9 && (e.y - first.y).abs() < 1e-9);
+    assert!((s.expert[0].x - first.x).abs() < 1e-9);
+}
+
+#[test]
+fn a_scenario_too_short_for_the_tag_offset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = generator::generate(3, 0);
+    g.expert.truncate(20 + 25); // 2.4 s after the start
+    let err = write_db(&dir.path().join("short.db"), &g)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3 s after the start"), "{err}");
+}
+
 #[test]
 fn twenty_hz_is_subsampled() {
     let dir = tempfile::tempdir().unwrap();

@@ -101,10 +101,20 @@ fn add_difference_penalty(band: &mut [Vec<f64>], order: usize, w: f64) {
     }
 }
 
+/// nuPlan's `INITIAL_CURVATURE_PENALTY`: a tiny weight on the initial curvature alone, so the
+/// curvature fit stays positive definite when the plan starts at rest.
+pub const INITIAL_CURVATURE_PENALTY: f64 = 1e-10;
+
 /// Least-squares speed profile for displacements `disp` (dx, dy) starting at headings
-/// `headings`: minimises sum |dt v_k u(h_k) - d_k|^2 + jerk_penalty * sum jerk^2. Solved in
-/// speed variables (equivalent to nuPlan's initial speed + accelerations parametrisation, since
-/// the two are related by an invertible linear map), which keeps the system banded.
+/// `headings`, the devkit's problem (`_fit_initial_velocity_and_acceleration_profile`):
+/// minimise sum_k |dt v_k u(h_k) - d_k|^2 + jerk_penalty * sum_k (a_{k+1} - a_k)^2, with v_k =
+/// v_0 + dt (a_0 + ... + a_{k-1}). The penalty is on the raw step-to-step change of
+/// acceleration, not on jerk (da/dt): that is nuPlan's choice. Penalising (da/dt)^2 instead
+/// smooths 1/dt^2 = 100 times more at dt = 0.1 and rounds off a hard stop within the tracking
+/// horizon, so the reference speed stays above the plan's and the ego brakes late. Solved in
+/// speed variables (the map from (v_0, a) to v is invertible), where
+/// a_{k+1} - a_k = (v_{k+2} - 2 v_{k+1} + v_k) / dt keeps the system banded; no other
+/// regularisation, as in the devkit.
 pub fn fit_speed_profile(
     disp: &[(f64, f64)],
     headings: &[f64],
@@ -115,27 +125,35 @@ pub fn fit_speed_profile(
     let mut band = vec![vec![0.0; 3]; n];
     let mut rhs = vec![0.0; n];
     for k in 0..n {
-        band[k][0] = dt * dt + 1e-12;
+        // |u(h)| = 1, so the x and y rows of step k add up to dt^2 on the diagonal.
+        band[k][0] = dt * dt;
         let (s, c) = headings[k].sin_cos();
         rhs[k] = dt * (disp[k].0 * c + disp[k].1 * s);
     }
-    add_difference_penalty(&mut band, 2, jerk_penalty / dt.powi(4));
+    add_difference_penalty(&mut band, 2, jerk_penalty / (dt * dt));
     if solve_banded_spd(&mut band, &mut rhs).is_none() {
         return disp.iter().map(|d| d.0.hypot(d.1) / dt).collect();
     }
     rhs
 }
 
-/// Least-squares curvature profile: minimises sum (dt v_k kappa_k - dh_k)^2 +
-/// curvature_rate_penalty * sum ((kappa_{k+1} - kappa_k) / dt)^2.
+/// Least-squares curvature profile, the devkit's problem
+/// (`_fit_initial_curvature_and_curvature_rate_profile`): minimise sum_k (dt v_k kappa_k -
+/// dh_k)^2 + INITIAL_CURVATURE_PENALTY kappa_0^2 + penalty * sum_k kappa_rate_k^2, with
+/// kappa_rate_k = (kappa_{k+1} - kappa_k) / dt. Unlike the jerk penalty, this one is on a rate
+/// per second, so in curvature variables the weight on (kappa_{k+1} - kappa_k)^2 is
+/// penalty / dt^2.
 pub fn fit_curvature_profile(dh: &[f64], speeds: &[f64], dt: f64, penalty: f64) -> Vec<f64> {
     let n = dh.len();
     let mut band = vec![vec![0.0; 2]; n];
     let mut rhs = vec![0.0; n];
     for k in 0..n {
         let a = dt * speeds[k];
-        band[k][0] = a * a + 1e-9;
+        band[k][0] = a * a;
         rhs[k] = a * dh[k];
+    }
+    if let Some(first) = band.first_mut() {
+        first[0] += INITIAL_CURVATURE_PENALTY;
     }
     add_difference_penalty(&mut band, 1, penalty / (dt * dt));
     if solve_banded_spd(&mut band, &mut rhs).is_none() {

@@ -1,7 +1,13 @@
 //! ego_is_comfortable: six signals of the ego, each within its bound at every sample -> 1,
-//! else 0. Accelerations of the box centre are Savitzky-Golay smoothed (window min(8, n),
-//! order 2); jerks are SG derivatives of those (window min(15, n), order 2); yaw rate and yaw
-//! acceleration are SG derivatives 1 and 2 of the unwrapped heading (window 5, order 2 and 3).
+//! else 0. The accelerations are Savitzky-Golay smoothed (window min(8, n), order 2); jerks are
+//! SG derivatives of those (window min(15, n), order 2); yaw rate and yaw acceleration are SG
+//! derivatives 1 and 2 of the unwrapped heading (window 5, order 2 and 3).
+//!
+//! The inputs are nuPlan's, not the physical ones (see [`Pacifica::center_acceleration`]):
+//! longitudinal = the devkit's centre value a + d (w^2 + alpha); lateral = the rear-axle
+//! lateral acceleration, which its kinematic bicycle sets to 0 on every propagated state, so
+//! the lateral bound cannot fail on them; the jerk is the derivative of |rear-axle
+//! acceleration|, not of the centre acceleration's magnitude.
 
 use super::super::savgol::savgol;
 use super::super::vehicle::{EgoState, Pacifica};
@@ -34,7 +40,9 @@ pub fn signals(ego: &[EgoState]) -> Option<ComfortSignals> {
     let acc: Vec<(f64, f64)> = ego.iter().map(|e| e.center_acceleration()).collect();
     let lon: Vec<f64> = acc.iter().map(|a| a.0).collect();
     let lat: Vec<f64> = acc.iter().map(|a| a.1).collect();
-    let mag: Vec<f64> = acc.iter().map(|a| a.0.hypot(a.1)).collect();
+    // nuPlan's value, not the physical one: its jerk metric differentiates the rear-axle
+    // acceleration's magnitude, not the hypot of the centre components above.
+    let mag: Vec<f64> = ego.iter().map(|e| e.acceleration_magnitude()).collect();
     let lon_s = savgol(&lon, 8, 2, 0, dt)?;
     let lat_s = savgol(&lat, 8, 2, 0, dt)?;
     let mag_s = savgol(&mag, 8, 2, 0, dt)?;
