@@ -257,3 +257,91 @@ fn recording_flags_only_on_commands_that_record() {
         assert_eq!(help.contains("--connect"), offers, "{cmd:?}: {help}");
     }
 }
+
+#[test]
+fn driving_logs_written_then_scored_from_their_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let out = rudder()
+        .args([
+            "sim",
+            "driving",
+            "--scenarios",
+            "3",
+            "--seed",
+            "7",
+            "--write-db",
+        ])
+        .arg(&logs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dbs = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "db")
+        })
+        .count();
+    assert_eq!(dbs, 3);
+    // The logs score as the generated scenarios they came from, up to the route: a log's
+    // route is extracted from the expert's drive (as nuPlan's), the generator's is its lane
+    // plan, which may run a lane further, and ego_progress measures along it.
+    let score = |extra: &[&str]| {
+        let out = rudder()
+            .args([
+                "sim",
+                "driving",
+                "--planner",
+                "idm",
+                "--mode",
+                "reactive",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["scenarios"].as_u64().unwrap(),
+            v["score"].as_f64().unwrap(),
+        )
+    };
+    let from_logs = score(&["--db", logs.to_str().unwrap()]);
+    let generated = score(&["--scenarios", "3", "--seed", "7"]);
+    assert_eq!(from_logs.0, 3);
+    assert!(
+        (from_logs.1 - generated.1).abs() < 5e-3,
+        "{from_logs:?} vs {generated:?}"
+    );
+    // Writing into a folder that already holds them is refused, naming the file.
+    let out = rudder()
+        .args(["sim", "driving", "--scenarios", "1", "--write-db"])
+        .arg(&logs)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    // An empty folder is an error that says so.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = rudder()
+        .args(["sim", "driving", "--db"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no *.db log"));
+}

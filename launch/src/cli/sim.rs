@@ -19,7 +19,8 @@ pub enum SimCommand {
     /// Closed-loop driving scenarios scored with nuPlan's closed-loop score.
     #[command(
         after_help = "Example:\n  rudder sim driving --planner idm --scenarios 48 --mode nonreactive --json\n  \
-rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)"
+rudder sim driving --planner log-replay --db logs/scenario.db --json   (map: logs/scenario.map.json)\n  \
+rudder sim driving --scenarios 48 --write-db logs/   then   rudder sim driving --db logs/ --mode reactive"
     )]
     Driving(DrivingArgs),
     /// The simulated UR5 behind the UR ROS 2 driver's topics (build with `--features ros2`).
@@ -40,9 +41,14 @@ pub struct DrivingArgs {
     pub mode: String,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// A nuPlan-schema SQLite log instead of generated scenarios.
+    /// A nuPlan-schema SQLite log (or a folder of `*.db` logs) instead of generated
+    /// scenarios; each log's map is `<stem>.map.json` beside it.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Write the generated scenarios (--scenarios, --seed) as nuPlan-schema logs into this
+    /// empty folder, one DB and map per scenario with its tag 3 s after the start, and exit.
+    #[arg(long, conflicts_with = "db")]
+    pub write_db: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -208,6 +214,18 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
     })?;
     let mode = Mode::parse(&a.mode)
         .ok_or_else(|| anyhow::anyhow!("--mode {}: expected nonreactive or reactive", a.mode))?;
+    if let Some(dir) = &a.write_db {
+        let written =
+            rudder_sim::driving::campaign::write_generated_logs(dir, a.scenarios, a.seed)?;
+        println!(
+            "wrote {} nuPlan-schema logs (seed {}) into {}; score them with --db {}",
+            written.len(),
+            a.seed,
+            dir.display(),
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = run_campaign(planner, a.scenarios, mode, a.seed, a.db.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

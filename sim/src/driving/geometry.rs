@@ -177,6 +177,18 @@ impl Polyline {
     }
 }
 
+/// Unsigned angle (rad, 0..pi) between `heading` and the direction from `from` to `to`:
+/// nuPlan's get_agent_relative_angle, whose ahead/behind tests (< 30 deg, > 150 deg) decide
+/// which tracks TTC considers and which collisions are rear-end. `None` when the points
+/// coincide, where nuPlan's normalised vector is NaN and both tests come out false.
+pub fn relative_angle(from: P2, heading: f64, to: P2) -> Option<f64> {
+    let d = to.sub(from);
+    if d.x == 0.0 && d.y == 0.0 {
+        return None;
+    }
+    Some(wrap_angle(d.y.atan2(d.x) - heading).abs())
+}
+
 /// Whether `p` is inside the simple polygon `poly` (even-odd rule; boundary counts as inside
 /// only up to floating-point luck, which the 0.3 m tolerances of the metrics absorb).
 pub fn point_in_polygon(poly: &[P2], p: P2) -> bool {

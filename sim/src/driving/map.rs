@@ -184,6 +184,19 @@ pub struct Map {
 }
 
 const GRID_CELL: f64 = 10.0;
+/// How close (m) to the previous step's connectors a point landing on another connector must
+/// be to stay on them (route_extractor.get_route's filter for a trajectory grazing a
+/// neighbouring connector).
+const CONNECTOR_STICKINESS_M: f64 = 5.0;
+
+/// Appends the ids of `new` not yet in `to`, keeping first-seen order.
+fn push_new(to: &mut Vec<LaneId>, new: &[LaneId]) {
+    for id in new {
+        if !to.contains(id) {
+            to.push(*id);
+        }
+    }
+}
 
 impl Map {
     /// Validates and indexes a map (ids unique, topology pointing at existing lanes, finite
@@ -407,8 +420,9 @@ impl Map {
         d
     }
 
-    /// The lane containing `p` whose direction best matches `heading` (nuPlan picks the
-    /// ego's current lane the same way when several overlap, e.g. in intersections).
+    /// The lane containing `p` whose direction best matches `heading`, for planners choosing
+    /// where they are when several overlap (e.g. in intersections). nuPlan's metrics do not
+    /// choose by heading: they follow the driven route ([`Map::driven_route`]).
     pub fn best_lane_at(&self, p: P2, heading: f64) -> Option<&Lane> {
         self.lanes_at(p).min_by(|a, b| {
             let da = wrap_angle(a.centerline.project(p).heading - heading).abs();
@@ -417,8 +431,10 @@ impl Map {
         })
     }
 
-    /// The speed limit that applies on `lane`: its own, or on a connector the largest of its
-    /// incoming and outgoing lanes' limits (nuPlan's rule).
+    /// The speed limit a planner should respect on `lane`: its own, or on a connector the
+    /// largest of its own and its incoming and outgoing lanes' limits, skipping missing ones.
+    /// This is not the speed_limit_compliance metric's rule (that one ignores the connector's
+    /// own limit and gives none when a neighbour lacks one): see [`Map::route_speed_limit`].
     pub fn speed_limit_of(&self, lane: &Lane) -> Option<f64> {
         match lane.kind {
             LaneKind::Lane => lane.speed_limit,
@@ -438,6 +454,178 @@ impl Map {
             || self
                 .lane(a)
                 .is_some_and(|l| l.successors.contains(&b) || l.predecessors.contains(&b))
+    }
+
+    /// nuPlan's route objects at `p` (route_extractor.get_current_route_objects): the lane
+    /// containing it, else every connector containing it (so a point on a lane never lists the
+    /// connectors overlapping it). nuPlan raises when two lanes contain the point; lanes here
+    /// only touch along shared edges, so the first in map order is taken.
+    pub fn route_objects_at(&self, p: P2) -> Vec<LaneId> {
+        if let Some(l) = self.lanes_at(p).find(|l| l.kind == LaneKind::Lane) {
+            return vec![l.id];
+        }
+        self.lanes_at(p)
+            .filter(|l| l.kind == LaneKind::Connector)
+            .map(|l| l.id)
+            .collect()
+    }
+
+    /// Whether `p` is in an intersection. The map has no intersection polygons, so a lane
+    /// connector's polygon stands in for one (nuPlan's connectors are what run through them).
+    pub fn in_intersection(&self, p: P2) -> bool {
+        self.lanes_at(p).any(|l| l.kind == LaneKind::Connector)
+    }
+
+    /// The lanes/connectors a sequence of points drives through, one list per point, as
+    /// nuPlan's route_extractor.get_route assigns them: a point keeps the previous point's
+    /// objects that still contain it, or (when there was a single one) that object's successors
+    /// containing it; otherwise the map is searched again, preferring connectors of the previous
+    /// step within 5 m when the point lands on another connector. Lists of several connectors
+    /// are then narrowed to the one driven into ([`Map::narrow_connector_lists`]).
+    pub fn driven_route(&self, points: &[P2]) -> Vec<Vec<LaneId>> {
+        let mut route: Vec<Vec<LaneId>> = Vec::with_capacity(points.len());
+        let mut current: Vec<LaneId> = Vec::new();
+        for (i, &p) in points.iter().enumerate() {
+            if !current.is_empty() {
+                current = self.objects_with_candidates(p, &current);
+            }
+            if current.is_empty() {
+                current = self.route_objects_at(p);
+                // nuPlan only applies this proximity rule from the third point on (`ind > 1`).
+                if i > 1 {
+                    if let Some(prev) = route.last() {
+                        let lands_on_connector = self.first_is_connector(&current)
+                            || (current.is_empty() && self.in_intersection(p));
+                        if self.first_is_connector(prev) && lands_on_connector {
+                            let near = self.within(prev, p, CONNECTOR_STICKINESS_M);
+                            if !near.is_empty() {
+                                current = near;
+                            }
+                        }
+                    }
+                }
+            }
+            route.push(current.clone());
+        }
+        self.narrow_connector_lists(route)
+    }
+
+    /// route_extractor.get_route_obj_with_candidates: the candidates containing `p`, or, when
+    /// there is exactly one candidate and none contains `p`, its successors containing `p`.
+    pub fn objects_with_candidates(&self, p: P2, candidates: &[LaneId]) -> Vec<LaneId> {
+        let contains = |id: &LaneId| self.lane(*id).is_some_and(|l| l.contains(p));
+        let found: Vec<LaneId> = candidates.iter().copied().filter(contains).collect();
+        if !found.is_empty() || candidates.len() != 1 {
+            return found;
+        }
+        self.lane(candidates[0])
+            .map(|l| l.successors.iter().copied().filter(contains).collect())
+            .unwrap_or_default()
+    }
+
+    fn first_is_connector(&self, objects: &[LaneId]) -> bool {
+        objects
+            .first()
+            .and_then(|id| self.lane(*id))
+            .is_some_and(|l| l.kind == LaneKind::Connector)
+    }
+
+    fn within(&self, objects: &[LaneId], p: P2, dist: f64) -> Vec<LaneId> {
+        objects
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.lane(*id)
+                    .is_some_and(|l| point_polygon_distance(&l.polygon, p) < dist)
+            })
+            .collect()
+    }
+
+    /// route_extractor.remove_extra_lane_connectors, walking from the last point back: a list
+    /// longer than the one after it that contains all of that one's objects becomes that one
+    /// (also when that one is empty, as in nuPlan); a list followed by a lane keeps only that
+    /// lane's predecessors, if any of them are in it.
+    pub fn narrow_connector_lists(&self, route: Vec<Vec<LaneId>>) -> Vec<Vec<LaneId>> {
+        let mut rev: Vec<Vec<LaneId>> = route.into_iter().rev().collect();
+        for i in 1..rev.len() {
+            let original = rev[i].clone();
+            if original.len() <= 1 {
+                continue;
+            }
+            let next = rev[i - 1].clone();
+            if original.len() > next.len() && next.iter().all(|id| original.contains(id)) {
+                rev[i] = next.clone();
+            }
+            let next_lane = next
+                .first()
+                .and_then(|id| self.lane(*id))
+                .filter(|l| l.kind == LaneKind::Lane);
+            if let Some(lane) = next_lane {
+                let keep: Vec<LaneId> = original
+                    .iter()
+                    .copied()
+                    .filter(|id| lane.predecessors.contains(id))
+                    .collect();
+                if !keep.is_empty() {
+                    rev[i] = keep;
+                }
+            }
+        }
+        rev.reverse();
+        rev
+    }
+
+    /// The route objects of each footprint corner over a run, as route_extractor.
+    /// extract_corners_route assigns them: a corner keeps the candidates (every object some
+    /// corner was on at the previous step) containing it, or searches the map. Corners are
+    /// given and returned in nuPlan's order: front-left, rear-left, rear-right, front-right.
+    pub fn corners_route(&self, footprints: &[[P2; 4]]) -> Vec<[Vec<LaneId>; 4]> {
+        let mut out = Vec::with_capacity(footprints.len());
+        let mut candidates: Vec<LaneId> = Vec::new();
+        for (i, corners) in footprints.iter().enumerate() {
+            let mut next_candidates: Vec<LaneId> = Vec::new();
+            let mut objects: [Vec<LaneId>; 4] = Default::default();
+            for (slot, &c) in objects.iter_mut().zip(corners) {
+                let mut found = if candidates.is_empty() {
+                    Vec::new()
+                } else {
+                    self.objects_with_candidates(c, &candidates)
+                };
+                if found.is_empty() {
+                    found = self.route_objects_at(c);
+                    // nuPlan grows the candidate set mid-step at its second sample only
+                    // (`ind == 1`); kept so the corner lists match its own.
+                    if i == 1 {
+                        push_new(&mut candidates, &found);
+                    }
+                }
+                push_new(&mut next_candidates, &found);
+                *slot = found;
+            }
+            out.push(objects);
+            candidates = next_candidates;
+        }
+        out
+    }
+
+    /// The speed limit speed_limit_compliance applies to the route objects under the ego
+    /// centre: a lane's own limit; on connectors the largest limit among the incoming and
+    /// outgoing lanes of all of them (never a connector's own limit), and none when any of those
+    /// lanes has no limit. None for no objects.
+    pub fn route_speed_limit(&self, objects: &[LaneId]) -> Option<f64> {
+        let first = self.lane(*objects.first()?)?;
+        if first.kind == LaneKind::Lane {
+            return first.speed_limit;
+        }
+        let mut limits = Vec::new();
+        for l in objects.iter().filter_map(|id| self.lane(*id)) {
+            for n in l.successors.iter().chain(&l.predecessors) {
+                limits.push(self.lane(*n).and_then(|x| x.speed_limit));
+            }
+        }
+        // nuPlan's `all(speed_limits)` then `max`: one missing limit voids them all.
+        let limits: Option<Vec<f64>> = limits.into_iter().collect();
+        limits?.into_iter().reduce(f64::max)
     }
 
     pub fn light_at(&self, connector: LaneId, t: f64) -> Option<LightStatus> {

@@ -72,7 +72,7 @@ pub fn evaluate(scenario: &Scenario, hist: &History) -> ScenarioMetrics {
     let expert: Vec<_> = (0..n).map(|k| scenario.expert_at(k)).collect();
     let ratio = progress::progress_ratio(map, &scenario.route, &hist.ego, &expert);
     let making = progress::making_progress(ratio);
-    let ttc = ttc::evaluate(map, &hist.ego, &hist.agents, &col.at_fault_steps);
+    let ttc = ttc::evaluate_with_collisions(map, &hist.ego, &hist.agents, &col);
     let sl = speed_limit::evaluate(map, &hist.ego);
     let cf = comfort::evaluate(&hist.ego);
     let score = combine([col.score, da, dd, making], ratio, ttc, sl, cf);
