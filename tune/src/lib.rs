@@ -13,6 +13,7 @@ pub mod bench;
 pub mod blocks;
 pub mod checkpoint;
 pub mod config;
+pub mod diffusion;
 pub mod error;
 pub mod generate;
 pub mod hooks;
