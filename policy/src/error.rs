@@ -19,6 +19,9 @@ pub enum FlowError {
     Input { input: String, problem: String },
     #[error("inference: {0}")]
     Inference(#[from] candle_core::Error),
+    /// A data set (or a sample for one) that does not match its own description.
+    #[error("data set: {0}")]
+    Data(String),
 }
 
 impl FlowError {

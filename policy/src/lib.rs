@@ -14,6 +14,7 @@
 //! - [`train`]: training a small VLA (either head) from scratch with resumable checkpoints.
 
 pub mod dataset;
+pub mod driving;
 pub mod error;
 pub mod noise;
 pub mod normalize;

@@ -80,14 +80,18 @@ pub struct TabletopArgs {
 Writes episode shards (safetensors: uint8 images, state, actions, instruction, task id, success)\n\
 and meta.json (format version, cameras, rates, per-dimension action q01/q99); see sim/README.md."
 )]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct DemosArgs {
+    /// `driving`: the driving planner's data set instead of the tabletop demos.
+    #[command(subcommand)]
+    pub kind: Option<DemosKind>,
     #[arg(long, default_value = "spatial")]
     pub suite: String,
     /// Episodes per task.
     #[arg(long, default_value_t = 50)]
     pub episodes: usize,
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Camera width and height in pixels.
@@ -102,6 +106,35 @@ pub struct DemosArgs {
     /// the forward expert's episode ended; goal suite only.
     #[arg(long)]
     pub with_backward: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemosKind {
+    /// The diffusion planner's data set: scene arrays and the expert's next 8 s, every
+    /// `--stride` steps of generated scenarios (every type) or of a nuPlan-schema log.
+    #[command(
+        after_help = "Example:\n  rudder demos driving --scenarios 480 --out data/driving\n  \
+rudder demos driving --db logs/ --out data/driving-logs\n\nFormat: policy/README.md (\"Driving demos\")."
+    )]
+    Driving(DrivingDemosArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrivingDemosArgs {
+    /// Generated scenarios (cycling through the twelve types); with --db, how many of the
+    /// log's (0 = all).
+    #[arg(long, default_value_t = 480)]
+    pub scenarios: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A nuPlan-schema log, or a folder of them, instead of generated scenarios.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Steps between samples (10 = one sample per second of each scenario).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=150))]
+    pub stride: u64,
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 fn suites(name: &str) -> anyhow::Result<Vec<Suite>> {
@@ -164,6 +197,12 @@ fn tabletop_cmd(a: TabletopArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
+    if let Some(DemosKind::Driving(d)) = a.kind {
+        return driving_demos(d);
+    }
+    let Some(out_dir) = a.out.clone() else {
+        anyhow::bail!("--out DIR: where to write the demonstrations");
+    };
     let cams = CameraConfig {
         width: a.size,
         height: a.size,
@@ -177,9 +216,9 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
     }
     for s in chosen {
         let out = if a.suite == "all" {
-            a.out.join(format!("{s:?}").to_lowercase())
+            out_dir.join(format!("{s:?}").to_lowercase())
         } else {
-            a.out.clone()
+            out_dir.clone()
         };
         let summary = tabletop::write_demos_with(
             s,
@@ -243,6 +282,102 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
     println!(
         "simulated {:.0} s in {:.2} s ({:.0}x real time)",
         r.simulated_s, r.wall_s, r.sim_speed
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The driving planner's demonstrations: for every scenario and every `stride` steps, the scene
+/// as the planner would see it with the ego on its logged pose, and the logged future.
+fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
+    use rudder_policy::driving::{
+        build_scene, future_target, DrivingDemoWriter, DrivingSample, SceneConfig, SceneHistory,
+    };
+    use rudder_robot::driving::{AgentObs, EgoState};
+    use rudder_sim::driving::scenario::{Scenario, DT, HISTORY_STEPS};
+    use rudder_sim::driving::vehicle::WHEELBASE;
+
+    let cfg = SceneConfig::default();
+    let (scenarios, source): (Vec<Scenario>, String) = match &a.db {
+        Some(p) => {
+            let mut v = rudder_sim::driving::campaign::load_logs(p)?;
+            if a.scenarios > 0 {
+                v.truncate(a.scenarios);
+            }
+            (v, format!("log {}", p.display()))
+        }
+        None => (
+            (0..a.scenarios)
+                .map(|i| rudder_sim::driving::generator::generate(a.seed, i))
+                .collect(),
+            format!("generated, seed {}", a.seed),
+        ),
+    };
+    if scenarios.is_empty() {
+        anyhow::bail!("no scenarios to write (--scenarios 0 without --db)");
+    }
+    let mut w = DrivingDemoWriter::create(&a.out, cfg, &source)?;
+    let bar = super::progress::bar(scenarios.len() as u64, false);
+    for s in &scenarios {
+        // The objects at log index i (HISTORY_STEPS = the scenario's start).
+        let objects_at = |i: usize| -> Vec<AgentObs> {
+            s.tracks
+                .iter()
+                .filter_map(|t| {
+                    t.states.get(i).copied().flatten().map(|state| AgentObs {
+                        id: t.id,
+                        category: t.category,
+                        state,
+                        length: t.length,
+                        width: t.width,
+                    })
+                })
+                .collect()
+        };
+        let steps = s.num_steps();
+        for k in (0..steps.saturating_sub(1)).step_by(a.stride as usize) {
+            let i = HISTORY_STEPS + k;
+            let mut history = SceneHistory::new(cfg.history);
+            for j in i.saturating_sub(cfg.history - 1)..=i {
+                history.push(&objects_at(j));
+            }
+            let e = s.expert[i];
+            // The log has no tyre angle: the yaw rate from the headings around the sample, and
+            // the steering angle the bicycle model needs for it.
+            let (prev, next) = (s.expert[i - 1], s.expert[(i + 1).min(s.expert.len() - 1)]);
+            let yaw_rate =
+                rudder_robot::driving::wrap_angle(next.heading - prev.heading) / (2.0 * DT);
+            let mut ego =
+                EgoState::from_pose(k as f64 * DT, e.x, e.y, e.heading, e.speed, e.acceleration);
+            ego.yaw_rate = yaw_rate;
+            if e.speed > 0.5 {
+                ego.vehicle.steering_angle = (yaw_rate * WHEELBASE / e.speed).atan();
+            }
+            let scene = build_scene(
+                &cfg,
+                &ego,
+                &history,
+                s.lights_at(k),
+                s.map.as_ref(),
+                &s.route,
+            );
+            let (future, future_mask) = future_target(&cfg, &e, &s.expert[i + 1..]);
+            w.push(DrivingSample {
+                scene,
+                future,
+                future_mask,
+                scenario_type: s.scenario_type.clone(),
+            })?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let meta = w.finish()?;
+    println!(
+        "{} samples from {} scenarios ({} types) -> {}",
+        meta.samples,
+        scenarios.len(),
+        meta.scenario_types.len(),
+        a.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
