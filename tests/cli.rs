@@ -345,3 +345,72 @@ fn driving_logs_written_then_scored_from_their_folder() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no *.db log"));
 }
+
+#[test]
+fn driving_demos_written_from_generated_scenarios_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dd");
+    let run = |args: &[&str]| rudder().args(args).output().unwrap();
+    let o = run(&[
+        "demos",
+        "driving",
+        "--scenarios",
+        "2",
+        "--stride",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    // Steps 0, 50, 100 of each 151-step scenario.
+    assert_eq!(meta["samples"], 6);
+    assert_eq!(meta["scenario_types"].as_object().unwrap().len(), 2);
+    // Into a folder that already holds a data set: refused.
+    let o = run(&[
+        "demos",
+        "driving",
+        "--scenarios",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a data set"));
+    // From logs written by `sim driving --write-db`.
+    let logs = dir.path().join("logs");
+    assert!(run(&[
+        "sim",
+        "driving",
+        "--scenarios",
+        "1",
+        "--write-db",
+        logs.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let out2 = dir.path().join("dd2");
+    let o = run(&[
+        "demos",
+        "driving",
+        "--db",
+        logs.to_str().unwrap(),
+        "--stride",
+        "75",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 samples from 1 scenarios"));
+    // --stride 0 is refused by the parser.
+    let o = run(&[
+        "demos",
+        "driving",
+        "--stride",
+        "0",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
