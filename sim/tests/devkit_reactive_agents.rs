@@ -354,3 +354,134 @@ fn gap_is_measured_from_the_projected_footprint() {
     let bumper = v1 + DT * p.accel(v1, 10.0, Some((45.0 - 13.0, 0.0)));
     assert!((bumper - v2).abs() > 1e-3);
 }
+
+#[test]
+fn a_replayed_object_at_step_0_keeps_a_vehicle_out() {
+    // A cone touching a car's front bumper: the devkit's builder checks the snapped box against
+    // the open-loop objects too, so no agent is made.
+    let map = Map::new(
+        "m",
+        vec![straight(1, 0.0, 200.0, 0.0, Some(10.0))],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    )
+    .unwrap();
+    let mut cone = track(2, Category::TrafficCone, 52.6, 0.0, 0.0, 0.0);
+    cone.length = 0.5;
+    cone.width = 0.5;
+    let s = scenario(
+        map,
+        0.0,
+        -20.0,
+        vec![track(1, Category::Vehicle, 50.0, 0.0, 0.0, 0.0), cone],
+    );
+    assert_eq!(ReactiveAgents::new(&s).len(), 0);
+}
+
+#[test]
+fn straightest_by_the_devkit_curvature_estimate() {
+    // Lane 1 forks into connector 2, which runs straight for 1 m and then turns hard (radius
+    // 5 m), and connector 3, a gentle arc (radius 200 m). Through 0, 2 and 4 m the devkit's
+    // estimate gives the hard turn ~0.1 /m and the arc 0.005 /m, so agents take the arc; a rule
+    // that looks only at the first vertex would see the hard turn's straight start and take it.
+    let mut lanes = vec![straight(1, 0.0, 40.0, 0.0, Some(10.0))];
+    let mut hard = vec![P2::new(40.0, 0.0), P2::new(40.5, 0.0), P2::new(41.0, 0.0)];
+    hard.extend((1..=8).map(|j| {
+        let a = j as f64 / 8.0 * std::f64::consts::FRAC_PI_2;
+        P2::new(41.0 + 5.0 * a.sin(), 5.0 - 5.0 * a.cos())
+    }));
+    lanes.push(Lane::from_centerline(
+        2,
+        LaneKind::Connector,
+        20,
+        hard,
+        3.5,
+        None,
+    ));
+    let arc: Vec<P2> = (0..=10)
+        .map(|j| {
+            let a = j as f64 / 10.0 * 0.15;
+            P2::new(40.0 + 200.0 * a.sin(), -(200.0 - 200.0 * a.cos()))
+        })
+        .collect();
+    let arc_end = *arc.last().unwrap();
+    lanes.push(Lane::from_centerline(
+        3,
+        LaneKind::Connector,
+        30,
+        arc,
+        3.5,
+        None,
+    ));
+    lanes.push(Lane::from_centerline(
+        4,
+        LaneKind::Lane,
+        4,
+        vec![P2::new(46.0, 5.0), P2::new(46.0, 100.0)],
+        3.5,
+        Some(10.0),
+    ));
+    let dir = P2::new(0.15f64.cos(), -0.15f64.sin());
+    lanes.push(Lane::from_centerline(
+        5,
+        LaneKind::Lane,
+        5,
+        vec![arc_end, arc_end.add(dir.scale(100.0))],
+        3.5,
+        Some(10.0),
+    ));
+    Map::connect(&mut lanes, 1, 2);
+    Map::connect(&mut lanes, 1, 3);
+    Map::connect(&mut lanes, 2, 4);
+    Map::connect(&mut lanes, 3, 5);
+    let map = Map::new("fork2", lanes, vec![], vec![], vec![], vec![]).unwrap();
+    let s = scenario(
+        map,
+        0.0,
+        -40.0,
+        vec![track(1, Category::Vehicle, 10.0, 0.0, 0.0, 10.0)],
+    );
+    let mut r = ReactiveAgents::new(&s);
+    for k in 0..60 {
+        step(&mut r, &s, k, &[]);
+    }
+    let a = *find(&r.observe(&s, 60), 1).unwrap();
+    assert!(
+        a.state.y < -1.0 && a.state.x > 55.0,
+        "took the arc: {:?}",
+        a.state
+    );
+}
+
+#[test]
+fn a_cycle_of_tiny_lanes_does_not_hang_the_route() {
+    let mut lanes = vec![
+        straight(1, 0.0, 30.0, 0.0, Some(10.0)),
+        Lane::from_centerline(
+            2,
+            LaneKind::Connector,
+            2,
+            vec![P2::new(30.0, 0.0), P2::new(30.0 + 1e-6, 0.0)],
+            3.5,
+            None,
+        ),
+    ];
+    Map::connect(&mut lanes, 1, 2);
+    Map::connect(&mut lanes, 2, 2);
+    let map = Map::new("loop", lanes, vec![], vec![], vec![], vec![]).unwrap();
+    let s = scenario(
+        map,
+        0.0,
+        -20.0,
+        vec![track(1, Category::Vehicle, 10.0, 0.0, 0.0, 5.0)],
+    );
+    let mut r = ReactiveAgents::new(&s);
+    for k in 0..50 {
+        step(&mut r, &s, k, &[]);
+    }
+    // It stops at the end of lane 1, the only way on being the degenerate loop.
+    let a = *find(&r.observe(&s, 50), 1).unwrap();
+    assert!(a.state.x < 30.0 && a.speed() < 1.0, "{:?}", a.state);
+}

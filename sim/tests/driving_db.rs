@@ -248,3 +248,16 @@ fn map_not_covering_the_scenario() {
         DrivingError::Map(_)
     ));
 }
+
+#[test]
+fn the_run_records_the_iterations_the_devkit_plans_at() {
+    // N samples in a scenario: the devkit plans and records iterations 0 .. N-2 only.
+    use rudder_sim::driving::simulation::simulate;
+    let s = generator::generate(3, 0);
+    let n = s.num_steps();
+    let mut p = PlannerKind::LogReplay.build();
+    let h = simulate(&s, p.as_mut(), Mode::NonReactive).unwrap();
+    assert_eq!(n, 151);
+    assert_eq!(h.ego.len(), n - 1);
+    assert_eq!(h.agents.len(), n - 1);
+}

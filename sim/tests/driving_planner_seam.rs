@@ -88,7 +88,8 @@ fn a_planner_outside_sim_drives_in_sim() {
             assert!(n0 >= 1, "{}: no route lane near the start", sc.token);
             let (x, y) = first.expect("a route lane");
             assert!(x.is_finite() && y.is_finite());
-            assert_eq!(outside.seen.len() + 1, ours.ego.len());
+            // It planned at every recorded step (the devkit records the iterations it plans at).
+            assert_eq!(outside.seen.len(), ours.ego.len());
         }
     }
 }

@@ -37,6 +37,8 @@ const MIN_COVERAGE: f64 = 0.9;
 /// mapping gives every type (duration 15 s, offset -3 s), and its extraction takes the frames
 /// with timestamp >= tag - 3 s. So a turning or stopping scenario starts before the manoeuvre.
 pub const TAG_OFFSET_US: i64 = 3_000_000;
+/// The scenario mapping's duration.
+pub const SCENARIO_DURATION_US: i64 = 15_000_000;
 
 type Token = [u8; 16];
 
@@ -303,12 +305,15 @@ pub fn load_scenarios(db: &Path, map: Option<&Path>) -> Result<Vec<Scenario>, Dr
         let first = pcs[..=i0].partition_point(|p| p.timestamp < start_ts);
         // Sample indices at 10 Hz; missing history repeats the first sample, the future may be
         // shorter than 15 s at the end of a log.
+        // It ends at the last frame within 15 s of its start (with real timestamps' jitter,
+        // 150 or 151 samples).
+        let end_ts = start_ts.saturating_add(SCENARIO_DURATION_US);
         let idx: Vec<usize> = (0..=HISTORY_STEPS + HORIZON_STEPS)
             .map(|k| {
                 (first as i64 + (k as i64 - HISTORY_STEPS as i64) * SUBSAMPLE as i64).max(0)
                     as usize
             })
-            .take_while(|&i| i < pcs.len())
+            .take_while(|&i| i < pcs.len() && pcs[i].timestamp <= end_ts)
             .collect();
         if idx.len() < HISTORY_STEPS + 2 {
             return Err(DrivingError::Scenario {

@@ -4,27 +4,61 @@
 
 use super::geometry::{point_segment_distance, OrientedBox, Polyline, P2};
 
-/// A union of convex polygons (each piece's vertices in order, either orientation).
+/// A union of convex polygons (each piece's vertices in order, either orientation), with each
+/// piece's bounding box so queries reject far pieces before the separating-axis test (the
+/// devkit's STRtree does the same with its index).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
-    pub pieces: Vec<Vec<P2>>,
+    pieces: Vec<Vec<P2>>,
+    bounds: Vec<Bounds>,
+}
+
+/// Axis-aligned bounds (min x, min y, max x, max y).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bounds([f64; 4]);
+
+impl Bounds {
+    fn of(points: &[P2]) -> Bounds {
+        let mut b = [
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for p in points {
+            b = [b[0].min(p.x), b[1].min(p.y), b[2].max(p.x), b[3].max(p.y)];
+        }
+        Bounds(b)
+    }
+
+    /// A lower bound of the distance between anything inside the two boxes.
+    fn gap(&self, o: &Bounds) -> f64 {
+        let dx = (o.0[0] - self.0[2]).max(self.0[0] - o.0[2]).max(0.0);
+        let dy = (o.0[1] - self.0[3]).max(self.0[1] - o.0[3]).max(0.0);
+        dx.hypot(dy)
+    }
 }
 
 impl Shape {
-    pub fn from_box(b: &OrientedBox) -> Shape {
-        Shape {
-            pieces: vec![b.corners().to_vec()],
-        }
+    fn from_pieces(pieces: Vec<Vec<P2>>) -> Shape {
+        let bounds = pieces.iter().map(|p| Bounds::of(p)).collect();
+        Shape { pieces, bounds }
     }
 
-    /// A convex polygon given by its vertices; fewer than one vertex gives an empty shape.
+    pub fn from_box(b: &OrientedBox) -> Shape {
+        Shape::from_pieces(vec![b.corners().to_vec()])
+    }
+
+    /// A convex polygon given by its vertices; no vertex gives an empty shape.
     pub fn from_polygon(points: &[P2]) -> Shape {
         if points.is_empty() {
             return Shape::default();
         }
-        Shape {
-            pieces: vec![points.to_vec()],
-        }
+        Shape::from_pieces(vec![points.to_vec()])
+    }
+
+    pub fn pieces(&self) -> &[Vec<P2>] {
+        &self.pieces
     }
 
     /// `line` between arc lengths `s0` and `s1`, buffered by `half_width` with flat caps (as
@@ -43,11 +77,12 @@ impl Shape {
             let n = P2::new(-d.y / len, d.x / len).scale(half_width);
             pieces.push(vec![a.add(n), b.add(n), b.sub(n), a.sub(n)]);
         }
-        Shape { pieces }
+        Shape::from_pieces(pieces)
     }
 
     pub fn union(mut self, other: Shape) -> Shape {
         self.pieces.extend(other.pieces);
+        self.bounds.extend(other.bounds);
         self
     }
 
@@ -57,17 +92,24 @@ impl Shape {
 
     /// Whether the shapes share a point (touching counts, as in shapely's `intersects`).
     pub fn intersects(&self, other: &Shape) -> bool {
-        self.pieces
-            .iter()
-            .any(|a| other.pieces.iter().any(|b| convex_intersect(a, b)))
+        self.pieces.iter().zip(&self.bounds).any(|(a, ba)| {
+            other
+                .pieces
+                .iter()
+                .zip(&other.bounds)
+                .any(|(b, bb)| ba.gap(bb) == 0.0 && convex_intersect(a, b))
+        })
     }
 
     /// The smallest distance between the shapes (0 where they intersect); infinity if either
     /// is empty.
     pub fn distance(&self, other: &Shape) -> f64 {
         let mut best = f64::INFINITY;
-        for a in &self.pieces {
-            for b in &other.pieces {
+        for (a, ba) in self.pieces.iter().zip(&self.bounds) {
+            for (b, bb) in other.pieces.iter().zip(&other.bounds) {
+                if ba.gap(bb) >= best {
+                    continue;
+                }
                 best = best.min(convex_distance(a, b));
                 if best == 0.0 {
                     return 0.0;

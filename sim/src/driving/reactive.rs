@@ -38,6 +38,8 @@ pub const RADIUS: f64 = 100.0;
 pub const TARGET_VELOCITY: f64 = 10.0;
 /// Route segments an agent remembers (for its red-light stop lines).
 const MAX_ROUTE_LEN: usize = 5;
+/// Route extensions in one step at most.
+const MAX_ROUTE_EXTENSIONS: usize = 32;
 /// Depth of the stop line put at a connector's start where the map gives it no polygon (m).
 const STOP_LINE_DEPTH: f64 = 0.5;
 
@@ -114,7 +116,12 @@ impl IdmAgent {
     /// Extends the route while the path left is short, through the straightest allowed
     /// successor.
     fn plan_route(&mut self, map: &Map, lights: &Lights, headway: f64) {
-        while self.progress_to_go() < MINIMUM_PATH_LENGTH + self.target_velocity * headway {
+        // The guard ends a walk around a cycle of (near) zero-length lanes, which would never
+        // make the path long enough.
+        for _ in 0..MAX_ROUTE_EXTENSIONS {
+            if self.progress_to_go() >= MINIMUM_PATH_LENGTH + self.target_velocity * headway {
+                break;
+            }
             let Some(end) = self.route.back().and_then(|id| map.lane(*id)) else {
                 break;
             };
@@ -122,7 +129,7 @@ impl IdmAgent {
                 .successors
                 .iter()
                 .filter_map(|id| map.lane(*id))
-                .filter(|l| lights.may_enter(l.id))
+                .filter(|l| lights.may_enter(l.id) && l.centerline.length() > 1e-3)
                 .min_by(|a, b| {
                     start_curvature(&a.centerline)
                         .abs()
@@ -141,16 +148,25 @@ impl IdmAgent {
     }
 }
 
-/// Curvature at a baseline's start: the turn at its first inner vertex over the mean length of
-/// the two segments around it (0 for a straight two-point baseline).
+/// Curvature at a baseline's start as the devkit estimates it (`estimate_curvature_along_path`
+/// at arc length 0 with a 2 m step): the circle through the points at 0, 2 and 4 m (or at 0,
+/// L/2 and L on a baseline shorter than 4 m), 0 where the three are (nearly) collinear.
 fn start_curvature(line: &Polyline) -> f64 {
-    let p = &line.points;
-    if p.len() < 3 {
+    let len = line.length();
+    let step = if len < 4.0 { len / 2.0 } else { 2.0 };
+    let at = |s: f64| {
+        let p = line.pose_at(s);
+        P2::new(p.x, p.y)
+    };
+    let (a, b, c) = (at(0.0), at(step), at(2.0 * step));
+    let (ab, bc, ca) = (a.dist(b), b.dist(c), c.dist(a));
+    // Heron: 16 area^2 = (ab + bc + ca)(-ab + bc + ca)(ab - bc + ca)(ab + bc - ca).
+    let heron = (ab + bc + ca) * (-ab + bc + ca) * (ab - bc + ca) * (ab + bc - ca);
+    if heron < 1e-6 {
         return 0.0;
     }
-    let (d0, d1) = (p[1].sub(p[0]), p[2].sub(p[1]));
-    let turn = super::geometry::wrap_angle(d1.y.atan2(d1.x) - d0.y.atan2(d0.x));
-    turn / (0.5 * (d0.norm() + d1.norm())).max(1e-9)
+    let sign = b.sub(a).cross(c.sub(b)).signum();
+    sign * heron.sqrt() / (ab * bc * ca)
 }
 
 /// Light states at one step, and which connectors have a light at all.
@@ -203,7 +219,17 @@ impl ReactiveAgents {
             EGO_LENGTH,
             EGO_WIDTH,
         );
-        let mut placed: Vec<Shape> = vec![Shape::from_box(&ego_box)];
+        // The ego and the replayed objects at step 0 hold their places before any vehicle is
+        // put on its lane, as in the devkit's builder.
+        let mut placed: Vec<Shape> = std::iter::once(Shape::from_box(&ego_box))
+            .chain(
+                scenario
+                    .agents_at(0)
+                    .iter()
+                    .filter(|o| replayed_in_reactive_mode(o.category))
+                    .map(|o| Shape::from_box(&o.bbox())),
+            )
+            .collect();
         let mut agents = Vec::new();
         for (i, t) in scenario.tracks.iter().enumerate() {
             if t.category != Category::Vehicle {
@@ -231,7 +257,11 @@ impl ReactiveAgents {
                 path: lane.centerline.clone(),
                 progress,
                 velocity: s0.speed(),
-                target_velocity: TARGET_VELOCITY,
+                // The devkit's builder: the starting segment's limit, else the configured speed.
+                target_velocity: lane
+                    .speed_limit
+                    .filter(|v| *v > 0.0)
+                    .unwrap_or(TARGET_VELOCITY),
                 occupancy: shape,
             });
         }
@@ -240,8 +270,9 @@ impl ReactiveAgents {
             .iter()
             .map(|l| l.lane_connector)
             .collect();
+        // A map property in the devkit (a connector with traffic-light stop lines), not
+        // whatever statuses a log happens to carry.
         signalled.extend(map.stop_lines.iter().filter_map(|s| s.lane_connector));
-        signalled.extend(scenario.lights.iter().flatten().map(|(id, _)| *id));
         ReactiveAgents {
             agents,
             signalled,
@@ -353,7 +384,8 @@ impl ReactiveAgents {
                 Some((who, distance)) => {
                     let along = |v: f64, h: f64| v * super::geometry::wrap_angle(h - heading).cos();
                     let v = match who {
-                        Occupant::Ego => along(ego.speed, ego.heading),
+                        // The devkit takes the norm of the rear axle's velocity: never negative.
+                        Occupant::Ego => along(ego.speed.abs(), ego.heading),
                         Occupant::Agent(j) => {
                             let o = &self.agents[j];
                             along(o.velocity, o.heading())
@@ -434,6 +466,10 @@ fn stop_line_shapes(map: &Map, connector: LaneId) -> Vec<Shape> {
         P2::new(p.x + half * cos, p.y + half * sin),
         p.heading,
         STOP_LINE_DEPTH,
-        width.max(1.0),
+        if width.is_finite() {
+            width.max(1.0)
+        } else {
+            1.0
+        },
     ))]
 }

@@ -46,16 +46,15 @@ pub fn simulate(
         ego: Vec::with_capacity(n),
         agents: Vec::with_capacity(n),
     };
-    for step in 0..n {
+    // The devkit plans and records iterations 0 .. N-2 of a scenario's N samples: its time
+    // controller stops when the next iteration would be the last, so the final sample is
+    // neither reached nor scored. So does this loop.
+    for step in 0..n.saturating_sub(1) {
         let agents = match &reactive {
             Some(r) => r.observe(scenario, step),
             None => scenario.agents_at(step),
         };
         hist.ego.push(ego);
-        if step + 1 == n {
-            hist.agents.push(agents);
-            break;
-        }
         let lights = scenario.lights_at(step);
         let traj = planner.plan(&Observation {
             step,
