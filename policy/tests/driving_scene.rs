@@ -7,30 +7,15 @@ use rudder_policy::driving::{
     build_scene, future_target, DrivingDemoWriter, DrivingSample, EgoFrame, SceneConfig,
     SceneHistory,
 };
-use rudder_robot::driving::{AgentObs, EgoState, P2};
+use rudder_robot::driving::{EgoState, P2};
 use rudder_sim::driving::generator;
 use rudder_sim::driving::scenario::{Scenario, HISTORY_STEPS};
-
-fn objects_at(s: &Scenario, i: usize) -> Vec<AgentObs> {
-    s.tracks
-        .iter()
-        .filter_map(|t| {
-            t.states.get(i).copied().flatten().map(|state| AgentObs {
-                id: t.id,
-                category: t.category,
-                state,
-                length: t.length,
-                width: t.width,
-            })
-        })
-        .collect()
-}
 
 fn scene_at(s: &Scenario, cfg: &SceneConfig, k: usize) -> rudder_policy::driving::Scene {
     let i = HISTORY_STEPS + k;
     let mut h = SceneHistory::new(cfg.history);
     for j in i + 1 - cfg.history..=i {
-        h.push(&objects_at(s, j));
+        h.push(&s.objects_at_sample(j));
     }
     let e = s.expert[i];
     let ego = EgoState::from_pose(0.0, e.x, e.y, e.heading, e.speed, e.acceleration);

@@ -292,7 +292,7 @@ fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
     use rudder_policy::driving::{
         build_scene, future_target, DrivingDemoWriter, DrivingSample, SceneConfig, SceneHistory,
     };
-    use rudder_robot::driving::{AgentObs, EgoState};
+    use rudder_robot::driving::EgoState;
     use rudder_sim::driving::scenario::{Scenario, DT, HISTORY_STEPS};
     use rudder_sim::driving::vehicle::WHEELBASE;
 
@@ -318,27 +318,12 @@ fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
     let mut w = DrivingDemoWriter::create(&a.out, cfg, &source)?;
     let bar = super::progress::bar(scenarios.len() as u64, false);
     for s in &scenarios {
-        // The objects at log index i (HISTORY_STEPS = the scenario's start).
-        let objects_at = |i: usize| -> Vec<AgentObs> {
-            s.tracks
-                .iter()
-                .filter_map(|t| {
-                    t.states.get(i).copied().flatten().map(|state| AgentObs {
-                        id: t.id,
-                        category: t.category,
-                        state,
-                        length: t.length,
-                        width: t.width,
-                    })
-                })
-                .collect()
-        };
         let steps = s.num_steps();
         for k in (0..steps.saturating_sub(1)).step_by(a.stride as usize) {
             let i = HISTORY_STEPS + k;
             let mut history = SceneHistory::new(cfg.history);
             for j in i.saturating_sub(cfg.history - 1)..=i {
-                history.push(&objects_at(j));
+                history.push(&s.objects_at_sample(j));
             }
             let e = s.expert[i];
             // The log has no tyre angle: the yaw rate from the headings around the sample, and

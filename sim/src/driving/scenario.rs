@@ -106,10 +106,15 @@ impl Scenario {
 
     /// Logged objects present at `step`.
     pub fn agents_at(&self, step: usize) -> Vec<AgentObs> {
+        self.objects_at_sample(step + HISTORY_STEPS)
+    }
+
+    /// Logged objects at log sample `i` (history included: `HISTORY_STEPS` is step 0).
+    pub fn objects_at_sample(&self, i: usize) -> Vec<AgentObs> {
         self.tracks
             .iter()
             .filter_map(|t| {
-                t.at(step).map(|s| AgentObs {
+                t.states.get(i).copied().flatten().map(|s| AgentObs {
                     id: t.id,
                     category: t.category,
                     state: s,
