@@ -3,6 +3,7 @@
 
 pub mod decoder;
 pub(crate) mod decoder_cpu;
+pub mod diffusion_planner;
 pub mod gemma;
 pub mod llama;
 pub mod paligemma;
