@@ -23,11 +23,10 @@ use rudder_robot::driving::{
 };
 use std::collections::VecDeque;
 
-pub const EGO_FEATURES: usize = 6;
-pub const NEIGHBOUR_FEATURES: usize = 11;
-pub const STATIC_FEATURES: usize = 10;
-pub const LANE_FEATURES: usize = 12;
-pub const FUTURE_FEATURES: usize = 4;
+// The per-entity feature sizes are the network's contract; it owns them.
+pub use rudder_tune::models::diffusion_planner::{
+    EGO_FEATURES, FUTURE_FEATURES, LANE_FEATURES, NEIGHBOUR_FEATURES, STATIC_FEATURES,
+};
 
 /// Array sizes (Diffusion Planner's by default).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
