@@ -8,12 +8,14 @@
 //! Everything here is plain data in the map frame (metres, radians, seconds); [`Pose::to_local`]
 //! moves points into the ego frame.
 
+mod async_planner;
 mod geom;
 mod map_view;
 mod planner;
 mod state;
 mod trajectory;
 
+pub use async_planner::{AsyncPlanner, PlanTimings};
 pub use geom::{wrap_angle, Pose, P2};
 pub use map_view::{LaneId, LaneKind, LaneView, LightStatus, MapView};
 pub use planner::{Observation, Planner, PlannerSetup};

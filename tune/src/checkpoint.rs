@@ -145,6 +145,34 @@ impl TensorStore {
         self.tensors.get(name).map(|(t, _)| t)
     }
 
+    /// Refuses a store with a NaN or infinite value in a float tensor, naming the tensor
+    /// (a diverged run's weights load fine and then produce NaNs everywhere).
+    pub fn check_finite(&self) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &self.tensors[name].0;
+            if !is_float(t.dtype()) {
+                continue;
+            }
+            let bad = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| self.tensor_error(name, e.to_string()))?
+                .iter()
+                .filter(|v| !v.is_finite())
+                .count();
+            if bad > 0 {
+                return Err(self.tensor_error(
+                    name,
+                    format!("{bad} non-finite values (NaN or infinite): a diverged run?"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn tensor_error(&self, name: &str, problem: impl Into<String>) -> TuneError {
         TuneError::Tensor {
             path: self.file_of(name),

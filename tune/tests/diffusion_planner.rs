@@ -166,7 +166,12 @@ fn learns_to_draw_the_expert_future() {
         }
     }
     // A fixed sequence of timesteps and noises (the test must not depend on a global seed).
-    for step in 0..1000usize {
+    // A last stretch at a lower rate settles the fit (the test runs beside others on two
+    // cores, where the kernels' summation order, and so the run, can differ slightly).
+    for step in 0..1500usize {
+        if step == 1000 {
+            opt.set_learning_rate(5e-4);
+        }
         let t = (step * 389 + 17) % 1000;
         let noise = randn(x0.shape());
         let x_t = add_noise(&schedule, &x0, &noise, t).unwrap();

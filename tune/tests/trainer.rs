@@ -232,3 +232,59 @@ fn resume_continues_bit_for_bit_with_the_family_state() {
     let e = other.resume(root.path()).unwrap_err().to_string();
     assert!(e.contains("24 examples"), "{e}");
 }
+
+#[test]
+fn the_ema_follows_the_weights_and_resumes_bit_for_bit() {
+    let d = data();
+    let decay = 0.9;
+    let ema_bits = |t: &Trainer<Toy>| -> Vec<u32> {
+        t.ema().unwrap()[0]
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    // By hand: ema_k = decay * ema_{k-1} + (1 - decay) * w_k, from the initial weights.
+    let mut t = trainer(5, 1, false).with_ema(decay).unwrap();
+    let mut expect: Vec<f64> = weights(&t).iter().map(|&x| x as f64).collect();
+    for _ in 0..6 {
+        t.step(&d).unwrap();
+        for (e, w) in expect.iter_mut().zip(weights(&t)) {
+            *e = decay * *e + (1.0 - decay) * w as f64;
+        }
+    }
+    let got = t.ema().unwrap()[0].to_vec1::<f32>().unwrap();
+    for (g, e) in got.iter().zip(&expect) {
+        assert!((*g as f64 - e).abs() < 1e-5, "ema {g} vs {e}");
+    }
+    // It lags the weights, which have moved away from their start.
+    assert!(got != weights(&t));
+    // Saved beside the weights, restored on resume, and the same after more steps.
+    let root = tempfile::tempdir().unwrap();
+    let mut first = trainer(5, 1, false).with_ema(decay).unwrap();
+    for _ in 0..3 {
+        first.step(&d).unwrap();
+    }
+    let dir = first.save(root.path(), 2, &(), |_| Ok(())).unwrap();
+    assert!(dir.join("ema.safetensors").is_file());
+    let mut resumed = trainer(5, 1, false).with_ema(decay).unwrap();
+    resumed.resume(root.path()).unwrap();
+    for _ in 0..3 {
+        resumed.step(&d).unwrap();
+    }
+    assert_eq!(ema_bits(&t), ema_bits(&resumed));
+    // A run that keeps an EMA refuses a checkpoint without one; a bad decay is refused.
+    let plain = tempfile::tempdir().unwrap();
+    let mut p = trainer(5, 1, false);
+    p.step(&d).unwrap();
+    p.save(plain.path(), 1, &(), |_| Ok(())).unwrap();
+    let e = trainer(5, 1, false)
+        .with_ema(decay)
+        .unwrap()
+        .resume(plain.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("EMA"), "{e}");
+    assert!(trainer(5, 1, false).with_ema(1.0).is_err());
+}

@@ -37,6 +37,12 @@ rudder bench vla --policy runs/vla/latest --runs 20 --json"
     Vla(VlaBenchArgs),
     /// Latency of one success classification (both cameras) of a reward checkpoint.
     Reward(crate::cli::reward::BenchRewardArgs),
+    /// Latency of one plan of the diffusion driving planner (scene building and sampling) on
+    /// scenes of generated scenarios.
+    #[command(
+        after_help = "Example:\n  rudder bench planner --checkpoint runs/planner --solver-steps 10 --runs 200 --json"
+    )]
+    Planner(crate::cli::planner::BenchPlannerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +134,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Viz(a) => viz(a),
         BenchCommand::Vla(a) => vla(a),
         BenchCommand::Reward(a) => crate::cli::reward::bench(a),
+        BenchCommand::Planner(a) => crate::cli::planner::bench(a),
     }
 }
 

@@ -169,7 +169,7 @@ fn driving(lf: &LaunchFile, opts: &RunOptions, sink: &Sink) -> anyhow::Result<Ex
     }
     let simulated: f64 = r.scenarios.iter().map(|s| s.simulated_s).sum();
     println!(
-        "{} scenarios, planner {:?}, {}: mean score {:.3} ({:.0} s simulated in {:.1} s)",
+        "{} scenarios, planner {}, {}: mean score {:.3} ({:.0} s simulated in {:.1} s)",
         r.scenarios.len(),
         r.planner,
         match r.mode {
@@ -180,6 +180,25 @@ fn driving(lf: &LaunchFile, opts: &RunOptions, sink: &Sink) -> anyhow::Result<Ex
         simulated,
         r.wall_s
     );
+    for (token, rt) in &r.realtime {
+        let p = &rt.planning;
+        println!(
+            "{token}: wall-clock loop at {} Hz, {} ticks, {} missed, {} plans, {} ticks on an \
+             older plan; inference p50 {:.1} ms / p99 {:.1} ms / max {:.1} ms; plan age p50 {:.0} \
+             ms / p99 {:.0} ms / max {:.0} ms",
+            rt.rate_hz,
+            p.ticks,
+            rt.missed_ticks,
+            p.plans,
+            p.stale_ticks,
+            p.latency_ms_p50,
+            p.latency_ms_p99,
+            p.latency_ms_max,
+            p.plan_age_ms_p50,
+            p.plan_age_ms_p99,
+            p.plan_age_ms_max
+        );
+    }
     match (&opts.viz, sink) {
         (Some(_), Sink::File(p)) => println!("recording: {}", p.display()),
         (Some(_), Sink::Connect(u)) => println!("streamed to {u}"),

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod launch;
 pub mod model;
+pub mod planner;
 pub mod progress;
 pub mod reward;
 pub mod rl;

@@ -30,9 +30,12 @@ rudder sim driving --scenarios 48 --write-db logs/   then   rudder sim driving -
 
 #[derive(Debug, Args)]
 pub struct DrivingArgs {
-    /// log-replay (the expert), constant-velocity or idm.
+    /// log-replay (the expert), constant-velocity, idm, or diffusion (with --checkpoint).
     #[arg(long, default_value = "idm")]
     pub planner: String,
+    /// The diffusion planner's checkpoint and sampler.
+    #[command(flatten)]
+    pub sampling: super::planner::SamplingArgs,
     /// Generated scenarios (with --db: how many of the database's, 0 = all).
     #[arg(long, default_value_t = 48)]
     pub scenarios: usize,
@@ -244,13 +247,18 @@ pub fn demos(a: DemosArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
-    use rudder_sim::driving::{run_campaign, Mode, PlannerKind};
-    let planner = PlannerKind::parse(&a.planner).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--planner {}: expected log-replay, constant-velocity or idm",
+    use rudder_sim::driving::{run_campaign, run_campaign_with, Mode, PlannerKind};
+    let diffusion = a.planner == "diffusion";
+    let planner = PlannerKind::parse(&a.planner);
+    if planner.is_none() && !diffusion && a.write_db.is_none() {
+        anyhow::bail!(
+            "--planner {}: expected log-replay, constant-velocity, idm or diffusion",
             a.planner
-        )
-    })?;
+        );
+    }
+    if !diffusion && a.sampling.checkpoint.is_some() {
+        anyhow::bail!("--checkpoint is for --planner diffusion");
+    }
     let mode = Mode::parse(&a.mode)
         .ok_or_else(|| anyhow::anyhow!("--mode {}: expected nonreactive or reactive", a.mode))?;
     if let Some(dir) = &a.write_db {
@@ -265,9 +273,40 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let r = run_campaign(planner, a.scenarios, mode, a.seed, a.db.as_deref())?;
+    let mut plans = None;
+    let r = match planner {
+        Some(p) => run_campaign(p, a.scenarios, mode, a.seed, a.db.as_deref())?,
+        None => {
+            let model = a.sampling.load()?;
+            let opts = a.sampling.options()?;
+            let log = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+            let make = super::planner::factory(model, opts, log.clone());
+            let r = run_campaign_with(
+                "diffusion",
+                &make,
+                a.scenarios,
+                mode,
+                a.seed,
+                a.db.as_deref(),
+            )?;
+            plans = Some(
+                log.lock()
+                    .map(|l| super::planner::log_summary(&l))
+                    .unwrap_or_default(),
+            );
+            r
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(p), Some(o)) = (plans, v.as_object_mut()) {
+            o.insert("plans".into(), p);
+            o.insert(
+                "sampling".into(),
+                serde_json::to_value(a.sampling.options()?)?,
+            );
+        }
+        println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:55} {:>5} {:>6}", "scenario type", "n", "score");
@@ -283,18 +322,17 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
         "simulated {:.0} s in {:.2} s ({:.0}x real time)",
         r.simulated_s, r.wall_s, r.sim_speed
     );
+    if let Some(p) = plans {
+        println!("plans: {p}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The driving planner's demonstrations: for every scenario and every `stride` steps, the scene
 /// as the planner would see it with the ego on its logged pose, and the logged future.
 fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
-    use rudder_policy::driving::{
-        build_scene, future_target, DrivingDemoWriter, DrivingSample, SceneConfig, SceneHistory,
-    };
-    use rudder_robot::driving::EgoState;
-    use rudder_sim::driving::scenario::{Scenario, DT, HISTORY_STEPS};
-    use rudder_sim::driving::vehicle::WHEELBASE;
+    use rudder_policy::driving::{DrivingDemoWriter, DrivingSample, SceneConfig};
+    use rudder_sim::driving::scenario::{Scenario, HISTORY_STEPS};
 
     let cfg = SceneConfig::default();
     let (scenarios, source): (Vec<Scenario>, String) = match &a.db {
@@ -318,40 +356,19 @@ fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
     let mut w = DrivingDemoWriter::create(&a.out, cfg, &source)?;
     let bar = super::progress::bar(scenarios.len() as u64, false);
     for s in &scenarios {
-        let steps = s.num_steps();
-        for k in (0..steps.saturating_sub(1)).step_by(a.stride as usize) {
-            let i = HISTORY_STEPS + k;
-            let mut history = SceneHistory::new(cfg.history);
-            for j in i.saturating_sub(cfg.history - 1)..=i {
-                history.push(&s.objects_at_sample(j));
-            }
-            let e = s.expert[i];
-            // The log has no tyre angle: the yaw rate from the headings around the sample, and
-            // the steering angle the bicycle model needs for it.
-            let (prev, next) = (s.expert[i - 1], s.expert[(i + 1).min(s.expert.len() - 1)]);
-            let yaw_rate =
-                rudder_robot::driving::wrap_angle(next.heading - prev.heading) / (2.0 * DT);
-            let mut ego =
-                EgoState::from_pose(k as f64 * DT, e.x, e.y, e.heading, e.speed, e.acceleration);
-            ego.yaw_rate = yaw_rate;
-            if e.speed > 0.5 {
-                ego.vehicle.steering_angle = (yaw_rate * WHEELBASE / e.speed).atan();
-            }
-            let scene = build_scene(
+        for k in (0..s.num_steps().saturating_sub(1)).step_by(a.stride as usize) {
+            // Frames since the scenario's start only, as a planner in the simulator sees
+            // them (it is handed no log history), so training and closed loop agree.
+            w.push(DrivingSample::from_log(
                 &cfg,
-                &ego,
-                &history,
+                &s.logged_ego(k),
+                &s.frames_up_to(k, cfg.history),
                 s.lights_at(k),
                 s.map.as_ref(),
                 &s.route,
-            );
-            let (future, future_mask) = future_target(&cfg, &e, &s.expert[i + 1..]);
-            w.push(DrivingSample {
-                scene,
-                future,
-                future_mask,
-                scenario_type: s.scenario_type.clone(),
-            })?;
+                &s.expert[HISTORY_STEPS + k + 1..],
+                &s.scenario_type,
+            ))?;
         }
         bar.inc(1);
     }

@@ -39,6 +39,16 @@ optimizer and trainer state. A killed run resumes from OUT/latest with --resume.
     /// Reset-free RL fine-tuning of a flow VLA with the success classifier (RoboFuME):
     /// latent-noise actor and Cal-QL critic, forward and backward tasks alternating.
     Rl(crate::cli::rl::RlArgs),
+    /// Train the diffusion driving planner on driving demos (`rudder demos driving`).
+    #[command(
+        after_help = "Example:\n  rudder demos driving --scenarios 400 --seed 100 --out data/driving\n  \
+rudder train planner --data data/driving --out runs/planner --steps 4000\n  \
+rudder sim driving --planner diffusion --checkpoint runs/planner --scenarios 48 --seed 7\n\n\
+OUT/checkpoint-N/ holds planner.json, model.safetensors (EMA weights), normalization.json,\n\
+training.json and the raw weights, EMA, optimizer and trainer state. A killed run resumes from\n\
+OUT/latest with --resume."
+    )]
+    Planner(crate::cli::planner::TrainPlannerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -245,6 +255,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Vla(a) => vla(a),
         TrainCommand::Reward(a) => crate::cli::reward::train(a),
         TrainCommand::Rl(a) => crate::cli::rl::train(a),
+        TrainCommand::Planner(a) => crate::cli::planner::train(a),
     }
 }
 

@@ -6,13 +6,16 @@ use super::LaunchFile;
 use crate::viz::driving::{DrivingRecorder, METRIC_EVERY};
 use crate::viz::VizOptions;
 use anyhow::{bail, Context};
+use rudder_policy::driving::{DiffusionPlanner, PlannerModel, SamplerKind, SamplingOptions};
 use rudder_robot::driving::{Observation, Planner, PlannerSetup, Trajectory};
 use rudder_sim::driving::generator::{generate, SCENARIO_TYPES};
 use rudder_sim::driving::map::Map;
 use rudder_sim::driving::metrics::{evaluate, ScenarioMetrics};
 use rudder_sim::driving::scenario::{Scenario, DT};
-use rudder_sim::driving::simulation::{simulate, History, Mode};
+use rudder_sim::driving::simulation::{simulate, simulate_realtime, History, Mode, RealtimeReport};
 use rudder_sim::driving::{nuplan_db, PlannerKind};
+use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// One scenario's outcome.
@@ -28,12 +31,29 @@ pub struct ScenarioResult {
 
 #[derive(Debug, Clone)]
 pub struct DrivingReport {
-    pub planner: PlannerKind,
+    pub planner: String,
+    /// Per scenario, what the wall-clock loop measured (kind = "diffusion" only).
+    pub realtime: Vec<(String, RealtimeReport)>,
     pub mode: Mode,
     pub scenarios: Vec<ScenarioResult>,
     /// Mean score over the scenarios (nuPlan's CLS-NR or CLS-R).
     pub score: f64,
     pub wall_s: f64,
+}
+
+/// Where the plans come from.
+enum PlannerSource {
+    Scripted(PlannerKind),
+    Diffusion(Arc<PlannerModel>, SamplingOptions),
+}
+
+impl PlannerSource {
+    fn name(&self) -> &'static str {
+        match self {
+            PlannerSource::Scripted(p) => p.name(),
+            PlannerSource::Diffusion(..) => "diffusion",
+        }
+    }
 }
 
 /// Keeps every trajectory the planner returned (what the recording draws as the plan).
@@ -114,16 +134,39 @@ pub fn run_driving(
              (closed_loop_nonreactive, closed_loop_reactive); open-loop scoring is not built"
         ),
     };
-    match lf.policy.kind {
-        super::PolicyKind::Scripted => {}
+    let source = match lf.policy.kind {
+        super::PolicyKind::Scripted => {
+            let name = lf.policy.planner.as_deref().unwrap_or("idm");
+            PlannerSource::Scripted(
+                PlannerKind::parse(name)
+                    .with_context(|| format!("policy.planner: unknown planner `{name}`"))?,
+            )
+        }
         super::PolicyKind::Checkpoint => bail!(
-            "policy kind \"checkpoint\" is not available for driving yet (the diffusion planner \
-             arrives with a later issue); use kind = \"scripted\" with planner = \"idm\""
+            "policy kind \"checkpoint\" is the VLA; the driving planner is kind = \"diffusion\" \
+             (checkpoint from `rudder train planner`) or kind = \"scripted\""
         ),
-    }
-    let name = lf.policy.planner.as_deref().unwrap_or("idm");
-    let planner = PlannerKind::parse(name)
-        .with_context(|| format!("policy.planner: unknown planner `{name}`"))?;
+        super::PolicyKind::Diffusion => {
+            let Some(dir) = &lf.policy.checkpoint else {
+                bail!("policy.checkpoint: kind = \"diffusion\" needs `checkpoint = \"DIR\"`");
+            };
+            let model = PlannerModel::load(dir)
+                .with_context(|| format!("policy.checkpoint: {}", dir.display()))?;
+            let opts = SamplingOptions {
+                sampler: match lf.policy.sampler.as_deref() {
+                    None => SamplerKind::DpmSolver,
+                    Some(s) => SamplerKind::parse(s)
+                        .with_context(|| format!("policy.sampler: unknown sampler `{s}`"))?,
+                },
+                steps: lf.policy.solver_steps.unwrap_or(10),
+                seed: 0,
+                guidance: lf.policy.guidance.unwrap_or(0.0),
+            };
+            opts.validate()?;
+            PlannerSource::Diffusion(Arc::new(model), opts)
+        }
+    };
+    let rate_hz = lf.rate_hz();
     let list = scenarios(lf)?;
     let mut recorder = match viz {
         Some(v) => Some(DrivingRecorder::open(v)?),
@@ -141,13 +184,28 @@ pub fn run_driving(
     });
     let t0 = Instant::now();
     let mut results = Vec::with_capacity(list.len());
-    let mut tap = PlanTap {
-        inner: planner.build(),
-        plans: Vec::new(),
-    };
-    for s in &list {
-        let hist = simulate(s, &mut tap, mode)
-            .with_context(|| format!("simulating scenario {}", s.token))?;
+    let mut realtime = Vec::new();
+    for (k, s) in list.iter().enumerate() {
+        let (hist, name, plans) = match &source {
+            PlannerSource::Scripted(p) => {
+                let mut tap = PlanTap {
+                    inner: p.build(),
+                    plans: Vec::new(),
+                };
+                let hist = simulate(s, &mut tap, mode)
+                    .with_context(|| format!("simulating scenario {}", s.token))?;
+                (hist, tap.name(), tap.plans)
+            }
+            PlannerSource::Diffusion(model, opts) => {
+                let planner = DiffusionPlanner::new(model.clone(), *opts, k as u64);
+                let (hist, rt) =
+                    simulate_realtime(s, Box::new(planner), mode, rate_hz, Duration::from_secs(30))
+                        .with_context(|| format!("simulating scenario {} in real time", s.token))?;
+                let plans = rt.followed.clone();
+                realtime.push((s.token.clone(), rt));
+                (hist, "diffusion", plans)
+            }
+        };
         let fin = evaluate(s, &hist);
         if let Some(r) = recorder.as_mut() {
             // The metrics as they stood every METRIC_EVERY steps (at least two samples).
@@ -155,7 +213,7 @@ pub fn run_driving(
                 .step_by(METRIC_EVERY)
                 .map(|k| evaluate(s, &truncated(&hist, (k + 1).max(2))))
                 .collect();
-            r.scenario(s, tap.name(), &hist, &tap.plans, &partial, &fin)?;
+            r.scenario(s, name, &hist, &plans, &partial, &fin)?;
         }
         results.push(ScenarioResult {
             token: s.token.clone(),
@@ -180,7 +238,8 @@ pub fn run_driving(
         results.iter().map(|r| r.metrics.score).sum::<f64>() / results.len() as f64
     };
     Ok(DrivingReport {
-        planner,
+        planner: source.name().to_string(),
+        realtime,
         mode,
         scenarios: results,
         score,

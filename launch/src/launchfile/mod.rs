@@ -145,6 +145,9 @@ pub enum PolicyKind {
     Scripted,
     /// A trained checkpoint (Hugging Face layout); runs once the VLA issue lands.
     Checkpoint,
+    /// The diffusion driving planner (`rudder train planner`), in the wall-clock loop with
+    /// asynchronous inference (sim.driving only).
+    Diffusion,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -160,6 +163,15 @@ pub struct PolicySection {
     /// Driving, kind = "scripted": `idm` (default), `constant_velocity` or `log_replay`.
     #[serde(default)]
     pub planner: Option<String>,
+    /// kind = "diffusion": `dpm` (DPM-Solver++ 2M, default) or `ddim`.
+    #[serde(default)]
+    pub sampler: Option<String>,
+    /// kind = "diffusion": solver steps per plan (default 10).
+    #[serde(default)]
+    pub solver_steps: Option<usize>,
+    /// kind = "diffusion": classifier-guidance scale (default 0: none).
+    #[serde(default)]
+    pub guidance: Option<f64>,
 }
 
 fn default_horizon() -> usize {
@@ -494,6 +506,23 @@ impl LaunchFile {
                     "kind = \"checkpoint\" needs `checkpoint = \"DIR\"`".into(),
                 ));
             }
+            PolicyKind::Diffusion if self.policy.checkpoint.is_none() => {
+                return Err(err(
+                    "policy",
+                    "checkpoint",
+                    "kind = \"diffusion\" needs `checkpoint = \"DIR\"` (from `rudder train \
+                     planner`)"
+                        .into(),
+                ));
+            }
+            PolicyKind::Diffusion if self.embodiment.kind != EmbodimentKind::SimDriving => {
+                return Err(err(
+                    "policy",
+                    "kind",
+                    "kind = \"diffusion\" is the driving planner: embodiment.kind = \"sim.driving\""
+                        .into(),
+                ));
+            }
             PolicyKind::Scripted if self.policy.checkpoint.is_some() => {
                 return Err(err(
                     "policy",
@@ -502,6 +531,43 @@ impl LaunchFile {
                 ));
             }
             _ => {}
+        }
+        let diffusion_only = [
+            ("sampler", self.policy.sampler.is_some()),
+            ("solver_steps", self.policy.solver_steps.is_some()),
+            ("guidance", self.policy.guidance.is_some()),
+        ];
+        if self.policy.kind != PolicyKind::Diffusion {
+            if let Some((f, _)) = diffusion_only.iter().find(|(_, set)| *set) {
+                return Err(err(
+                    "policy",
+                    f,
+                    "only used with kind = \"diffusion\"".into(),
+                ));
+            }
+        }
+        if let Some(s) = &self.policy.sampler {
+            if rudder_policy::driving::SamplerKind::parse(s).is_none() {
+                return Err(err(
+                    "policy",
+                    "sampler",
+                    format!("unknown sampler `{s}` (known: dpm, ddim)"),
+                ));
+            }
+        }
+        if let Some(n) = self.policy.solver_steps {
+            if !(1..=1000).contains(&n) {
+                return Err(err(
+                    "policy",
+                    "solver_steps",
+                    format!("need 1..=1000, got {n}"),
+                ));
+            }
+        }
+        if let Some(g) = self.policy.guidance {
+            if !(g.is_finite() && (0.0..=1000.0).contains(&g)) {
+                return Err(err("policy", "guidance", format!("need 0..=1000, got {g}")));
+            }
         }
         if self.policy.chunk_len == 0 || self.policy.chunk_len > 256 {
             return Err(err(

@@ -3,9 +3,10 @@
 //! array, the sample index first) with a `meta.json` that holds the [`SceneConfig`], the count
 //! and the scenario types. The format is in policy/README.md ("Driving demos").
 
-use super::scene::{Scene, SceneConfig, FUTURE_FEATURES};
+use super::scene::{build_scene, future_target, Scene, SceneConfig, SceneHistory, FUTURE_FEATURES};
 use crate::error::FlowError;
 use candle_core::{Device, Tensor};
+use rudder_robot::driving::{AgentObs, EgoPose, EgoState, LaneId, LightStatus, MapView};
 use rudder_tune::checkpoint::{save_safetensors_atomic, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,44 @@ pub struct DrivingSample {
     /// [future]: 1 where the log has the pose.
     pub future_mask: Vec<f32>,
     pub scenario_type: String,
+}
+
+impl DrivingSample {
+    /// The sample of a logged scene: the ego on its logged state `ego` (pose `now`), the
+    /// objects of the frames seen so far (oldest first), lights, map and route, and the logged
+    /// poses after `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_log<M: MapView + ?Sized>(
+        cfg: &SceneConfig,
+        ego: &EgoState,
+        frames: &[Vec<AgentObs>],
+        lights: &[(LaneId, LightStatus)],
+        map: &M,
+        route: &[LaneId],
+        future: &[EgoPose],
+        scenario_type: &str,
+    ) -> DrivingSample {
+        let mut history = SceneHistory::new(cfg.history);
+        for f in frames {
+            history.push(f);
+        }
+        let scene = build_scene(cfg, ego, &history, lights, map, route);
+        let v = &ego.vehicle;
+        let now = EgoPose {
+            x: v.x,
+            y: v.y,
+            heading: v.heading,
+            speed: v.speed,
+            acceleration: v.acceleration,
+        };
+        let (future, future_mask) = future_target(cfg, &now, future);
+        DrivingSample {
+            scene,
+            future,
+            future_mask,
+            scenario_type: scenario_type.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, Var};
 use rudder_tune::peft::LoraConfig;
 use rudder_tune::train::adamw::AdamWConfig;
-use rudder_tune::train::{Rng, Snapshot, Trainer, TrainerConfig};
+use rudder_tune::train::{Rng, Trainer, TrainerConfig};
 
 use crate::dataset::DemoDataset;
 use crate::tokenizer::PromptTokenizer;
@@ -169,11 +169,9 @@ impl VlaTrainer {
     /// Writes the inference files (config, weights, normalisation, policy settings and
     /// `training.json`) into `dir`.
     pub fn write_policy(&self, dir: &Path, data: &DemoDataset) -> Result<(), FlowError> {
-        let snap = Snapshot {
-            step: self.trainer.step_count(),
-            params: self.trainer.params(),
-        };
-        self.trainer.family.write_policy(dir, &snap, data)
+        self.trainer
+            .family
+            .write_policy(dir, &self.trainer.snapshot(), data)
     }
 
     /// Writes `root/checkpoint-{step}` atomically (inference files + optimiser and trainer

@@ -35,6 +35,14 @@ impl PlannerKind {
             _ => None,
         }
     }
+    /// The name reports use ("log_replay", "constant_velocity", "idm").
+    pub fn name(self) -> &'static str {
+        match self {
+            PlannerKind::LogReplay => "log_replay",
+            PlannerKind::ConstantVelocity => "constant_velocity",
+            PlannerKind::Idm => "idm",
+        }
+    }
     pub fn build(self) -> Box<dyn Planner<Map>> {
         match self {
             PlannerKind::LogReplay => Box::<LogReplayPlanner>::default(),
@@ -64,7 +72,8 @@ pub struct GroupReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CampaignReport {
-    pub planner: PlannerKind,
+    /// The planner's name ("idm", "diffusion", ...).
+    pub planner: String,
     pub mode: Mode,
     pub scenarios: usize,
     pub seed: u64,
@@ -161,6 +170,23 @@ pub fn run_campaign(
     seed: u64,
     db: Option<&Path>,
 ) -> Result<CampaignReport, DrivingError> {
+    let make = move || planner.build();
+    run_campaign_with(planner.name(), &make, scenarios, mode, seed, db)
+}
+
+/// Makes a fresh planner for each scenario (a learned planner shares its weights between the
+/// ones it makes).
+pub type PlannerFactory<'a> = dyn Fn() -> Box<dyn Planner<Map>> + Sync + 'a;
+
+/// [`run_campaign`] with any planner: `make` builds one per scenario, `name` goes in the report.
+pub fn run_campaign_with(
+    name: &str,
+    make: &PlannerFactory<'_>,
+    scenarios: usize,
+    mode: Mode,
+    seed: u64,
+    db: Option<&Path>,
+) -> Result<CampaignReport, DrivingError> {
     let t0 = Instant::now();
     let loaded = match db {
         Some(p) => {
@@ -192,7 +218,7 @@ pub fn run_campaign(
                                     &generated
                                 }
                             };
-                            out.push(run_one(s, planner, mode).map(|(m, secs)| {
+                            out.push(run_with(s, make(), mode).map(|(m, secs)| {
                                 (s.token.clone(), s.scenario_type.clone(), m, secs)
                             }));
                         }
@@ -225,7 +251,7 @@ pub fn run_campaign(
         types.entry(r.1.clone()).or_default().push(&r.2);
     }
     Ok(CampaignReport {
-        planner,
+        planner: name.to_string(),
         mode,
         scenarios: ok.len(),
         seed,
@@ -245,8 +271,16 @@ pub fn run_one(
     planner: PlannerKind,
     mode: Mode,
 ) -> Result<(ScenarioMetrics, f64), DrivingError> {
-    let mut p = planner.build();
-    let hist = simulate(s, p.as_mut(), mode)?;
+    run_with(s, planner.build(), mode)
+}
+
+/// Simulates and scores one scenario with `planner`.
+pub fn run_with(
+    s: &Scenario,
+    mut planner: Box<dyn Planner<Map>>,
+    mode: Mode,
+) -> Result<(ScenarioMetrics, f64), DrivingError> {
+    let hist = simulate(s, planner.as_mut(), mode)?;
     let secs = hist.ego.len().saturating_sub(1) as f64 * DT;
     Ok((metrics::evaluate(s, &hist), secs))
 }

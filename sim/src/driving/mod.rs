@@ -28,7 +28,9 @@ pub mod scenario;
 pub mod simulation;
 pub mod vehicle;
 
-pub use campaign::{run_campaign, CampaignReport, Mode, PlannerKind};
+pub use campaign::{
+    run_campaign, run_campaign_with, CampaignReport, Mode, PlannerFactory, PlannerKind,
+};
 
 use thiserror::Error;
 

@@ -109,6 +109,41 @@ impl Scenario {
         self.objects_at_sample(step + HISTORY_STEPS)
     }
 
+    /// The ego on its logged pose at simulation step `step`, as a planner would see it: the
+    /// log has no tyre angle, so the yaw rate comes from the headings around the sample and
+    /// the steering angle from the bicycle model for that yaw rate.
+    pub fn logged_ego(&self, step: usize) -> rudder_robot::driving::EgoState {
+        let last = self.expert.len().saturating_sub(1);
+        let i = (step + HISTORY_STEPS).min(last);
+        let e = self.expert[i];
+        let (prev, next) = (
+            self.expert[i.saturating_sub(1)],
+            self.expert[(i + 1).min(last)],
+        );
+        let yaw_rate = super::geometry::wrap_angle(next.heading - prev.heading) / (2.0 * DT);
+        let mut ego = rudder_robot::driving::EgoState::from_pose(
+            step as f64 * DT,
+            e.x,
+            e.y,
+            e.heading,
+            e.speed,
+            e.acceleration,
+        );
+        ego.yaw_rate = yaw_rate;
+        if e.speed > 0.5 {
+            ego.vehicle.steering_angle = (yaw_rate * super::vehicle::WHEELBASE / e.speed).atan();
+        }
+        ego
+    }
+
+    /// The logged objects of the last `frames` simulation steps up to `step` (oldest first),
+    /// none from before step 0: what a planner that has run since the start has seen.
+    pub fn frames_up_to(&self, step: usize, frames: usize) -> Vec<Vec<AgentObs>> {
+        (step.saturating_sub(frames.max(1) - 1)..=step)
+            .map(|k| self.agents_at(k))
+            .collect()
+    }
+
     /// Logged objects at log sample `i` (history included: `HISTORY_STEPS` is step 0).
     pub fn objects_at_sample(&self, i: usize) -> Vec<AgentObs> {
         self.tracks

@@ -321,17 +321,73 @@ impl Model {
         &self.cfg
     }
 
+    /// Checks a batch's shapes against the configuration, naming the tensor that differs. The
+    /// entity counts may be smaller than the configured ones (a batch cut to the entities
+    /// present: the scene builder puts them first), never larger.
+    pub fn check_batch(&self, s: &SceneBatch) -> Result<()> {
+        let c = &self.cfg;
+        let b = s.ego.dim(0).unwrap_or(0);
+        let n = s.neighbours.dim(1).unwrap_or(0);
+        let st = s.static_objects.dim(1).unwrap_or(0);
+        let l = s.lanes.dim(1).unwrap_or(0);
+        let r = s.route_lanes.dim(1).unwrap_or(0);
+        let want: [(&str, &Tensor, Vec<usize>, usize); 6] = [
+            ("ego", &s.ego, vec![b, EGO_FEATURES], 0),
+            (
+                "neighbours",
+                &s.neighbours,
+                vec![b, n, c.history, NEIGHBOUR_FEATURES],
+                c.neighbours,
+            ),
+            (
+                "static_objects",
+                &s.static_objects,
+                vec![b, st, STATIC_FEATURES],
+                c.static_objects,
+            ),
+            (
+                "lanes",
+                &s.lanes,
+                vec![b, l, c.lane_points, LANE_FEATURES],
+                c.lanes,
+            ),
+            ("lane_limits", &s.lane_limits, vec![b, l, 2], c.lanes),
+            (
+                "route_lanes",
+                &s.route_lanes,
+                vec![b, r, c.lane_points, LANE_FEATURES],
+                c.route_lanes,
+            ),
+        ];
+        for (name, t, shape, most) in want {
+            let too_many = shape.len() > 2 && most > 0 && shape[1] > most;
+            if t.dims() != shape.as_slice() || too_many {
+                return Err(TuneError::input(
+                    name,
+                    format!(
+                        "shape {:?}; the planner reads [B, <= {}, ...] as {:?} (the checkpoint's \
+                         scene sizes differ from the data's?)",
+                        t.dims(),
+                        most,
+                        shape
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Encodes the scene: tokens [B, 1 + N + S + L, D], their attention bias [B, 1, 1, T]
     /// (padding masked), and the route embedding [B, D] (the mean of the route lanes present).
     pub fn encode(&self, s: &SceneBatch) -> Result<(Tensor, Tensor, Tensor)> {
+        self.check_batch(s)?;
         let f = || -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-            let c = &self.cfg;
             let b = s.ego.dim(0)?;
-            let flat = |t: &Tensor, n: usize| t.reshape((b, n, ()));
-            let nb = flat(&s.neighbours, c.neighbours)?;
+            let flat = |t: &Tensor| t.reshape((b, t.dim(1)?, ()));
+            let nb = flat(&s.neighbours)?;
             let st = s.static_objects.clone();
-            let ln = Tensor::cat(&[flat(&s.lanes, c.lanes)?, s.lane_limits.clone()], 2)?;
-            let rt = flat(&s.route_lanes, c.route_lanes)?;
+            let ln = Tensor::cat(&[flat(&s.lanes)?, s.lane_limits.clone()], 2)?;
+            let rt = flat(&s.route_lanes)?;
             // An entity is present when any of its features is non-zero.
             let present = |t: &Tensor| -> candle_core::Result<Tensor> {
                 t.abs()?.sum(D::Minus1)?.gt(0.0)?.to_dtype(DType::F32)
@@ -347,7 +403,7 @@ impl Model {
                     Tensor::ones((b, 1), DType::F32, s.ego.device())?,
                     present(&nb)?,
                     present(&st)?,
-                    present(&flat(&s.lanes, c.lanes)?)?,
+                    present(&flat(&s.lanes)?)?,
                 ],
                 1,
             )?;

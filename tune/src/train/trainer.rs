@@ -17,6 +17,10 @@
 //! (AdamW's moments as `m.NAME` / `v.NAME`) and `trainer_state.json` (step, epoch, cursor,
 //! order, generator, parameter names, and the family's own fields beside them). `OUT/latest`
 //! names the newest; older folders beyond `keep` are removed.
+//!
+//! An exponential moving average of the weights ([`Trainer::with_ema`], as diffusion models
+//! are sampled from) is updated after every optimizer step, saved as `ema.safetensors` under
+//! the parameters' names and restored on resume; families see it in [`Snapshot::ema`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +80,8 @@ pub struct Snapshot<'a> {
     pub step: u64,
     /// The trainable variables under their optimizer names.
     pub params: &'a [(String, Var)],
+    /// The moving average of each parameter, in `params`' order, when the run keeps one.
+    pub ema: Option<&'a [Tensor]>,
 }
 
 /// A model family trained by [`Trainer`].
@@ -170,7 +176,17 @@ pub struct Trainer<F: Family> {
     order: Vec<usize>,
     cursor: usize,
     epoch: u64,
+    ema: Option<Ema>,
 }
+
+/// The exponential moving average of the weights: after each step
+/// `ema = decay * ema + (1 - decay) * weights`, starting from the initial weights.
+struct Ema {
+    decay: f64,
+    shadow: Vec<Tensor>,
+}
+
+const EMA_FILE: &str = "ema.safetensors";
 
 /// Adds each micro-batch gradient to its running sum (a parameter with no gradient yet takes
 /// the new one as is).
@@ -228,7 +244,40 @@ impl<F: Family> Trainer<F> {
             order,
             cursor: 0,
             epoch: 0,
+            ema: None,
         })
+    }
+
+    /// Keeps an exponential moving average of the weights with `decay` in [0, 1) (e.g.
+    /// 0.999), from the weights as they are now.
+    pub fn with_ema(mut self, decay: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&decay) {
+            return Err(TuneError::Invalid(format!(
+                "train: EMA decay {decay} is outside [0, 1)"
+            )));
+        }
+        let shadow = self
+            .opt
+            .params
+            .iter()
+            .map(|(n, v)| v.as_detached_tensor().copy().context(n.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        self.ema = Some(Ema { decay, shadow });
+        Ok(self)
+    }
+
+    /// The moving average of each parameter (optimizer order), when the run keeps one.
+    pub fn ema(&self) -> Option<&[Tensor]> {
+        self.ema.as_ref().map(|e| e.shadow.as_slice())
+    }
+
+    /// What a checkpoint is written from, now.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            step: self.opt.step,
+            params: &self.opt.params,
+            ema: self.ema(),
+        }
     }
 
     /// Optimizer steps taken.
@@ -348,6 +397,13 @@ impl<F: Family> Trainer<F> {
         }
         let lr = self.sched.lr(self.opt.step);
         self.opt.step(&grads, lr).context("optimizer step")?;
+        if let Some(ema) = &mut self.ema {
+            let d = ema.decay;
+            for (s, (n, v)) in ema.shadow.iter_mut().zip(&self.opt.params) {
+                let blend = || s.affine(d, 0.0)? + v.as_detached_tensor().affine(1.0 - d, 0.0)?;
+                *s = blend().context(format!("EMA of {n}"))?;
+            }
+        }
         let stats = StepStats {
             step: self.opt.step,
             loss: loss_sum,
@@ -375,10 +431,7 @@ impl<F: Family> Trainer<F> {
         let mut failed: Option<F::Error> = None;
         let written = save_dir_atomic(root, &name, |tmp| {
             let write = || -> std::result::Result<(), F::Error> {
-                let snap = Snapshot {
-                    step: self.opt.step,
-                    params: &self.opt.params,
-                };
+                let snap = self.snapshot();
                 self.family.write_files(tmp, &snap, input)?;
                 self.write_state(tmp)?;
                 extra(tmp)
@@ -403,6 +456,16 @@ impl<F: Family> Trainer<F> {
             o.insert(format!("v.{n}"), self.opt.v[i].clone());
         }
         save_safetensors_atomic(&o, None, &dir.join("optimizer.safetensors"))?;
+        if let Some(ema) = &self.ema {
+            let w: HashMap<String, Tensor> = self
+                .opt
+                .params
+                .iter()
+                .zip(&ema.shadow)
+                .map(|((n, _), t)| (n.clone(), t.clone()))
+                .collect();
+            save_safetensors_atomic(&w, None, &dir.join(EMA_FILE))?;
+        }
         let state = TrainerState {
             step: self.opt.step,
             epoch: self.epoch,
@@ -477,6 +540,29 @@ impl<F: Family> Trainer<F> {
                 .get(&format!("v.{n}"))?
                 .to_device(dev)
                 .context(n.clone())?;
+        }
+        if let Some(ema) = &mut self.ema {
+            let path = dir.join(EMA_FILE);
+            if !path.exists() {
+                return Err(TuneError::Invalid(format!(
+                    "{}: this run keeps an EMA of the weights, the checkpoint has none",
+                    path.display()
+                ))
+                .into());
+            }
+            let e = TensorStore::load_file(&path, &Device::Cpu)?;
+            for (s, (n, v)) in ema.shadow.iter_mut().zip(&self.opt.params) {
+                let t = e.get(n)?;
+                if t.dims() != v.dims() {
+                    return Err(e
+                        .tensor_error(
+                            n,
+                            format!("shape {:?}, this run has {:?}", t.dims(), v.dims()),
+                        )
+                        .into());
+                }
+                *s = t.to_device(v.device()).context(n.clone())?;
+            }
         }
         self.opt.step = st.step;
         self.epoch = st.epoch;
