@@ -414,3 +414,189 @@ fn driving_demos_written_from_generated_scenarios_and_logs() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn diffusion_planner_trains_resumes_scores_benches_and_launches() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |x: &str| dir.path().join(x).to_str().unwrap().to_string();
+    let run = |args: &[&str]| rudder().args(args).output().unwrap();
+    let ok = |o: &std::process::Output| {
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    ok(&run(&[
+        "demos",
+        "driving",
+        "--scenarios",
+        "3",
+        "--seed",
+        "100",
+        "--stride",
+        "10",
+        "--out",
+        &p("dd"),
+    ]));
+    let train = |steps: &str, resume: bool| {
+        let mut a = vec![
+            "train",
+            "planner",
+            "--data",
+            &p("dd"),
+            "--out",
+            &p("run"),
+            "--steps",
+            steps,
+            "--hidden",
+            "32",
+            "--heads",
+            "2",
+            "--encoder-layers",
+            "1",
+            "--decoder-layers",
+            "1",
+            "--batch-size",
+            "4",
+            "--noise-draws",
+            "2",
+            "--save-every",
+            "10",
+            "--quiet",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if resume {
+            a.push("--resume".into());
+        }
+        rudder().args(&a).output().unwrap()
+    };
+    ok(&train("20", false));
+    assert!(dir
+        .path()
+        .join("run/checkpoint-20/model.safetensors")
+        .is_file());
+    // Again into the same folder: refused unless resuming; resuming continues the count.
+    let o = train("30", false);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--resume"),
+        "{o:?}"
+    );
+    let o = train("30", true);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at step 20"));
+    assert!(dir.path().join("run/checkpoint-30").is_dir());
+
+    // Scored in closed loop beside nothing else: every plan valid, none replaced.
+    let o = run(&[
+        "sim",
+        "driving",
+        "--planner",
+        "diffusion",
+        "--checkpoint",
+        &p("run"),
+        "--scenarios",
+        "2",
+        "--solver-steps",
+        "3",
+        "--sampler",
+        "ddim",
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["planner"], "diffusion");
+    assert_eq!(v["plans"]["fallbacks"], 0);
+    assert!(v["plans"]["plans"].as_u64().unwrap() > 200);
+    assert!(v["score"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["sampling"]["steps"], 3);
+    // Refusals name the flag.
+    let o = run(&[
+        "sim",
+        "driving",
+        "--planner",
+        "diffusion",
+        "--scenarios",
+        "1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--checkpoint"),
+        "{o:?}"
+    );
+    let o = run(&[
+        "sim",
+        "driving",
+        "--planner",
+        "diffusion",
+        "--checkpoint",
+        &p("run"),
+        "--sampler",
+        "euler",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--sampler"),
+        "{o:?}"
+    );
+    let o = run(&[
+        "sim",
+        "driving",
+        "--planner",
+        "diffusion",
+        "--checkpoint",
+        &p("dd"),
+        "--scenarios",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("planner"),
+        "{o:?}"
+    );
+
+    // Latency figures.
+    let o = run(&[
+        "bench",
+        "planner",
+        "--checkpoint",
+        &p("run"),
+        "--runs",
+        "5",
+        "--solver-steps",
+        "5",
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["runs"], 5);
+    assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+
+    // The wall-clock loop from a launch file.
+    let lf = dir.path().join("driving.toml");
+    std::fs::write(
+        &lf,
+        format!(
+            "[embodiment]\nkind = \"sim.driving\"\n[scenarios]\ntypes = [\"following_lane_with_lead\"]\n\
+             count = 1\nseed = 7\nmode = \"closed_loop_nonreactive\"\n[policy]\nkind = \"diffusion\"\n\
+             checkpoint = \"{}\"\nsolver_steps = 3\n[control]\nrate_hz = 50.0\n",
+            p("run")
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "launch",
+        lf.to_str().unwrap(),
+        "--quiet",
+        "--record",
+        &p("d.rrd"),
+    ]);
+    ok(&o);
+    assert!(dir.path().join("d.rrd").is_file());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("wall-clock loop at 50 Hz") && out.contains("planner diffusion"),
+        "{out}"
+    );
+}

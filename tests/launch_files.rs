@@ -229,7 +229,7 @@ fn run_time_rejections_say_what_is_missing() {
     let driving = std::fs::read_to_string(root.join("launch/driving.toml")).expect("driving");
     let open_loop = driving.replace("closed_loop_nonreactive", "open_loop");
     let lf = LaunchFile::parse("open.toml", &open_loop).expect("valid");
-    let e = match rudder::launchfile::driving::run_driving(&lf, None, false) {
+    let e = match rudder::launchfile::driving::run_driving(&lf, None, false, false) {
         Ok(_) => panic!("open-loop driving ran"),
         Err(e) => format!("{e:#}"),
     };
@@ -240,7 +240,7 @@ fn run_time_rejections_say_what_is_missing() {
 fn driving_launch_file_runs_and_scores_every_scenario() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lf = LaunchFile::load(&root.join("launch/driving.toml")).expect("driving.toml");
-    let r = rudder::launchfile::driving::run_driving(&lf, None, false).expect("runs");
+    let r = rudder::launchfile::driving::run_driving(&lf, None, false, false).expect("runs");
     // 12 generated types x 2 per type.
     assert_eq!(r.scenarios.len(), 24);
     for s in &r.scenarios {
@@ -394,4 +394,48 @@ fn checkpoint_policy_runs_and_the_launch_files_steering_changes_it() {
     );
     let e = run_err(&src);
     assert!(e.contains("bad.toml") && e.contains("9999"), "{e}");
+}
+
+#[test]
+fn diffusion_planner_fields_are_checked_where_they_are_parsed() {
+    let base = "[embodiment]\nkind = \"sim.driving\"\n[scenarios]\ncount = 1\n[policy]\n";
+    // The planner needs its checkpoint.
+    let e = parse_err(&format!("{base}kind = \"diffusion\"\n"));
+    assert_eq!(e.field, "policy.checkpoint", "{e}");
+    assert!(e.to_string().contains("rudder train planner"), "{e}");
+    // Each sampling field has a range, in the message.
+    let with =
+        |extra: &str| format!("{base}kind = \"diffusion\"\ncheckpoint = \"runs/planner\"\n{extra}");
+    for (extra, field, says) in [
+        ("sampler = \"euler\"\n", "policy.sampler", "dpm, ddim"),
+        ("solver_steps = 0\n", "policy.solver_steps", "1..=1000"),
+        ("solver_steps = 100000\n", "policy.solver_steps", "1..=1000"),
+        ("guidance = nan\n", "policy.guidance", "0..=1000"),
+        ("guidance = -1.0\n", "policy.guidance", "0..=1000"),
+    ] {
+        let e = parse_err(&with(extra));
+        assert_eq!(e.field, field, "{extra}: {e}");
+        assert!(e.to_string().contains(says), "{extra}: {e}");
+    }
+    assert!(LaunchFile::parse(
+        "ok.toml",
+        &with("sampler = \"ddim\"\nsolver_steps = 5\nguidance = 0.5\n")
+    )
+    .is_ok());
+    // Sampling fields without the diffusion planner, and the planner on the arm: refused.
+    let e = parse_err(&format!("{base}kind = \"scripted\"\nsolver_steps = 5\n"));
+    assert_eq!(e.field, "policy.solver_steps", "{e}");
+    let tabletop = GOOD.replace(
+        "kind = \"scripted\"",
+        "kind = \"diffusion\"\ncheckpoint = \"x\"",
+    );
+    let e = parse_err(&tabletop);
+    assert_eq!(e.field, "policy.kind", "{e}");
+    // A checkpoint that is not a planner: the run names the folder.
+    let lf = LaunchFile::parse("x.toml", &with("")).expect("valid");
+    let e = match rudder::launchfile::driving::run_driving(&lf, None, false, true) {
+        Ok(_) => panic!("ran without a checkpoint"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("runs/planner"), "{e}");
 }

@@ -421,7 +421,7 @@ fn driving_recording_holds_the_scene_and_the_reported_scores() {
         assert!(text.contains(entity), "{entity} missing:\n{text}");
     }
     let lf = LaunchFile::load(&file).expect("launch file");
-    let report = rudder::launchfile::driving::run_driving(&lf, None, false).expect("run");
+    let report = rudder::launchfile::driving::run_driving(&lf, None, false, false).expect("run");
     assert_eq!(report.scenarios.len(), 2);
     let python = venv().join("bin/python");
     let script = root().join("tests/golden/readback.py");

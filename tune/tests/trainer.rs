@@ -245,13 +245,15 @@ fn the_ema_follows_the_weights_and_resumes_bit_for_bit() {
             .map(|x| x.to_bits())
             .collect()
     };
-    // By hand: ema_k = decay * ema_{k-1} + (1 - decay) * w_k, from the initial weights.
+    // By hand: ema_k = d_k * ema_{k-1} + (1 - d_k) * w_k from the initial weights, with
+    // diffusers' warm-up d_k = min(decay, (1 + k) / (10 + k)).
     let mut t = trainer(5, 1, false).with_ema(decay).unwrap();
     let mut expect: Vec<f64> = weights(&t).iter().map(|&x| x as f64).collect();
-    for _ in 0..6 {
+    for k in 1..=12 {
         t.step(&d).unwrap();
+        let dk = decay.min((1.0 + k as f64) / (10.0 + k as f64));
         for (e, w) in expect.iter_mut().zip(weights(&t)) {
-            *e = decay * *e + (1.0 - decay) * w as f64;
+            *e = dk * *e + (1.0 - dk) * w as f64;
         }
     }
     let got = t.ema().unwrap()[0].to_vec1::<f32>().unwrap();
@@ -270,7 +272,7 @@ fn the_ema_follows_the_weights_and_resumes_bit_for_bit() {
     assert!(dir.join("ema.safetensors").is_file());
     let mut resumed = trainer(5, 1, false).with_ema(decay).unwrap();
     resumed.resume(root.path()).unwrap();
-    for _ in 0..3 {
+    for _ in 0..9 {
         resumed.step(&d).unwrap();
     }
     assert_eq!(ema_bits(&t), ema_bits(&resumed));

@@ -147,7 +147,7 @@ pub fn run(a: LaunchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn driving(lf: &LaunchFile, opts: &RunOptions, sink: &Sink) -> anyhow::Result<ExitCode> {
-    let r = run_driving(lf, opts.viz.as_ref(), opts.progress)?;
+    let r = run_driving(lf, opts.viz.as_ref(), opts.progress, opts.lockstep)?;
     for s in &r.scenarios {
         let m = &s.metrics;
         println!(

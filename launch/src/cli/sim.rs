@@ -136,6 +136,11 @@ pub struct DrivingDemosArgs {
     /// Steps between samples (10 = one sample per second of each scenario).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=150))]
     pub stride: u64,
+    /// Fraction of samples whose ego is moved off its logged pose (up to 1 m sideways, 0.75 m
+    /// along, 0.15 rad, 20 % speed), the target future bent back to the log within 2 s: the
+    /// augmentation against compounding error in closed loop.
+    #[arg(long, default_value_t = 0.5)]
+    pub perturb: f64,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -331,6 +336,7 @@ fn driving_cmd(a: DrivingArgs) -> anyhow::Result<ExitCode> {
 /// The driving planner's demonstrations: for every scenario and every `stride` steps, the scene
 /// as the planner would see it with the ego on its logged pose, and the logged future.
 fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
+    use rudder_policy::driving::augment::{perturb, Perturbation};
     use rudder_policy::driving::{DrivingDemoWriter, DrivingSample, SceneConfig};
     use rudder_sim::driving::scenario::{Scenario, HISTORY_STEPS};
 
@@ -353,20 +359,32 @@ fn driving_demos(a: DrivingDemosArgs) -> anyhow::Result<ExitCode> {
     if scenarios.is_empty() {
         anyhow::bail!("no scenarios to write (--scenarios 0 without --db)");
     }
+    if !(0.0..=1.0).contains(&a.perturb) {
+        anyhow::bail!("--perturb {}: expected a fraction in 0..=1", a.perturb);
+    }
+    let source = format!("{source}, {:.0} % perturbed", a.perturb * 100.0);
+    let mut rng = rudder_tune::train::Rng::new(a.seed ^ 0xA76_3E27);
     let mut w = DrivingDemoWriter::create(&a.out, cfg, &source)?;
     let bar = super::progress::bar(scenarios.len() as u64, false);
     for s in &scenarios {
         for k in (0..s.num_steps().saturating_sub(1)).step_by(a.stride as usize) {
+            let logged = s.logged_ego(k);
+            let future = &s.expert[HISTORY_STEPS + k + 1..];
+            let (ego, future) = if rng.next_f64() < a.perturb {
+                perturb(&logged, future, &Perturbation::default(), &mut rng)
+            } else {
+                (logged, future.to_vec())
+            };
             // Frames since the scenario's start only, as a planner in the simulator sees
             // them (it is handed no log history), so training and closed loop agree.
             w.push(DrivingSample::from_log(
                 &cfg,
-                &s.logged_ego(k),
+                &ego,
                 &s.frames_up_to(k, cfg.history),
                 s.lights_at(k),
                 s.map.as_ref(),
                 &s.route,
-                &s.expert[HISTORY_STEPS + k + 1..],
+                &future,
                 &s.scenario_type,
             ))?;
         }

@@ -117,11 +117,14 @@ fn truncated(hist: &History, len: usize) -> History {
     }
 }
 
-/// Runs what `lf` describes; records to `viz` when given.
+/// Runs what `lf` describes; records to `viz` when given. A diffusion planner runs in the
+/// wall-clock loop with asynchronous inference unless `lockstep` (each step waits for its
+/// plan: reproducible, for batch scoring).
 pub fn run_driving(
     lf: &LaunchFile,
     viz: Option<&VizOptions>,
     progress: bool,
+    lockstep: bool,
 ) -> anyhow::Result<DrivingReport> {
     let Some(sec) = &lf.scenarios else {
         bail!("sim.driving needs a [scenarios] section");
@@ -195,6 +198,15 @@ pub fn run_driving(
                 let hist = simulate(s, &mut tap, mode)
                     .with_context(|| format!("simulating scenario {}", s.token))?;
                 (hist, tap.name(), tap.plans)
+            }
+            PlannerSource::Diffusion(model, opts) if lockstep => {
+                let mut tap = PlanTap {
+                    inner: Box::new(DiffusionPlanner::new(model.clone(), *opts, k as u64)),
+                    plans: Vec::new(),
+                };
+                let hist = simulate(s, &mut tap, mode)
+                    .with_context(|| format!("simulating scenario {}", s.token))?;
+                (hist, "diffusion", tap.plans)
             }
             PlannerSource::Diffusion(model, opts) => {
                 let planner = DiffusionPlanner::new(model.clone(), *opts, k as u64);

@@ -4,6 +4,7 @@
 //! robot's `Planner` interface ([`planner`]). The samplers are the shared core's
 //! (`rudder_tune::diffusion`).
 
+pub mod augment;
 pub mod dataset;
 pub mod guidance;
 pub mod normalize;

@@ -384,7 +384,7 @@ impl DiffusionPlanner {
 }
 
 /// The future in the ego frame as a map-frame trajectory whose first point is the current
-/// state; speeds from the steps between poses.
+/// state; speeds from the steps between poses; never backwards.
 pub fn to_trajectory(
     time_s: f64,
     ego: &rudder_robot::driving::EgoState,
@@ -401,8 +401,14 @@ pub fn to_trajectory(
         speed: v.speed,
     });
     for (k, p) in future.iter().enumerate() {
-        let at = frame.to_map(p[0] as f64, p[1] as f64);
+        let mut at = frame.to_map(p[0] as f64, p[1] as f64);
         let prev = points[points.len() - 1];
+        // A car does not reverse in traffic: a step backwards along the previous heading (a
+        // sampled wobble around a stop) holds the previous position instead.
+        let (sh, ch) = prev.heading.sin_cos();
+        if (at.x - prev.x) * ch + (at.y - prev.y) * sh < 0.0 {
+            at = P2::new(prev.x, prev.y);
+        }
         let speed = at.dist(P2::new(prev.x, prev.y)) / FUTURE_DT;
         points.push(TrajectoryPoint {
             t: time_s + (k + 1) as f64 * FUTURE_DT,

@@ -175,8 +175,9 @@ impl AsyncPlanner {
 
     /// One tick: collects a finished plan, hands `obs` to the planner if it is idle, and
     /// returns the plan to follow now. Before the first plan of a scenario it waits for it
-    /// (up to `first_timeout`). None when the planner thread is gone or the first plan did
-    /// not come in time.
+    /// (up to `first_timeout`). None when the planner's thread is gone (the caller stops in
+    /// a controlled way rather than follow a plan nobody updates) or the first plan did not
+    /// come in time.
     pub fn tick<M: MapView + ?Sized>(
         &mut self,
         obs: &Observation<'_, M>,
@@ -186,10 +187,8 @@ impl AsyncPlanner {
             match self.rx.try_recv() {
                 Ok(r) => self.take(r),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.busy = false;
-                    break;
-                }
+                // The planner's thread is gone (it panicked): no plan to follow any more.
+                Err(TryRecvError::Disconnected) => return None,
             }
         }
         if !self.busy {
@@ -202,7 +201,10 @@ impl AsyncPlanner {
                 lights: obs.lights.to_vec(),
                 route: obs.route.to_vec(),
             };
-            self.busy = self.send(Request::Plan(Box::new(owned)));
+            if !self.send(Request::Plan(Box::new(owned))) {
+                return None;
+            }
+            self.busy = true;
         }
         if self.current.is_none() && self.busy {
             match self.rx.recv_timeout(first_timeout) {

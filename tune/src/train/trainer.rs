@@ -179,11 +179,20 @@ pub struct Trainer<F: Family> {
     ema: Option<Ema>,
 }
 
-/// The exponential moving average of the weights: after each step
-/// `ema = decay * ema + (1 - decay) * weights`, starting from the initial weights.
+/// The exponential moving average of the weights: after step k (1-based)
+/// `ema = d_k * ema + (1 - d_k) * weights` with `d_k = min(decay, (1 + k) / (10 + k))`,
+/// diffusers' `EMAModel` warm-up, so the random initial weights fade out within the first
+/// steps instead of weighing `decay^k` for thousands of them.
 struct Ema {
     decay: f64,
     shadow: Vec<Tensor>,
+}
+
+impl Ema {
+    fn decay_at(&self, step: u64) -> f64 {
+        let k = step as f64;
+        self.decay.min((1.0 + k) / (10.0 + k))
+    }
 }
 
 const EMA_FILE: &str = "ema.safetensors";
@@ -398,7 +407,7 @@ impl<F: Family> Trainer<F> {
         let lr = self.sched.lr(self.opt.step);
         self.opt.step(&grads, lr).context("optimizer step")?;
         if let Some(ema) = &mut self.ema {
-            let d = ema.decay;
+            let d = ema.decay_at(self.opt.step);
             for (s, (n, v)) in ema.shadow.iter_mut().zip(&self.opt.params) {
                 let blend = || s.affine(d, 0.0)? + v.as_detached_tensor().affine(1.0 - d, 0.0)?;
                 *s = blend().context(format!("EMA of {n}"))?;
