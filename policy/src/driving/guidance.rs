@@ -58,7 +58,8 @@ pub struct GuidanceReport {
 pub struct Guidance {
     scale: f64,
     tracks: Vec<Track>,
-    lanes: Vec<LanePoint>,
+    /// Each lane's baseline points, in order.
+    lanes: Vec<Vec<LanePoint>>,
 }
 
 impl Guidance {
@@ -86,6 +87,7 @@ impl Guidance {
         }
         let mut lanes = Vec::new();
         for l in 0..cfg.lanes {
+            let mut line = Vec::new();
             for p in 0..cfg.lane_points {
                 let row =
                     &scene.lanes[(l * cfg.lane_points + p) * LANE_FEATURES..][..LANE_FEATURES];
@@ -93,11 +95,14 @@ impl Guidance {
                     continue;
                 }
                 let f = |k: usize| row[k] as f64;
-                lanes.push(LanePoint {
+                line.push(LanePoint {
                     x: f(0),
                     y: f(1),
                     half_width: 0.5 * (f(4).hypot(f(5)) + f(6).hypot(f(7))),
                 });
+            }
+            if !line.is_empty() {
+                lanes.push(line);
             }
         }
         Guidance {
@@ -130,21 +135,45 @@ impl Guidance {
                     grad[k][1] += gl * a.sin + gt * a.cos;
                 }
             }
-            if let Some((d, lp)) = self
-                .lanes
-                .iter()
-                .map(|l| ((x - l.x).hypot(y - l.y), l))
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-            {
-                let over = d - lp.half_width;
+            if let Some((d, cx, cy, hw)) = self.nearest_baseline(x, y) {
+                let over = d - hw;
                 if over > 0.0 && d > 1e-9 {
                     e += over * over;
-                    grad[k][0] += 2.0 * over * (x - lp.x) / d;
-                    grad[k][1] += 2.0 * over * (y - lp.y) / d;
+                    grad[k][0] += 2.0 * over * (x - cx) / d;
+                    grad[k][1] += 2.0 * over * (y - cy) / d;
                 }
             }
         }
         (e, grad)
+    }
+
+    /// The nearest point of any lane's baseline (segments between its points) to (x, y): its
+    /// distance, the point, and the lane's half width there (interpolated).
+    fn nearest_baseline(&self, x: f64, y: f64) -> Option<(f64, f64, f64, f64)> {
+        let mut best: Option<(f64, f64, f64, f64)> = None;
+        for line in &self.lanes {
+            let segs: Vec<(&LanePoint, &LanePoint)> = if line.len() == 1 {
+                vec![(&line[0], &line[0])]
+            } else {
+                line.windows(2).map(|w| (&w[0], &w[1])).collect()
+            };
+            for (a, b) in segs {
+                let (vx, vy) = (b.x - a.x, b.y - a.y);
+                let len2 = vx * vx + vy * vy;
+                let u = if len2 > 1e-12 {
+                    (((x - a.x) * vx + (y - a.y) * vy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let (cx, cy) = (a.x + u * vx, a.y + u * vy);
+                let d = (x - cx).hypot(y - cy);
+                if best.is_none_or(|b| d < b.0) {
+                    let hw = a.half_width + u * (b.half_width - a.half_width);
+                    best = Some((d, cx, cy, hw));
+                }
+            }
+        }
+        best
     }
 
     /// One guidance step on x0 estimates [n, T, 4] in metres.
@@ -182,7 +211,7 @@ impl Guidance {
 mod tests {
     use super::*;
 
-    fn guidance_with(tracks: Vec<Track>, lanes: Vec<LanePoint>) -> Guidance {
+    fn guidance_with(tracks: Vec<Track>, lanes: Vec<Vec<LanePoint>>) -> Guidance {
         Guidance {
             scale: 0.5,
             tracks,
@@ -203,13 +232,13 @@ mod tests {
                 a: 5.0,
                 b: 2.0,
             }],
-            (0..40)
+            vec![(0..40)
                 .map(|i| LanePoint {
                     x: i as f64,
                     y: 0.0,
                     half_width: 1.75,
                 })
-                .collect(),
+                .collect()],
         );
         // Straight ahead at 5 m/s, drifting left off the lane.
         let fut: Vec<[f32; 4]> = (1..=20)
