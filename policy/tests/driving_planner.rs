@@ -167,12 +167,13 @@ fn trains_resumes_bit_for_bit_and_drives_closed_loop() {
             steps: 5,
             seed: 1,
             guidance: 0.0,
+            fixed_noise: false,
         };
         let mut p = DiffusionPlanner::new(model.clone(), opts, 0).with_log(log.clone());
         let hist = simulate(&s, &mut p, Mode::NonReactive).unwrap();
         let l = log.lock().unwrap();
-        assert_eq!(l.latencies.len(), hist.ego.len());
-        assert!(l.fallbacks.is_empty(), "{:?}", l.fallbacks);
+        assert_eq!(l.latencies().len(), hist.ego.len());
+        assert!(l.fallbacks().is_empty(), "{:?}", l.fallbacks());
         assert!(hist.ego.iter().all(|e| e.vehicle.x.is_finite()));
     }
 
@@ -203,6 +204,13 @@ fn trains_resumes_bit_for_bit_and_drives_closed_loop() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 
+    // No route (a scenario whose route is empty): the planner still plans from the lanes
+    // around it (the route embedding is zero), a valid trajectory from the current state.
+    let mut p = DiffusionPlanner::new(model.clone(), opts, 0);
+    let tr =
+        Planner::<rudder_sim::driving::map::Map>::plan(&mut p, &Observation { route: &[], ..obs });
+    assert!(tr.is_valid() && tr.points[0].x == ego.vehicle.x);
+
     // A NaN state (from a broken log) gets the fallback stop, counted, never a panic.
     let mut bad = ego;
     bad.vehicle.speed = f64::NAN;
@@ -212,7 +220,7 @@ fn trains_resumes_bit_for_bit_and_drives_closed_loop() {
         Planner::<rudder_sim::driving::map::Map>::plan(&mut p, &Observation { ego: &bad, ..obs });
     assert!(tr.is_valid());
     assert_eq!(tr, fallback_stop(0.0, &bad));
-    assert_eq!(log.lock().unwrap().fallbacks.len(), 1);
+    assert_eq!(log.lock().unwrap().fallbacks().len(), 1);
     let stop = fallback_stop(0.0, &ego);
     assert!(stop.points.last().unwrap().speed == 0.0);
 

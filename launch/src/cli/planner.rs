@@ -150,6 +150,10 @@ pub struct SamplingArgs {
     /// Seed of the planner's noise.
     #[arg(long, default_value_t = 0)]
     pub noise_seed: u64,
+    /// Fresh noise for every plan instead of one draw per scenario that every plan starts
+    /// from (the default keeps consecutive plans consistent).
+    #[arg(long)]
+    pub fresh_noise: bool,
 }
 
 impl SamplingArgs {
@@ -161,6 +165,7 @@ impl SamplingArgs {
             steps: self.solver_steps,
             seed: self.noise_seed,
             guidance: self.guidance,
+            fixed_noise: !self.fresh_noise,
         };
         o.validate()?;
         Ok(o)
@@ -178,7 +183,7 @@ impl SamplingArgs {
 
 /// Plans of a campaign: latency percentiles, fallbacks and guidance.
 pub fn log_summary(log: &PlanLog) -> serde_json::Value {
-    let mut l = log.latencies.clone();
+    let mut l = log.latencies();
     l.sort_by(f64::total_cmp);
     let pct = |p: f64| -> f64 {
         if l.is_empty() {
@@ -189,11 +194,9 @@ pub fn log_summary(log: &PlanLog) -> serde_json::Value {
     serde_json::json!({
         "plans": l.len(),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
-        "fallbacks": log.fallbacks.len(),
-        "first_fallbacks": log.fallbacks.iter().take(5).collect::<Vec<_>>(),
-        "guided": log.guided,
-        "guidance_energy_before": log.energy_before,
-        "guidance_energy_after": log.energy_after,
+        "fallbacks": log.fallbacks().len(),
+        "first_fallbacks": log.fallbacks().iter().take(5).collect::<Vec<_>>(),
+        "guidance": log.guidance(),
     })
 }
 

@@ -3,9 +3,10 @@
 //! for Rerun (see `viz::driving`).
 
 use super::LaunchFile;
-use crate::viz::driving::{DrivingRecorder, METRIC_EVERY};
+use crate::viz::driving::{DrivingRecorder, PlannerTrace, METRIC_EVERY};
 use crate::viz::VizOptions;
 use anyhow::{bail, Context};
+use rudder_policy::driving::planner::PlanLog;
 use rudder_policy::driving::{DiffusionPlanner, PlannerModel, SamplerKind, SamplingOptions};
 use rudder_robot::driving::{Observation, Planner, PlannerSetup, Trajectory};
 use rudder_sim::driving::generator::{generate, SCENARIO_TYPES};
@@ -14,7 +15,7 @@ use rudder_sim::driving::metrics::{evaluate, ScenarioMetrics};
 use rudder_sim::driving::scenario::{Scenario, DT};
 use rudder_sim::driving::simulation::{simulate, simulate_realtime, History, Mode, RealtimeReport};
 use rudder_sim::driving::{nuplan_db, PlannerKind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -39,6 +40,24 @@ pub struct DrivingReport {
     /// Mean score over the scenarios (nuPlan's CLS-NR or CLS-R).
     pub score: f64,
     pub wall_s: f64,
+}
+
+/// The per-step figures of a diffusion planner's log, for the recording.
+fn planner_trace(log: &Mutex<PlanLog>, steps: usize, ages_s: &[f64]) -> PlannerTrace {
+    let mut t = PlannerTrace {
+        latency_ms: vec![None; steps],
+        guidance: vec![None; steps],
+        plan_age_ms: ages_s.iter().map(|a| a * 1e3).collect(),
+    };
+    if let Ok(l) = log.lock() {
+        for r in &l.records {
+            if r.step < steps {
+                t.latency_ms[r.step] = Some(r.latency_s * 1e3);
+                t.guidance[r.step] = r.guidance.map(|g| (g.before, g.after));
+            }
+        }
+    }
+    t
 }
 
 /// Where the plans come from.
@@ -164,6 +183,7 @@ pub fn run_driving(
                 steps: lf.policy.solver_steps.unwrap_or(10),
                 seed: 0,
                 guidance: lf.policy.guidance.unwrap_or(0.0),
+                ..Default::default()
             };
             opts.validate()?;
             PlannerSource::Diffusion(Arc::new(model), opts)
@@ -189,7 +209,7 @@ pub fn run_driving(
     let mut results = Vec::with_capacity(list.len());
     let mut realtime = Vec::new();
     for (k, s) in list.iter().enumerate() {
-        let (hist, name, plans) = match &source {
+        let (hist, name, plans, trace) = match &source {
             PlannerSource::Scripted(p) => {
                 let mut tap = PlanTap {
                     inner: p.build(),
@@ -197,25 +217,36 @@ pub fn run_driving(
                 };
                 let hist = simulate(s, &mut tap, mode)
                     .with_context(|| format!("simulating scenario {}", s.token))?;
-                (hist, tap.name(), tap.plans)
-            }
-            PlannerSource::Diffusion(model, opts) if lockstep => {
-                let mut tap = PlanTap {
-                    inner: Box::new(DiffusionPlanner::new(model.clone(), *opts, k as u64)),
-                    plans: Vec::new(),
-                };
-                let hist = simulate(s, &mut tap, mode)
-                    .with_context(|| format!("simulating scenario {}", s.token))?;
-                (hist, "diffusion", tap.plans)
+                (hist, tap.name(), tap.plans, PlannerTrace::default())
             }
             PlannerSource::Diffusion(model, opts) => {
-                let planner = DiffusionPlanner::new(model.clone(), *opts, k as u64);
-                let (hist, rt) =
-                    simulate_realtime(s, Box::new(planner), mode, rate_hz, Duration::from_secs(30))
-                        .with_context(|| format!("simulating scenario {} in real time", s.token))?;
-                let plans = rt.followed.clone();
-                realtime.push((s.token.clone(), rt));
-                (hist, "diffusion", plans)
+                let log = Arc::new(Mutex::new(PlanLog::default()));
+                let planner =
+                    DiffusionPlanner::new(model.clone(), *opts, k as u64).with_log(log.clone());
+                let (hist, plans, ages) = if lockstep {
+                    let mut tap = PlanTap {
+                        inner: Box::new(planner),
+                        plans: Vec::new(),
+                    };
+                    let hist = simulate(s, &mut tap, mode)
+                        .with_context(|| format!("simulating scenario {}", s.token))?;
+                    (hist, tap.plans, Vec::new())
+                } else {
+                    let (hist, rt) = simulate_realtime(
+                        s,
+                        Box::new(planner),
+                        mode,
+                        rate_hz,
+                        Duration::from_secs(30),
+                    )
+                    .with_context(|| format!("simulating scenario {} in real time", s.token))?;
+                    let plans = rt.followed.clone();
+                    let ages = rt.ages_s.clone();
+                    realtime.push((s.token.clone(), rt));
+                    (hist, plans, ages)
+                };
+                let trace = planner_trace(&log, hist.ego.len(), &ages);
+                (hist, "diffusion", plans, trace)
             }
         };
         let fin = evaluate(s, &hist);
@@ -225,7 +256,7 @@ pub fn run_driving(
                 .step_by(METRIC_EVERY)
                 .map(|k| evaluate(s, &truncated(&hist, (k + 1).max(2))))
                 .collect();
-            r.scenario(s, name, &hist, &plans, &partial, &fin)?;
+            r.scenario(s, name, &hist, &plans, &trace, &partial, &fin)?;
         }
         results.push(ScenarioResult {
             token: s.token.clone(),

@@ -41,6 +41,17 @@ const GAP_S: f64 = 1.0;
 /// How often the metrics are re-evaluated on the history so far (steps).
 pub const METRIC_EVERY: usize = 10;
 
+/// What a planner reported per step, for the recording (empty for the rule-based ones).
+#[derive(Debug, Clone, Default)]
+pub struct PlannerTrace {
+    /// Inference time of the plan made at each step (None where none was made).
+    pub latency_ms: Vec<Option<f64>>,
+    /// Guidance energy of that plan's samples before and after its steps.
+    pub guidance: Vec<Option<(f64, f64)>>,
+    /// In the wall-clock loop: the age of the plan followed at each tick.
+    pub plan_age_ms: Vec<f64>,
+}
+
 pub struct DrivingRecorder {
     rec: RecordingStream,
     /// Where the next scenario starts on `sim_time`.
@@ -99,7 +110,8 @@ impl DrivingRecorder {
         self.rec.set_time_sequence("step", self.step);
     }
 
-    /// Logs one finished scenario: map, every step's agents, ego, plan and trace, the metrics
+    /// Logs one finished scenario: map, every step's agents, ego, plan and trace, what the
+    /// planner reported (`trace`: latency, guidance energy, plan age), the metrics
     /// so far every [`METRIC_EVERY`] steps (`partial[k]` for step `k * METRIC_EVERY`), and the
     /// final metrics.
     pub fn scenario(
@@ -108,6 +120,7 @@ impl DrivingRecorder {
         planner: &str,
         hist: &History,
         plans: &[Trajectory],
+        trace: &PlannerTrace,
         partial: &[ScenarioMetrics],
         fin: &ScenarioMetrics,
     ) -> anyhow::Result<()> {
@@ -121,7 +134,7 @@ impl DrivingRecorder {
                 s.scenario_type, s.token
             )),
         )?;
-        let mut trace: Vec<[f32; 3]> = Vec::with_capacity(hist.ego.len());
+        let mut executed: Vec<[f32; 3]> = Vec::with_capacity(hist.ego.len());
         for (k, ego) in hist.ego.iter().enumerate() {
             if k > 0 {
                 self.step += 1;
@@ -139,10 +152,10 @@ impl DrivingRecorder {
                 .with_colors([rerun::Color::from_rgb(40, 200, 90)])
                 .with_labels(["ego"]),
             )?;
-            trace.push(p3(ego.rear_axle(), 0.05));
+            executed.push(p3(ego.rear_axle(), 0.05));
             r.log(
                 "world/ego_executed",
-                &rerun::LineStrips3D::new([trace.clone()])
+                &rerun::LineStrips3D::new([executed.clone()])
                     .with_colors([rerun::Color::from_rgb(40, 200, 90)])
                     .with_radii([0.15]),
             )?;
@@ -163,6 +176,22 @@ impl DrivingRecorder {
                 self.agents(agents)?;
             }
             let r = &self.rec;
+            if let Some(Some(ms)) = trace.latency_ms.get(k) {
+                r.log("planner/latency_ms", &rerun::Scalars::single(*ms))?;
+            }
+            if let Some(Some((before, after))) = trace.guidance.get(k) {
+                r.log(
+                    "planner/guidance_energy_before",
+                    &rerun::Scalars::single(*before),
+                )?;
+                r.log(
+                    "planner/guidance_energy_after",
+                    &rerun::Scalars::single(*after),
+                )?;
+            }
+            if let Some(age) = trace.plan_age_ms.get(k) {
+                r.log("planner/plan_age_ms", &rerun::Scalars::single(*age))?;
+            }
             r.log("ego/speed", &rerun::Scalars::single(ego.vehicle.speed))?;
             r.log(
                 "ego/acceleration",

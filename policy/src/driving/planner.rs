@@ -56,6 +56,10 @@ pub struct SamplingOptions {
     pub seed: u64,
     /// Classifier-guidance scale (0: none).
     pub guidance: f64,
+    /// Draw the initial noise once per scenario and start every plan from it (a plan then
+    /// changes only as the scene does, so consecutive plans agree), instead of fresh noise
+    /// every step.
+    pub fixed_noise: bool,
 }
 
 impl Default for SamplingOptions {
@@ -65,6 +69,7 @@ impl Default for SamplingOptions {
             steps: 10,
             seed: 0,
             guidance: 0.0,
+            fixed_noise: true,
         }
     }
 }
@@ -190,8 +195,8 @@ impl PlannerModel {
         self.file.scene
     }
 
-    /// `n` futures for one scene, drawn with `rng`'s noise: per sample 80 poses (x, y, cos,
-    /// sin) in metres in the scene's ego frame. With guidance, also its report.
+    /// `n` futures for one scene, from `rng`'s noise: per sample 80 poses (x, y, cos, sin) in
+    /// metres in the scene's ego frame. With guidance, also its report.
     pub fn sample(
         &self,
         scene: &Scene,
@@ -199,6 +204,25 @@ impl PlannerModel {
         opts: &SamplingOptions,
         rng: &mut Rng,
     ) -> Result<Sampled, FlowError> {
+        let noise = rng.gaussian(n * self.file.scene.future * 4);
+        self.sample_from(scene, noise, opts)
+    }
+
+    /// [`PlannerModel::sample`] from the given initial noise (n x 80 x 4 standard normals).
+    pub fn sample_from(
+        &self,
+        scene: &Scene,
+        noise: Vec<f32>,
+        opts: &SamplingOptions,
+    ) -> Result<Sampled, FlowError> {
+        let per = self.file.scene.future * 4;
+        if noise.is_empty() || noise.len() % per != 0 {
+            return Err(FlowError::input(
+                "noise",
+                format!("{} values: expected a multiple of {per}", noise.len()),
+            ));
+        }
+        let n = noise.len() / per;
         opts.validate()?;
         let cfg = self.file.scene;
         for (name, a) in [
@@ -227,7 +251,7 @@ impl PlannerModel {
         let shape = (n, cfg.future, 4);
         let dev = &self.device;
         let cx = |e: candle_core::Error| FlowError::Inference(e);
-        let mut x = Tensor::from_vec(rng.gaussian(n * cfg.future * 4), shape, dev).map_err(cx)?;
+        let mut x = Tensor::from_vec(noise, shape, dev).map_err(cx)?;
         let mut report = guide.as_ref().map(|_| GuidanceReport::default());
         let mut denoise = |x: &Tensor, t: usize| -> Result<Tensor, FlowError> {
             let tt = Tensor::from_vec(vec![time_input(t); n], n, dev).map_err(cx)?;
@@ -294,17 +318,44 @@ fn repeat_batch(b: &SceneBatch, n: usize) -> Result<SceneBatch, FlowError> {
     })
 }
 
-/// What a planner records about its plans (shared by the planners of a campaign).
+/// One plan: when, how long it took, whether the fallback replaced it, what guidance did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlanRecord {
+    pub step: usize,
+    pub latency_s: f64,
+    /// Why the fallback stop replaced the plan.
+    pub fallback: Option<String>,
+    pub guidance: Option<GuidanceReport>,
+}
+
+/// What planners record about their plans (one log may be shared by a campaign's planners).
 #[derive(Debug, Clone, Default)]
 pub struct PlanLog {
-    /// Seconds per plan (scene building and sampling).
-    pub latencies: Vec<f64>,
-    /// Plans replaced by the fallback stop, with why.
-    pub fallbacks: Vec<String>,
-    /// Guidance: plans it moved, and the energy before and after, summed.
-    pub guided: usize,
-    pub energy_before: f64,
-    pub energy_after: f64,
+    pub records: Vec<PlanRecord>,
+}
+
+impl PlanLog {
+    pub fn latencies(&self) -> Vec<f64> {
+        self.records.iter().map(|r| r.latency_s).collect()
+    }
+
+    pub fn fallbacks(&self) -> Vec<&str> {
+        self.records
+            .iter()
+            .filter_map(|r| r.fallback.as_deref())
+            .collect()
+    }
+
+    /// Guidance summed over the plans.
+    pub fn guidance(&self) -> GuidanceReport {
+        let mut g = GuidanceReport::default();
+        for r in self.records.iter().filter_map(|r| r.guidance.as_ref()) {
+            g.moved += r.moved;
+            g.before += r.before;
+            g.after += r.after;
+        }
+        g
+    }
 }
 
 /// The ego's state as the scene shows it: what the demos can know from a log (its yaw rate
@@ -322,6 +373,8 @@ pub struct DiffusionPlanner {
     opts: SamplingOptions,
     history: SceneHistory,
     rng: Rng,
+    /// The scenario's initial noise (with `fixed_noise`).
+    noise: Option<Vec<f32>>,
     log: Option<Arc<Mutex<PlanLog>>>,
 }
 
@@ -335,6 +388,7 @@ impl DiffusionPlanner {
             opts,
             history: SceneHistory::new(frames),
             rng: Rng::new(opts.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            noise: None,
             log: None,
         }
     }
@@ -374,7 +428,15 @@ impl DiffusionPlanner {
             obs.map,
             obs.route,
         );
-        let (futures, report) = self.model.sample(&scene, 1, &self.opts, &mut self.rng)?;
+        let per = cfg.future * 4;
+        let noise = if self.opts.fixed_noise {
+            self.noise
+                .get_or_insert_with(|| self.rng.gaussian(per))
+                .clone()
+        } else {
+            self.rng.gaussian(per)
+        };
+        let (futures, report) = self.model.sample_from(&scene, noise, &self.opts)?;
         let frame = EgoFrame::new(P2::new(v.x, v.y), v.heading);
         Ok((
             to_trajectory(obs.time_s, obs.ego, &frame, &futures[0]),
@@ -470,6 +532,7 @@ impl<M: MapView + ?Sized> Planner<M> for DiffusionPlanner {
 
     fn initialize(&mut self, _setup: &PlannerSetup<'_, M>) {
         self.history = SceneHistory::new(self.model.scene_config().history);
+        self.noise = None;
     }
 
     fn plan(&mut self, obs: &Observation<'_, M>) -> Trajectory {
@@ -495,15 +558,12 @@ impl<M: MapView + ?Sized> Planner<M> for DiffusionPlanner {
         };
         if let Some(log) = &self.log {
             if let Ok(mut l) = log.lock() {
-                l.latencies.push(secs);
-                if let Some(w) = why {
-                    l.fallbacks.push(w);
-                }
-                if let Some(r) = report {
-                    l.guided += r.moved;
-                    l.energy_before += r.before;
-                    l.energy_after += r.after;
-                }
+                l.records.push(PlanRecord {
+                    step: obs.step,
+                    latency_s: secs,
+                    fallback: why,
+                    guidance: report,
+                });
             }
         }
         traj

@@ -222,6 +222,11 @@ impl AsyncPlanner {
         Some(plan)
     }
 
+    /// The age of the plan followed at each tick so far (s).
+    pub fn ages(&self) -> &[f64] {
+        &self.timings.ages
+    }
+
     /// The timings so far, percentiles filled in.
     pub fn timings(&self) -> PlanTimings {
         let mut t = self.timings.clone();

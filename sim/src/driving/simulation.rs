@@ -46,9 +46,11 @@ pub struct RealtimeReport {
     /// Ticks that began more than one period after their deadline (the loop fell behind).
     pub missed_ticks: usize,
     pub planning: PlanTimings,
-    /// The plan followed at each tick (what a recording draws).
+    /// The plan followed at each tick (what a recording draws) and its age (s).
     #[serde(skip)]
     pub followed: Vec<Trajectory>,
+    #[serde(skip)]
+    pub ages_s: Vec<f64>,
 }
 
 /// Runs `scenario` against the wall clock at `rate_hz` (the simulation's 0.1 s step per
@@ -114,6 +116,7 @@ pub fn simulate_realtime(
             rate_hz,
             missed_ticks: missed,
             planning: worker.timings(),
+            ages_s: worker.ages().to_vec(),
             followed,
         },
     ))
