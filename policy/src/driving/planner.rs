@@ -216,7 +216,7 @@ impl PlannerModel {
         opts: &SamplingOptions,
     ) -> Result<Sampled, FlowError> {
         let per = self.file.scene.future * 4;
-        if noise.is_empty() || noise.len() % per != 0 {
+        if noise.is_empty() || !noise.len().is_multiple_of(per) {
             return Err(FlowError::input(
                 "noise",
                 format!("{} values: expected a multiple of {per}", noise.len()),
