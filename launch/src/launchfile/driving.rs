@@ -43,8 +43,14 @@ pub struct DrivingReport {
 }
 
 /// The per-step figures of a diffusion planner's log, for the recording.
-fn planner_trace(log: &Mutex<PlanLog>, steps: usize, ages_s: &[f64]) -> PlannerTrace {
+fn planner_trace(
+    log: &Mutex<PlanLog>,
+    plans: Vec<Trajectory>,
+    ages_s: &[f64],
+    steps: usize,
+) -> PlannerTrace {
     let mut t = PlannerTrace {
+        plans,
         latency_ms: vec![None; steps],
         guidance: vec![None; steps],
         plan_age_ms: ages_s.iter().map(|a| a * 1e3).collect(),
@@ -209,7 +215,7 @@ pub fn run_driving(
     let mut results = Vec::with_capacity(list.len());
     let mut realtime = Vec::new();
     for (k, s) in list.iter().enumerate() {
-        let (hist, name, plans, trace) = match &source {
+        let (hist, name, trace) = match &source {
             PlannerSource::Scripted(p) => {
                 let mut tap = PlanTap {
                     inner: p.build(),
@@ -217,7 +223,12 @@ pub fn run_driving(
                 };
                 let hist = simulate(s, &mut tap, mode)
                     .with_context(|| format!("simulating scenario {}", s.token))?;
-                (hist, tap.name(), tap.plans, PlannerTrace::default())
+                let name = tap.name();
+                let trace = PlannerTrace {
+                    plans: tap.plans,
+                    ..Default::default()
+                };
+                (hist, name, trace)
             }
             PlannerSource::Diffusion(model, opts) => {
                 let log = Arc::new(Mutex::new(PlanLog::default()));
@@ -245,8 +256,8 @@ pub fn run_driving(
                     realtime.push((s.token.clone(), rt));
                     (hist, plans, ages)
                 };
-                let trace = planner_trace(&log, hist.ego.len(), &ages);
-                (hist, "diffusion", plans, trace)
+                let trace = planner_trace(&log, plans, &ages, hist.ego.len());
+                (hist, "diffusion", trace)
             }
         };
         let fin = evaluate(s, &hist);
@@ -256,7 +267,7 @@ pub fn run_driving(
                 .step_by(METRIC_EVERY)
                 .map(|k| evaluate(s, &truncated(&hist, (k + 1).max(2))))
                 .collect();
-            r.scenario(s, name, &hist, &plans, &trace, &partial, &fin)?;
+            r.scenario(s, name, &hist, &trace, &partial, &fin)?;
         }
         results.push(ScenarioResult {
             token: s.token.clone(),

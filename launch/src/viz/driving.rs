@@ -41,9 +41,12 @@ const GAP_S: f64 = 1.0;
 /// How often the metrics are re-evaluated on the history so far (steps).
 pub const METRIC_EVERY: usize = 10;
 
-/// What a planner reported per step, for the recording (empty for the rule-based ones).
+/// What the planner did per step, for the recording: the plan followed, and what a learned
+/// planner reports (empty for the rule-based ones).
 #[derive(Debug, Clone, Default)]
 pub struct PlannerTrace {
+    /// The plan followed at each step.
+    pub plans: Vec<Trajectory>,
     /// Inference time of the plan made at each step (None where none was made).
     pub latency_ms: Vec<Option<f64>>,
     /// Guidance energy of that plan's samples before and after its steps.
@@ -119,7 +122,6 @@ impl DrivingRecorder {
         s: &Scenario,
         planner: &str,
         hist: &History,
-        plans: &[Trajectory],
         trace: &PlannerTrace,
         partial: &[ScenarioMetrics],
         fin: &ScenarioMetrics,
@@ -159,7 +161,7 @@ impl DrivingRecorder {
                     .with_colors([rerun::Color::from_rgb(40, 200, 90)])
                     .with_radii([0.15]),
             )?;
-            if let Some(plan) = plans.get(k) {
+            if let Some(plan) = trace.plans.get(k) {
                 let pts: Vec<[f32; 3]> = plan
                     .points
                     .iter()
