@@ -167,7 +167,7 @@ fn trains_resumes_bit_for_bit_and_drives_closed_loop() {
             steps: 5,
             seed: 1,
             guidance: 0.0,
-            fixed_noise: false,
+            fixed_noise: sampler == SamplerKind::Ddim,
         };
         let mut p = DiffusionPlanner::new(model.clone(), opts, 0).with_log(log.clone());
         let hist = simulate(&s, &mut p, Mode::NonReactive).unwrap();

@@ -150,10 +150,10 @@ pub struct SamplingArgs {
     /// Seed of the planner's noise.
     #[arg(long, default_value_t = 0)]
     pub noise_seed: u64,
-    /// Fresh noise for every plan instead of one draw per scenario that every plan starts
-    /// from (the default keeps consecutive plans consistent).
+    /// One noise draw per scenario that every plan starts from, instead of fresh noise for
+    /// every plan.
     #[arg(long)]
-    pub fresh_noise: bool,
+    pub fixed_noise: bool,
 }
 
 impl SamplingArgs {
@@ -165,7 +165,7 @@ impl SamplingArgs {
             steps: self.solver_steps,
             seed: self.noise_seed,
             guidance: self.guidance,
-            fixed_noise: !self.fresh_noise,
+            fixed_noise: self.fixed_noise,
         };
         o.validate()?;
         Ok(o)
