@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use crate::cli::progress::TrainProgress;
+use crate::cli::progress::RunLoop;
 use clap::Args;
 use rudder_policy::driving::planner::PlanLog;
 use rudder_policy::driving::{
@@ -87,24 +87,19 @@ pub fn train(a: TrainPlannerArgs) -> anyhow::Result<ExitCode> {
     cfg.validate()?;
     let data = PlannerData::load(&a.data)?;
     let mut trainer = PlannerTrainer::new(cfg, &data)?;
-    if a.resume {
-        match trainer.resume(&a.out)? {
-            Some(dir) => eprintln!(
-                "resumed from {} at step {}",
-                dir.display(),
-                trainer.step_count()
-            ),
-            None => eprintln!(
-                "--resume: no checkpoint in {} yet, starting",
-                a.out.display()
-            ),
-        }
-    } else if a.out.join("latest").exists() {
-        anyhow::bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            a.out.display()
-        );
-    }
+    let runs = RunLoop {
+        out: &a.out,
+        resume: a.resume,
+        steps: a.steps,
+        save_every: a.save_every,
+        log_every: a.log_every,
+        quiet: a.quiet,
+    };
+    runs.open(
+        &mut trainer,
+        |t, out| Ok(t.resume(out)?),
+        PlannerTrainer::step_count,
+    )?;
     eprintln!(
         "training the diffusion planner ({} parameters, hidden {}, {}+{} layers) on {} scenes \
          ({}) for {} steps of {} scenes x {} noise draws",
@@ -118,15 +113,16 @@ pub fn train(a: TrainPlannerArgs) -> anyhow::Result<ExitCode> {
         a.batch_size,
         a.noise_draws
     );
-    let mut progress = TrainProgress::new(a.steps, trainer.step_count(), a.log_every, a.quiet);
-    while trainer.step_count() < a.steps {
-        let s = trainer.step(&data)?;
-        progress.record(&s);
-        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
-            trainer.save(&a.out, a.keep, &data)?;
-        }
-    }
-    progress.finish();
+    let done = trainer.step_count();
+    runs.run(
+        &mut trainer,
+        done,
+        |t| Ok(t.step(&data)?),
+        |t| {
+            t.save(&a.out, a.keep, &data)?;
+            Ok(())
+        },
+    )?;
     let dir = trainer.save(&a.out, a.keep, &data)?;
     println!("planner checkpoint: {}", dir.display());
     Ok(ExitCode::SUCCESS)

@@ -59,3 +59,71 @@ impl TrainProgress {
         self.bar.finish_and_clear();
     }
 }
+
+/// The run-folder flags every `rudder train ...` job takes.
+pub struct RunLoop<'a> {
+    pub out: &'a std::path::Path,
+    pub resume: bool,
+    /// Optimizer steps of the whole run.
+    pub steps: u64,
+    /// Write a checkpoint every N steps (0: only the caller's final one).
+    pub save_every: u64,
+    pub log_every: u64,
+    pub quiet: bool,
+}
+
+impl RunLoop<'_> {
+    /// `--resume` restores the newest checkpoint of `out` (`restore` returns its folder, or
+    /// None when there is none yet); without it, a folder that already holds a run is refused
+    /// so nothing is overwritten.
+    pub fn open<T>(
+        &self,
+        trainer: &mut T,
+        restore: impl FnOnce(&mut T, &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>>,
+        step_count: impl Fn(&T) -> u64,
+    ) -> anyhow::Result<()> {
+        if self.resume {
+            match restore(trainer, self.out)? {
+                Some(dir) => eprintln!(
+                    "resumed from {} at step {}",
+                    dir.display(),
+                    step_count(trainer)
+                ),
+                None => eprintln!(
+                    "--resume: no checkpoint in {} yet, starting",
+                    self.out.display()
+                ),
+            }
+        } else if self.out.join("latest").exists() {
+            anyhow::bail!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                self.out.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Steps `trainer` to `steps` with the progress bar, saving every `save_every` steps
+    /// before the last (the caller writes the final checkpoint).
+    pub fn run<T>(
+        &self,
+        trainer: &mut T,
+        done: u64,
+        mut step: impl FnMut(&mut T) -> anyhow::Result<StepStats>,
+        mut save: impl FnMut(&T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut progress = TrainProgress::new(self.steps, done, self.log_every, self.quiet);
+        let mut at = done;
+        while at < self.steps {
+            let s = step(trainer)?;
+            at = s.step;
+            progress.record(&s);
+            if self.save_every > 0 && s.step.is_multiple_of(self.save_every) && s.step < self.steps
+            {
+                save(trainer)?;
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+}

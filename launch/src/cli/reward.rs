@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::cli::progress::{bar, TrainProgress};
+use crate::cli::progress::{bar, RunLoop};
 use anyhow::{bail, Context};
 use clap::Args;
 use rudder_reward::baseline::{
@@ -714,20 +714,15 @@ fn drive<'d, F>(
 where
     F: for<'x> Family<Error = RewardError, SaveInput<'x> = SuccessDataset>,
 {
-    if a.resume {
-        match tr.resume(&a.out)? {
-            Some(dir) => eprintln!("resumed from {} at step {}", dir.display(), tr.step_count()),
-            None => eprintln!(
-                "--resume: no checkpoint in {} yet, starting",
-                a.out.display()
-            ),
-        }
-    } else if a.out.join("latest").exists() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            a.out.display()
-        );
-    }
+    let runs = RunLoop {
+        out: &a.out,
+        resume: a.resume,
+        steps: a.steps,
+        save_every: a.save_every,
+        log_every: a.log_every,
+        quiet: a.quiet,
+    };
+    runs.open(tr, |t, out| Ok(t.resume(out)?), |t| t.step_count())?;
     eprintln!(
         "training {what} ({} parameters) on {} frames of the train split ({}x{} px, {} tasks) for {} steps",
         tr.num_parameters(),
@@ -737,15 +732,16 @@ where
         data.tasks(Split::Train).len(),
         a.steps
     );
-    let mut progress = TrainProgress::new(a.steps, tr.step_count(), a.log_every, a.quiet);
-    while tr.step_count() < a.steps {
-        let s = tr.step(input)?;
-        progress.record(&s);
-        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
-            tr.save(&a.out, a.keep, data, |_| Ok(()))?;
-        }
-    }
-    progress.finish();
+    let done = tr.step_count();
+    runs.run(
+        tr,
+        done,
+        |t| Ok(t.step(input)?),
+        |t| {
+            t.save(&a.out, a.keep, data, |_| Ok(()))?;
+            Ok(())
+        },
+    )?;
     let mut cal = None;
     let dir = tr.save(&a.out, a.keep, data, |tmp| {
         cal = Some(calibrate_in(tmp)?);

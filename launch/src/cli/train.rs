@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use crate::cli::progress::{bar, TrainProgress};
+use crate::cli::progress::{bar, RunLoop};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use rudder_tune::candle_core::{Device, Var};
@@ -325,24 +325,19 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, _) => VlaTrainer::new(cfg, &data)?,
     };
-    if a.resume {
-        match trainer.resume(&a.out)? {
-            Some(dir) => eprintln!(
-                "resumed from {} at step {}",
-                dir.display(),
-                trainer.step_count()
-            ),
-            None => eprintln!(
-                "--resume: no checkpoint in {} yet, starting",
-                a.out.display()
-            ),
-        }
-    } else if a.out.join("latest").exists() {
-        anyhow::bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            a.out.display()
-        );
-    }
+    let runs = RunLoop {
+        out: &a.out,
+        resume: a.resume,
+        steps: a.steps,
+        save_every: a.save_every,
+        log_every: a.log_every,
+        quiet: a.quiet,
+    };
+    runs.open(
+        &mut trainer,
+        |t, out| Ok(t.resume(out)?),
+        VlaTrainer::step_count,
+    )?;
     let (h, w) = data.image_size();
     eprintln!(
         "training VLA-{} ({} trainable parameters) on {} frames of {} episodes ({} suite, {h}x{w} images, \
@@ -364,15 +359,16 @@ fn vla(a: VlaArgs) -> anyhow::Result<ExitCode> {
         data.meta.episodes_per_task(),
         a.steps
     );
-    let mut progress = TrainProgress::new(a.steps, trainer.step_count(), a.log_every, a.quiet);
-    while trainer.step_count() < a.steps {
-        let s = trainer.step(&data)?;
-        progress.record(&s);
-        if a.save_every > 0 && s.step % a.save_every == 0 && s.step < a.steps {
-            trainer.save(&a.out, a.keep, &data)?;
-        }
-    }
-    progress.finish();
+    let done = trainer.step_count();
+    runs.run(
+        &mut trainer,
+        done,
+        |t| Ok(t.step(&data)?),
+        |t| {
+            t.save(&a.out, a.keep, &data)?;
+            Ok(())
+        },
+    )?;
     let dir = trainer.save(&a.out, a.keep, &data)?;
     println!("policy checkpoint: {}", dir.display());
     Ok(ExitCode::SUCCESS)
