@@ -1,7 +1,7 @@
-//! `rudder train vla` killed with SIGKILL mid-run and started again with `--resume` ends at
-//! the same weights and optimizer state, bit for bit, as a run that was never interrupted:
-//! checkpoints are written atomically and hold everything the next step draws from (data
-//! order, cursor, generator).
+//! `rudder train vla` and `rudder train planner` killed with SIGKILL mid-run and started again
+//! with `--resume` end at the same weights and optimizer state (and the planner's EMA), bit for
+//! bit, as a run that was never interrupted: checkpoints are written atomically and hold
+//! everything the next step draws from (data order, cursor, generator).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -78,11 +78,18 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let whole = tmp.path().join("whole");
-    let out = train(&data, &whole)
-        .args(["--log-every", "0"])
-        .output()
-        .unwrap();
+    kill_and_resume(
+        tmp.path(),
+        |out| train(&data, out),
+        &["model.safetensors", "optimizer.safetensors"],
+    );
+}
+
+/// Runs `train` to the end into `root/whole`; runs it into `root/cut`, kills it with SIGKILL
+/// after step KILL_AFTER, resumes it, and compares `files` of the final checkpoints.
+fn kill_and_resume(root: &Path, train: impl Fn(&Path) -> Command, files: &[&str]) {
+    let whole = root.join("whole");
+    let out = train(&whole).args(["--log-every", "0"]).output().unwrap();
     assert!(
         out.status.success(),
         "uninterrupted run: {}",
@@ -90,8 +97,8 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
     );
 
     // The interrupted run logs every step; it is killed as soon as it reports KILL_AFTER.
-    let cut = tmp.path().join("cut");
-    let mut child = train(&data, &cut)
+    let cut = root.join("cut");
+    let mut child = train(&cut)
         .args(["--log-every", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -127,7 +134,7 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
         "killed at step {logged}, latest is {latest}"
     );
 
-    let out = train(&data, &cut)
+    let out = train(&cut)
         .args(["--log-every", "0", "--resume"])
         .output()
         .unwrap();
@@ -136,10 +143,66 @@ fn killed_vla_run_resumes_to_bit_identical_weights() {
     assert!(err.contains("resumed from"), "{err}");
 
     let last = format!("checkpoint-{STEPS}");
-    for f in ["model.safetensors", "optimizer.safetensors"] {
+    for f in files {
         assert!(
             read(whole.join(&last).join(f)) == read(cut.join(&last).join(f)),
             "{f} differs between the uninterrupted and the killed-and-resumed run"
         );
     }
+}
+
+#[test]
+fn killed_planner_run_resumes_to_bit_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demos");
+    let out = rudder()
+        .args([
+            "demos",
+            "driving",
+            "--scenarios",
+            "2",
+            "--stride",
+            "10",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demos: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = |out: &Path| {
+        let mut c = rudder();
+        c.args([
+            "train", "planner", "--quiet", "--hidden", "32", "--heads", "2",
+        ])
+        .args([
+            "--encoder-layers",
+            "1",
+            "--decoder-layers",
+            "1",
+            "--batch-size",
+            "4",
+        ])
+        .args(["--noise-draws", "2", "--warmup", "5", "--seed", "3"])
+        .args(["--steps", &STEPS.to_string()])
+        .args(["--save-every", &SAVE_EVERY.to_string(), "--keep", "2"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(out);
+        c
+    };
+    kill_and_resume(
+        tmp.path(),
+        train,
+        &[
+            "model.safetensors",
+            "weights.safetensors",
+            "ema.safetensors",
+            "optimizer.safetensors",
+        ],
+    );
 }

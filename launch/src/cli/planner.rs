@@ -150,6 +150,10 @@ pub struct SamplingArgs {
     /// every plan.
     #[arg(long)]
     pub fixed_noise: bool,
+    /// Hand the tracker the sampled future as it is, without fading its first pose's offset
+    /// from the current motion out over the first second.
+    #[arg(long)]
+    pub no_anchor: bool,
 }
 
 impl SamplingArgs {
@@ -162,6 +166,7 @@ impl SamplingArgs {
             seed: self.noise_seed,
             guidance: self.guidance,
             fixed_noise: self.fixed_noise,
+            anchor: !self.no_anchor,
         };
         o.validate()?;
         Ok(o)

@@ -61,6 +61,9 @@ pub struct SamplingOptions {
     /// unlucky draw then cannot hold for a whole scenario; it scored 0.41 against 0.56 on 24
     /// scenarios, policy/README.md).
     pub fixed_noise: bool,
+    /// Fade the first sampled pose's offset from one step of the current motion out over the
+    /// first second (see [`to_trajectory`]).
+    pub anchor: bool,
 }
 
 impl Default for SamplingOptions {
@@ -71,6 +74,7 @@ impl Default for SamplingOptions {
             seed: 0,
             guidance: 0.0,
             fixed_noise: false,
+            anchor: true,
         }
     }
 }
@@ -440,7 +444,7 @@ impl DiffusionPlanner {
         let (futures, report) = self.model.sample_from(&scene, noise, &self.opts)?;
         let frame = EgoFrame::new(P2::new(v.x, v.y), v.heading);
         Ok((
-            to_trajectory(obs.time_s, obs.ego, &frame, &futures[0]),
+            to_trajectory(obs.time_s, obs.ego, &frame, &futures[0], self.opts.anchor),
             report,
         ))
     }
@@ -453,6 +457,7 @@ pub fn to_trajectory(
     ego: &rudder_robot::driving::EgoState,
     frame: &EgoFrame,
     future: &[[f32; 4]],
+    anchor: bool,
 ) -> Trajectory {
     let v = &ego.vehicle;
     let mut points = Vec::with_capacity(future.len() + 1);
@@ -463,8 +468,16 @@ pub fn to_trajectory(
         heading: v.heading,
         speed: v.speed,
     });
+    // The sampled future's first pose is rarely exactly one step of the current motion ahead;
+    // its offset from that is faded out over the first second, so the plan continues the
+    // current state smoothly (the tracker otherwise sees a jump at the start of every plan).
+    let (e0x, e0y) = match future.first() {
+        Some(p) if anchor => (p[0] as f64 - v.speed.max(0.0) * FUTURE_DT, p[1] as f64),
+        _ => (0.0, 0.0),
+    };
     for (k, p) in future.iter().enumerate() {
-        let mut at = frame.to_map(p[0] as f64, p[1] as f64);
+        let w = anchor_weight(k);
+        let mut at = frame.to_map(p[0] as f64 - w * e0x, p[1] as f64 - w * e0y);
         let prev = points[points.len() - 1];
         // A car does not reverse in traffic: a step backwards along the previous heading (a
         // sampled wobble around a stop) holds the previous position instead.
@@ -482,6 +495,15 @@ pub fn to_trajectory(
         });
     }
     Trajectory { points }
+}
+
+/// Future steps over which the first pose's offset is faded out (1 s).
+const ANCHOR_STEPS: usize = 10;
+
+/// 1 at the first future pose, 0 from [`ANCHOR_STEPS`] on, smooth (quintic) between.
+fn anchor_weight(k: usize) -> f64 {
+    let u = (k as f64 / ANCHOR_STEPS as f64).clamp(0.0, 1.0);
+    1.0 - u * u * u * (10.0 - 15.0 * u + 6.0 * u * u)
 }
 
 /// Holding the current heading while braking to a stop (or standing, if stopped).
