@@ -169,6 +169,7 @@ fn trains_resumes_bit_for_bit_and_drives_closed_loop() {
             guidance: 0.0,
             fixed_noise: sampler == SamplerKind::Ddim,
             anchor: sampler == SamplerKind::DpmSolver,
+            temperature: 1.0,
         };
         let mut p = DiffusionPlanner::new(model.clone(), opts, 0).with_log(log.clone());
         let hist = simulate(&s, &mut p, Mode::NonReactive).unwrap();

@@ -154,6 +154,10 @@ pub struct SamplingArgs {
     /// from the current motion out over the first second.
     #[arg(long)]
     pub no_anchor: bool,
+    /// Scale of the initial noise (below 1: nearer the model's modes, less plan-to-plan
+    /// variety).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
 }
 
 impl SamplingArgs {
@@ -167,6 +171,7 @@ impl SamplingArgs {
             guidance: self.guidance,
             fixed_noise: self.fixed_noise,
             anchor: !self.no_anchor,
+            temperature: self.temperature,
         };
         o.validate()?;
         Ok(o)

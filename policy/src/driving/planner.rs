@@ -64,6 +64,9 @@ pub struct SamplingOptions {
     /// Fade the first sampled pose's offset from one step of the current motion out over the
     /// first second (see [`to_trajectory`]).
     pub anchor: bool,
+    /// Scale of the initial noise (1: the model's distribution; below 1 samples nearer its
+    /// modes, with less variety from plan to plan).
+    pub temperature: f64,
 }
 
 impl Default for SamplingOptions {
@@ -75,6 +78,7 @@ impl Default for SamplingOptions {
             guidance: 0.0,
             fixed_noise: false,
             anchor: true,
+            temperature: 1.0,
         }
     }
 }
@@ -85,6 +89,12 @@ impl SamplingOptions {
             return Err(FlowError::input(
                 "--solver-steps",
                 format!("{}: expected 1..={TRAIN_TIMESTEPS}", self.steps),
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0 && self.temperature <= 2.0) {
+            return Err(FlowError::input(
+                "--temperature",
+                format!("{}: expected a scale in (0, 2]", self.temperature),
             ));
         }
         if !(self.guidance.is_finite() && (0.0..=1e3).contains(&self.guidance)) {
@@ -256,7 +266,9 @@ impl PlannerModel {
         let shape = (n, cfg.future, 4);
         let dev = &self.device;
         let cx = |e: candle_core::Error| FlowError::Inference(e);
-        let mut x = Tensor::from_vec(noise, shape, dev).map_err(cx)?;
+        let mut x = Tensor::from_vec(noise, shape, dev)
+            .and_then(|t| t.affine(opts.temperature, 0.0))
+            .map_err(cx)?;
         let mut report = guide.as_ref().map(|_| GuidanceReport::default());
         let mut denoise = |x: &Tensor, t: usize| -> Result<Tensor, FlowError> {
             let tt = Tensor::from_vec(vec![time_input(t); n], n, dev).map_err(cx)?;
