@@ -404,8 +404,9 @@ fn diffusion_planner_fields_are_checked_where_they_are_parsed() {
     assert_eq!(e.field, "policy.checkpoint", "{e}");
     assert!(e.to_string().contains("rudder train planner"), "{e}");
     // Each sampling field has a range, in the message.
-    let with =
-        |extra: &str| format!("{base}kind = \"diffusion\"\ncheckpoint = \"runs/planner\"\n{extra}");
+    let with = |extra: &str| {
+        format!("{base}kind = \"diffusion\"\ncheckpoint = \"no-such-dir/planner\"\n{extra}")
+    };
     for (extra, field, says) in [
         ("sampler = \"euler\"\n", "policy.sampler", "dpm, ddim"),
         ("solver_steps = 0\n", "policy.solver_steps", "1..=1000"),
@@ -437,5 +438,5 @@ fn diffusion_planner_fields_are_checked_where_they_are_parsed() {
         Ok(_) => panic!("ran without a checkpoint"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(e.contains("runs/planner"), "{e}");
+    assert!(e.contains("no-such-dir/planner"), "{e}");
 }

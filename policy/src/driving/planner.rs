@@ -8,9 +8,9 @@
 //! planner falls back to holding its heading while braking to a stop at 3 m/s^2, and counts it.
 
 use super::guidance::{Guidance, GuidanceReport};
-use super::normalize::{scene_tensors, PlannerNormalization};
+use super::normalize::{scene_tensors, PlannerNormalization, SCENE_ARRAYS};
 use super::scene::{build_scene, EgoFrame, Scene, SceneConfig, SceneHistory};
-use super::train::{schedule, time_input, PlannerFile, TRAIN_TIMESTEPS};
+use super::train::{schedule, time_input, PlannerFile, PlannerTrainConfig, TRAIN_TIMESTEPS};
 use crate::error::FlowError;
 use candle_core::{DType, Device, Tensor};
 use rudder_robot::driving::{
@@ -159,16 +159,7 @@ impl PlannerModel {
             path: dir.join("normalization.json"),
             problem: e.to_string(),
         })?;
-        let scene_model = super::train::PlannerTrainConfig {
-            hidden: file.model.hidden,
-            heads: file.model.heads,
-            encoder_layers: file.model.encoder_layers,
-            decoder_layers: file.model.decoder_layers,
-            chunk: file.model.chunk,
-            ..Default::default()
-        }
-        .model(&file.scene);
-        if scene_model != file.model {
+        if !PlannerTrainConfig::fits_scene(&file.model, &file.scene) {
             return Err(FlowError::File {
                 path: dir.join("planner.json"),
                 problem: format!(
@@ -240,17 +231,7 @@ impl PlannerModel {
         let n = noise.len() / per;
         opts.validate()?;
         let cfg = self.file.scene;
-        for (name, a) in [
-            "ego",
-            "neighbours",
-            "static_objects",
-            "lanes",
-            "lane_limits",
-            "route_lanes",
-        ]
-        .iter()
-        .zip(scene.arrays())
-        {
+        for (name, a) in SCENE_ARRAYS.iter().zip(scene.arrays()) {
             if let Some(i) = a.iter().position(|v| !v.is_finite()) {
                 return Err(FlowError::input(
                     *name,

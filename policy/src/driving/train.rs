@@ -110,6 +110,20 @@ impl PlannerTrainConfig {
         }
     }
 
+    /// Whether `model`'s scene sizes are `scene`'s.
+    pub fn fits_scene(model: &net::Config, scene: &SceneConfig) -> bool {
+        let want = PlannerTrainConfig {
+            hidden: model.hidden,
+            heads: model.heads,
+            encoder_layers: model.encoder_layers,
+            decoder_layers: model.decoder_layers,
+            chunk: model.chunk,
+            ..Default::default()
+        }
+        .model(scene);
+        want == *model
+    }
+
     /// Ranges, checked before anything is built; the message names the flag.
     pub fn validate(&self) -> Result<(), FlowError> {
         let bad = |flag: &str, why: String| Err(FlowError::input(flag, why));
@@ -302,43 +316,30 @@ impl DiffusionPlannerFamily {
         snap: &Snapshot<'_>,
         data: &PlannerData,
     ) -> Result<(), FlowError> {
-        let json = |name: &str, v: Value| -> Result<(), FlowError> {
-            let bytes =
-                serde_json::to_vec_pretty(&v).map_err(|e| FlowError::input(name, e.to_string()))?;
-            write_atomic(&dir.join(name), &bytes).map_err(FlowError::from)
-        };
-        let to_value = |name: &str, v: &dyn erased::Ser| v.value(name);
-        json(
+        write_json(
+            dir,
             "planner.json",
-            to_value(
-                "planner.json",
-                &PlannerFile {
-                    model: self.model_cfg,
-                    scene: self.scene,
-                    train_timesteps: TRAIN_TIMESTEPS,
-                    beta_start: BETA_START,
-                    beta_end: BETA_END,
-                    prediction: "sample".into(),
-                },
-            )?,
+            &PlannerFile {
+                model: self.model_cfg,
+                scene: self.scene,
+                train_timesteps: TRAIN_TIMESTEPS,
+                beta_start: BETA_START,
+                beta_end: BETA_END,
+                prediction: "sample".into(),
+            },
         )?;
-        json(
-            "normalization.json",
-            to_value("normalization.json", &self.norm)?,
-        )?;
-        json(
+        write_json(dir, "normalization.json", &self.norm)?;
+        write_json(
+            dir,
             "training.json",
-            to_value(
-                "training.json",
-                &PlannerTrainingInfo {
-                    data: data.dir.clone(),
-                    source: data.meta.source.clone(),
-                    samples: data.meta.samples,
-                    config: self.cfg.clone(),
-                    step: snap.step,
-                    loss: self.last_loss,
-                },
-            )?,
+            &PlannerTrainingInfo {
+                data: data.dir.clone(),
+                source: data.meta.source.clone(),
+                samples: data.meta.samples,
+                config: self.cfg.clone(),
+                step: snap.step,
+                loss: self.last_loss,
+            },
         )?;
         let raw: HashMap<String, Tensor> = snap
             .params
@@ -360,18 +361,16 @@ impl DiffusionPlannerFamily {
     }
 }
 
-/// Serialising the checkpoint's JSON files with one error shape.
-mod erased {
-    use crate::error::FlowError;
-    use serde_json::Value;
-    pub trait Ser {
-        fn value(&self, name: &str) -> Result<Value, FlowError>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self, name: &str) -> Result<Value, FlowError> {
-            serde_json::to_value(self).map_err(|e| FlowError::input(name, e.to_string()))
-        }
-    }
+/// `v` as JSON; the error names `what` (the file or field it is for).
+fn to_json<T: Serialize>(v: &T, what: &str) -> Result<Value, FlowError> {
+    serde_json::to_value(v).map_err(|e| FlowError::input(what, e.to_string()))
+}
+
+/// Writes `v` as pretty JSON to `dir/name`, atomically.
+fn write_json<T: Serialize>(dir: &Path, name: &str, v: &T) -> Result<(), FlowError> {
+    let bytes = serde_json::to_vec_pretty(&to_json(v, name)?)
+        .map_err(|e| FlowError::input(name, e.to_string()))?;
+    write_atomic(&dir.join(name), &bytes).map_err(FlowError::from)
 }
 
 impl Family for DiffusionPlannerFamily {
@@ -411,15 +410,15 @@ impl Family for DiffusionPlannerFamily {
         let mut m = Map::new();
         m.insert(
             "planner_config".into(),
-            erased::Ser::value(&self.cfg, "trainer_state.json")?,
+            to_json(&self.cfg, "trainer_state.json")?,
         );
         m.insert(
             "normalization".into(),
-            erased::Ser::value(&self.norm, "trainer_state.json")?,
+            to_json(&self.norm, "trainer_state.json")?,
         );
         m.insert(
             "last_loss".into(),
-            erased::Ser::value(&self.last_loss, "trainer_state.json")?,
+            to_json(&self.last_loss, "trainer_state.json")?,
         );
         Ok(m)
     }
